@@ -1,0 +1,122 @@
+"""The `kefu` command line: parses, calls, prints. No business logic lives here.
+
+Command groups that belong to one subsystem live in their own module exposing
+``register(subparsers)`` and are listed in ``COMMAND_MODULES``; each parser sets
+``func`` to a callable taking the parsed namespace and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+# Subsystem command groups: module path, each with register(subparsers).
+COMMAND_MODULES: list[str] = []
+
+EPILOG = """\
+examples:
+  kefu serve                      start on embedded defaults (MQTT on 1883)
+  kefu serve --config kefu.toml   start with a config file
+  kefu config check kefu.toml     validate a config file and exit
+  kefu passwd                     hash a password for [[auth.users]]
+"""
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"kefu: bad config\n{e}", file=sys.stderr)
+        return 2
+    from .app import serve_main
+
+    return serve_main(cfg)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load
+
+    try:
+        load(args.file)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _cmd_passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .broker.auth import hash_password
+
+    pw = args.password
+    if pw is None:
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            print("kefu passwd: the two passwords differ", file=sys.stderr)
+            return 2
+    print(hash_password(pw))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kefu",
+        description="kefu (客服): a self-hosted customer-service messaging hub with an embedded MQTT broker.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"kefu {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser(
+        "serve",
+        help="run kefu (broker, bridge, API) until SIGINT/SIGTERM",
+        description="Run kefu in the foreground. Without --config it runs on embedded defaults: "
+        "MQTT on 0.0.0.0:1883, in-memory state. It prints every address it serves; "
+        "SIGINT or SIGTERM stops accepting, flushes and exits within 2 seconds.",
+    )
+    s.add_argument("--config", "-c", metavar="FILE", help="TOML config file (see config/kefu.example.toml)")
+    s.set_defaults(func=_cmd_serve)
+
+    c = sub.add_parser("config", help="configuration tools", description="Configuration tools.")
+    csub = c.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    cc = csub.add_parser(
+        "check",
+        help="validate a config file",
+        description="Validate a config file: every problem is printed with its key path and the fix; "
+        "exit status 0 when valid, 2 when not.",
+    )
+    cc.add_argument("file", metavar="FILE")
+    cc.set_defaults(func=_cmd_config_check)
+
+    pw = sub.add_parser(
+        "passwd",
+        help="hash a password for [[auth.users]]",
+        description="Print a scrypt hash of a password, to paste into [[auth.users]] password_hash.",
+    )
+    pw.add_argument("password", nargs="?", help="the password (prompted for when omitted)")
+    pw.set_defaults(func=_cmd_passwd)
+
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
