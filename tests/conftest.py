@@ -1,0 +1,82 @@
+"""Shared fixtures: real services on this machine.
+
+Tests that need PostgreSQL, Redis, Mosquitto or Chromium take the fixture below.
+Locally a missing service skips the test with a line saying what to start; with
+KEFU_REQUIRE_SERVICES=1 (set by .ci/run) it fails instead, so CI never passes by
+skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+REQUIRE = os.environ.get("KEFU_REQUIRE_SERVICES") == "1"
+
+POSTGRES_DSN = os.environ.get("KEFU_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("KEFU_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _missing(what: str) -> None:
+    if REQUIRE:
+        pytest.fail(f"required service missing: {what}", pytrace=False)
+    pytest.skip(f"service missing: {what}")
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as conn:
+            conn.execute("select 1")
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable"
+        _missing(f"PostgreSQL at {POSTGRES_DSN} ({e}); start it with "
+                 "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`")
+    return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as e:  # noqa: BLE001
+        _missing(f"Redis at {REDIS_URL} ({e}); start it with `redis-server --daemonize yes`")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def mosquitto_bin() -> str:
+    path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if not path:
+        _missing("the mosquitto binary (apt-get install mosquitto)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium_bin() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        _missing("Debian's chromium (apt-get install chromium; scripts/setup.sh installs it)")
+    return path
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (prefer binding port 0 directly where possible)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
