@@ -75,14 +75,14 @@ class TlsListener:
 
 @dataclass
 class WebSocketListener:
-    enabled: bool = opt(True, "Serve MQTT over WebSocket (/mqtt) and the browser chat protocol (/chat).")
+    enabled: bool = opt(False, "Serve MQTT over WebSocket (/mqtt) and the browser chat protocol (/chat).")
     host: str = opt("0.0.0.0", "Address to bind.")
     port: int = opt(8083, "WebSocket port.", port)
 
 
 @dataclass
 class HttpListener:
-    enabled: bool = opt(True, "Serve the HTTP API, widget, agent console and dashboard.")
+    enabled: bool = opt(False, "Serve the HTTP API, widget, agent console and dashboard.")
     host: str = opt("0.0.0.0", "Address to bind.")
     port: int = opt(18083, "HTTP port.", port)
 

@@ -21,6 +21,7 @@ examples:
   kefu serve                      start on embedded defaults (MQTT on 1883)
   kefu serve --config kefu.toml   start with a config file
   kefu config check kefu.toml     validate a config file and exit
+  kefu config example             print every config key with its default and meaning
   kefu passwd                     hash a password for [[auth.users]]
 """
 
@@ -47,6 +48,13 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 2
     print(f"{args.file}: ok")
+    return 0
+
+
+def _cmd_config_example(args: argparse.Namespace) -> int:
+    from .config.reference import example_toml
+
+    sys.stdout.write(example_toml())
     return 0
 
 
@@ -95,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cc.add_argument("file", metavar="FILE")
     cc.set_defaults(func=_cmd_config_check)
+    ce = csub.add_parser(
+        "example",
+        help="print the full config reference (every key, default and meaning)",
+        description="Print the configuration reference: every key with its default and meaning, as TOML. "
+        "config/kefu.example.toml is this output.",
+    )
+    ce.set_defaults(func=_cmd_config_example)
 
     pw = sub.add_parser(
         "passwd",
