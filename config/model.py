@@ -78,6 +78,15 @@ class WebSocketListener:
     enabled: bool = opt(False, "Serve MQTT over WebSocket (/mqtt) and the browser chat protocol (/chat).")
     host: str = opt("0.0.0.0", "Address to bind.")
     port: int = opt(8083, "WebSocket port.", port)
+    certfile: str = opt("", "PEM certificate chain; with keyfile set the listener serves wss:// instead of ws://.")
+    keyfile: str = opt("", "PEM private key for certfile.")
+    allowed_origins: list = opt(
+        [],
+        "Browser origins (scheme://host[:port]) allowed to open /chat and /mqtt; empty allows any. "
+        "Requests without an Origin header (devices, tools) are not browsers and are always allowed.",
+    )
+    mqtt_path: str = opt("/mqtt", "Path serving MQTT over WebSocket (subprotocols mqtt, mqttv3.1).")
+    chat_path: str = opt("/chat", "Path serving the browser chat protocol (docs/chat-protocol.md).")
 
 
 @dataclass
@@ -85,6 +94,16 @@ class HttpListener:
     enabled: bool = opt(False, "Serve the HTTP API, widget, agent console and dashboard.")
     host: str = opt("0.0.0.0", "Address to bind.")
     port: int = opt(18083, "HTTP port.", port)
+    certfile: str = opt("", "PEM certificate chain; with keyfile set the listener serves https://.")
+    keyfile: str = opt("", "PEM private key for certfile.")
+    public_url: str = opt(
+        "",
+        "Base URL browsers use to reach this listener (behind a proxy, say); empty: derived from the request.",
+    )
+    public_ws_url: str = opt(
+        "",
+        "Base ws:// or wss:// URL browsers use to reach listeners.ws; empty: same host as the page, port listeners.ws.port.",
+    )
 
 
 @dataclass
@@ -160,12 +179,80 @@ class Log:
 
 
 @dataclass
+class Chat:
+    max_frame_bytes: int = opt(
+        16_384, "Largest /chat frame handled; a larger one is answered with an error frame and dropped.", positive
+    )
+    close_frame_bytes: int = opt(
+        262_144, "A /chat frame larger than this closes the connection with 1009 (message too big).", positive
+    )
+    max_text_chars: int = opt(4000, "Longest chat message text, in characters.", positive)
+    rate_per_second: float = opt(10.0, "Frames one /chat connection may send per second on average.", positive)
+    rate_burst: int = opt(30, "Frames one /chat connection may send in a burst above the average rate.", positive)
+    max_errors: int = opt(
+        10, "Bad or rate-limited frames tolerated on one /chat connection before it is closed with 1008.", positive
+    )
+    idle_timeout: float = opt(
+        300.0, "Seconds without any frame from a /chat client (pings count) before it is closed.", positive
+    )
+    auth_timeout: float = opt(10.0, "Seconds a new /chat connection has to authenticate.", positive)
+    history_page: int = opt(50, "Most messages one history request returns.", positive)
+
+
+@dataclass
+class WidgetSite:
+    name: str = opt("", "Site name shown to agents.")
+    public_token: str = opt("", "Public token written into the site's <script> tag; identifies the site, not a secret.")
+    identity_secret: str = opt(
+        "",
+        "HMAC-SHA256 key the site's backend signs visitor identifiers with (identity validation); "
+        "empty: only anonymous visitors.",
+    )
+    require_identity: bool = opt(False, "Refuse visitors without a valid signed identity.")
+    allowed_origins: list = opt([], "Origins the widget may run on; empty: any.")
+
+
+@dataclass
+class Widget:
+    demo_site: bool = opt(
+        True,
+        "Serve /demo and accept the public token \"demo\" for anonymous visitors, so a fresh install can be tried. "
+        "Turn off in production.",
+    )
+    title: str = opt("Support", "Title of the chat window.")
+    greeting: str = opt("Hi! How can we help?", "First line a visitor sees before writing.")
+    color: str = opt("#1f6feb", "Accent colour of the bubble and the visitor's messages (CSS colour).")
+    sites: list = opt([], "Sites that embed the widget: [[widget.sites]] tables.")
+
+
+@dataclass
+class ApiToken:
+    name: str = opt("", "Who or what holds this token (shown in logs).")
+    token_sha256: str = opt("", "SHA-256 (hex) of the token, as printed by `kefu token new`; the token itself is never stored.")
+    role: str = opt("agent", "agent: works conversations as `agent`; operator: full API access.", one_of("agent", "operator"))
+    agent: str = opt("", "Agent id this token signs in as (role agent).")
+
+
+@dataclass
+class Api:
+    tokens: list = opt(
+        [],
+        "Bearer tokens for the HTTP API and the agent console: [[api.tokens]] tables. With none, "
+        "`kefu serve` makes a one-run demo agent token and prints it.",
+    )
+
+
+@dataclass
 class Config:
     listeners: Listeners = field(default_factory=Listeners)
     mqtt: Mqtt = field(default_factory=Mqtt)
     auth: Auth = field(default_factory=Auth)
     log: Log = field(default_factory=Log)
+    chat: Chat = field(default_factory=Chat)
+    widget: Widget = field(default_factory=Widget)
+    api: Api = field(default_factory=Api)
 
 
 # Tables that are lists of typed entries: key path -> entry type.
 LIST_ENTRIES: dict[str, type] = {"auth.users": User, "auth.acl": AclRule}
+LIST_ENTRIES.update({"widget.sites": WidgetSite, "api.tokens": ApiToken})
