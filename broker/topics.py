@@ -207,7 +207,10 @@ def filter_covers(outer: str, inner: str) -> bool:
         if r == "#":
             return True
         if s == "#":
-            return False  # inner matches any depth here, outer does not
+            # inner matches every suffix from here on: the empty one (the parent)
+            # when k > 0, any of one level or more when k == 0 ('#' alone). Only
+            # '#' matches all of those, or '+/#' in the second case.
+            return k == 0 and o[k:] == ["+", "#"]
         if r == "+":
             continue
         if s != r:  # includes s == '+' against a literal
