@@ -1,0 +1,840 @@
+"""The per-client MQTT protocol machine (sans-I/O: bytes and ``now`` in, bytes out).
+
+Two objects, because a session outlives its network connections:
+
+* ``SessionState`` is what MQTT calls the session: client id, subscriptions,
+  outgoing QoS 1/2 messages in flight, incoming QoS 2 packet ids awaiting PUBREL, the
+  queue of messages waiting for an inflight slot (also the offline queue while the
+  client is away) and the session expiry. The router keeps it by client id.
+* ``Protocol`` is one network connection: the decoder, the CONNECT handshake,
+  keepalive, topic aliases, the will, and the output buffer the driver (trio,
+  ``kefu.broker.connection``) writes to the socket. It talks to the router through
+  the small ``BrokerPort`` interface below, synchronously, so the whole broker below
+  the trio driver is deterministic and testable with packets alone.
+
+Every inbound packet goes through one table per state (``_BEFORE_CONNECT``,
+``_CONNECTED``): a packet type missing from the table is a protocol error.
+
+QoS flows
+---------
+Inbound QoS 1: the message is routed, then PUBACK (5.0: 0x10 "no matching
+subscribers" or 0x87 "not authorized" when that is what happened).
+
+Inbound QoS 2 (exactly once, "method A" of the spec): the first PUBLISH with a packet
+id is routed at once and the id is remembered in ``SessionState.qos2_in``; PUBREC is
+sent. A PUBLISH with the same id (DUP redelivery) before PUBREL is *not* routed
+again, only PUBREC'd again. PUBREL forgets the id and is answered with PUBCOMP
+(5.0: 0x92 when the id was unknown). ``qos2_in`` belongs to the session, so
+exactly-once holds across a reconnect. More than our receive maximum of ids
+awaiting PUBREL is 0x93 (receive maximum exceeded).
+
+Outbound QoS 1/2 and the inflight window: a message for a subscriber gets a packet
+id only when it is actually written; at most ``send_quota`` (the client's receive
+maximum, capped by ``mqtt.receive_maximum``) are unacknowledged at a time
+(``SessionState.inflight``: packet id -> delivery). The rest wait in
+``SessionState.pending`` (bounded by ``mqtt.max_offline_messages``, the drop policy
+decides what goes when it is full) and are released in order as PUBACKs/PUBCOMPs
+free slots. For QoS 2 a PUBREC turns the inflight entry into ``RELEASED`` and a
+PUBREL goes out; PUBCOMP frees the slot. Nothing is resent on a live connection
+([MQTT-4.4.0-1]); on a reconnect with a present session every unacknowledged
+PUBLISH is resent with DUP set and every RELEASED id gets its PUBREL again.
+
+QoS 0 to a connected client is written straight into the output buffer, which is
+bounded in bytes (``mqtt.max_queued_bytes``); a full buffer drops per policy and
+counts. QoS 0 is not queued for an offline session.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import replace
+
+from .codec import Decoder, UnsupportedProtocolVersion, encode, encode_publish, publish_template
+from .packets import (
+    MQTT_5,
+    NO_PROPERTIES,
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    PingReq,
+    Properties,
+    ProtocolError,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    ReasonCode as RC,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+
+__all__ = ["Limits", "Message", "Protocol", "SessionState", "Stats", "RELEASED"]
+
+# Protocol states.
+CONNECTING, AUTHENTICATING, CONNECTED, CLOSED = "connecting", "authenticating", "connected", "closed"
+
+NEVER_EXPIRES = 0xFFFFFFFF
+RELEASED = "released"  # an inflight QoS 2 id after PUBREC: PUBREL sent, PUBCOMP awaited
+MAX_WRITE_BATCH = 256 * 1024
+
+
+class Limits:
+    """The server settings the machine obeys (from the ``[mqtt]`` config section)."""
+
+    __slots__ = (
+        "max_packet_size", "max_keepalive", "receive_maximum", "max_offline_messages",
+        "max_queued_bytes", "drop_oldest", "max_session_expiry", "topic_alias_maximum",
+        "maximum_qos", "retain_available", "connect_timeout", "response_prefix",
+    )
+
+    def __init__(self, *, max_packet_size=1 << 20, max_keepalive=0, receive_maximum=32,
+                 max_offline_messages=1000, max_queued_bytes=16 << 20, drop_oldest=True,
+                 max_session_expiry=7 * 86400, topic_alias_maximum=64, maximum_qos=2,
+                 retain_available=True, connect_timeout=10.0, response_prefix="kefu/response/"):
+        self.max_packet_size = max_packet_size
+        self.max_keepalive = max_keepalive
+        self.receive_maximum = receive_maximum
+        self.max_offline_messages = max_offline_messages
+        self.max_queued_bytes = max_queued_bytes
+        self.drop_oldest = drop_oldest
+        self.max_session_expiry = max_session_expiry
+        self.topic_alias_maximum = topic_alias_maximum
+        self.maximum_qos = maximum_qos
+        self.retain_available = retain_available
+        self.connect_timeout = connect_timeout
+        self.response_prefix = response_prefix
+
+    @classmethod
+    def from_config(cls, mqtt) -> Limits:
+        """From a ``kefu.config.model.Mqtt`` (duck-typed: broker.mqtt imports nothing of kefu)."""
+        return cls(
+            max_packet_size=mqtt.max_packet_size,
+            max_keepalive=mqtt.max_keepalive,
+            receive_maximum=min(mqtt.receive_maximum, 65535),
+            max_offline_messages=mqtt.max_offline_messages,
+            max_queued_bytes=mqtt.max_queued_bytes,
+            drop_oldest=mqtt.queue_drop_policy == "drop_oldest",
+            max_session_expiry=mqtt.max_session_expiry,
+            topic_alias_maximum=min(mqtt.topic_alias_maximum, 65535),
+            maximum_qos=mqtt.maximum_qos,
+            retain_available=mqtt.retain_available,
+            connect_timeout=float(getattr(mqtt, "connect_timeout", 10)),
+        )
+
+
+class Stats:
+    """Broker-wide counters ($SYS); the machine bumps them, the router publishes them."""
+
+    __slots__ = ("messages_received", "messages_sent", "bytes_received", "bytes_sent",
+                 "dropped", "connected", "malformed")
+
+    def __init__(self) -> None:
+        self.messages_received = 0
+        self.messages_sent = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.dropped = 0
+        self.connected = 0
+        self.malformed = 0
+
+
+class Message:
+    """One application message as routed (immutable after creation).
+
+    ``expires_at`` is absolute (the caller's clock) or None. ``origin`` is the
+    publisher's client id ('' for the broker's own). The encoded forms are cached per
+    (protocol, QoS, retain[, per-delivery properties]) so a fan-out encodes once.
+    """
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "origin", "_cache")
+
+    def __init__(self, topic, payload, qos, retain, properties=NO_PROPERTIES, expires_at=None, origin=""):
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+        self.expires_at = expires_at
+        self.origin = origin
+        self._cache = None
+
+    def expired(self, now) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def encoded(self, v5: bool, qos: int, retain: bool, sub_ids, now):
+        """QoS 0: the packet bytes. QoS 1/2: ``(prefix, suffix)`` around the packet id.
+
+        None when the message has expired (it must not be delivered).
+        """
+        exp = self.expires_at
+        if exp is None and not (v5 and sub_ids):
+            key = (8 if v5 else 0) | (qos << 1) | (1 if retain else 0)
+            remaining = None
+        else:
+            remaining = None
+            if exp is not None:
+                left = exp - now
+                if left <= 0:
+                    return None
+                remaining = math.ceil(left)
+            if not v5:
+                key = (qos << 1) | (1 if retain else 0)
+            else:
+                key = (qos, retain, remaining, sub_ids)
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        else:
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
+        if v5:
+            props = self.properties
+            if remaining is not None or sub_ids:
+                changes = {}
+                if remaining is not None:
+                    changes["message_expiry_interval"] = remaining
+                if sub_ids:
+                    changes["subscription_identifiers"] = tuple(sub_ids)
+                props = replace(props, **changes)
+            version = MQTT_5
+        else:
+            props = NO_PROPERTIES
+            version = 4
+        if qos == 0:
+            out = encode_publish(self.topic, self.payload, version, 0, None, retain, False, props)
+        else:
+            out = publish_template(Publish(self.topic, self.payload, qos, retain, False, 1, props), version)
+        cache[key] = out
+        return out
+
+    def __repr__(self) -> str:
+        return f"Message({self.topic!r}, {self.payload[:32]!r}, qos={self.qos}, retain={self.retain})"
+
+
+class SessionState:
+    """The persistent part of a client: survives reconnects while it has not expired."""
+
+    __slots__ = (
+        "client_id", "username", "subscriptions", "inflight", "pending", "qos2_in", "expiry",
+        "next_pid", "proto", "dropped", "limits", "stats", "will", "will_at", "expires_at",
+        "__weakref__",
+    )
+
+    def __init__(self, client_id: str, limits: Limits, stats: Stats) -> None:
+        self.client_id = client_id
+        self.username: str | None = None
+        # filter as sent -> (Subscription, subscription identifier or None)
+        self.subscriptions: dict = {}
+        # packet id -> (msg, qos, retain, sub_ids, packet bytes) or RELEASED
+        self.inflight: dict = {}
+        self.pending: deque = deque()  # (msg, qos, retain, sub_ids) waiting for a slot
+        self.qos2_in: set[int] = set()
+        self.expiry = 0  # session expiry interval in seconds (NEVER_EXPIRES: never)
+        self.next_pid = 1
+        self.proto: Protocol | None = None
+        self.dropped = 0
+        self.limits = limits
+        self.stats = stats
+        self.will: Message | None = None  # a will waiting for its delay (router's timers)
+        self.will_at: float | None = None
+        self.expires_at: float | None = None  # set while disconnected
+
+    def __repr__(self) -> str:
+        return f"SessionState({self.client_id!r}, connected={self.proto is not None})"
+
+    def alloc_pid(self) -> int:
+        pid = self.next_pid
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid % 65535 + 1
+        self.next_pid = pid % 65535 + 1
+        return pid
+
+    def deliver(self, msg: Message, qos: int, retain: bool, sub_ids, now) -> None:
+        """Hand one message to this session (connected or not) at the given QoS."""
+        proto = self.proto
+        if qos == 0:
+            if proto is not None:
+                proto.send0(msg, retain, sub_ids, now)
+            return
+        if proto is not None and not self.pending and len(self.inflight) < proto.send_quota:
+            proto.send_qos(msg, qos, retain, sub_ids, now)
+            return
+        pending = self.pending
+        if len(pending) >= self.limits.max_offline_messages:
+            self.dropped += 1
+            self.stats.dropped += 1
+            if not self.limits.drop_oldest or not pending:
+                return
+            pending.popleft()
+        pending.append((msg, qos, retain, sub_ids))
+
+
+def _ack(b0: int, pid: int, rc: int, v5: bool) -> bytes:
+    if rc and v5:
+        return bytes((b0, 3, pid >> 8, pid & 0xFF, rc))
+    return bytes((b0, 2, pid >> 8, pid & 0xFF))
+
+
+class BrokerPort:
+    """What the machine needs from the router (``kefu.broker.router.Router`` implements it).
+
+    Documented as a class so tests can see the contract; the router is duck-typed.
+    """
+
+    stats: Stats
+
+    def new_client_id(self) -> str: ...
+    def authenticate(self, proto: Protocol, connect: Connect) -> int | None:
+        """0 accept, a reason code to refuse, or None: call ``proto.auth_request`` later."""
+    def attach(self, proto: Protocol, now: float) -> tuple[SessionState, bool]:
+        """Bind the session for ``proto.client_id`` (takeover, clean start); -> (session, present)."""
+    def publish(self, proto: Protocol, topic: str, payload: bytes, qos: int, retain: bool,
+                props, now: float) -> int: ...
+    def subscribe(self, proto: Protocol, subscriptions, sub_id, now: float) -> tuple[list, list]: ...
+    def unsubscribe(self, proto: Protocol, filters, now: float) -> list: ...
+    def connected(self, proto: Protocol, session_present: bool, now: float) -> None:
+        """CONNACK sent (hooks, statistics)."""
+    def detach(self, proto: Protocol, now: float) -> None:
+        """The connection ended (will, session expiry, hooks)."""
+
+
+class Protocol:
+    """One client connection's protocol machine. See the module docstring."""
+
+    def __init__(self, broker, limits: Limits, peer: str = "") -> None:
+        self.broker = broker
+        self.limits = limits
+        self.stats: Stats = broker.stats
+        self.peer = peer
+        self.decoder = Decoder(server=True, max_packet_size=limits.max_packet_size)
+        self.state = CONNECTING
+        self._handlers = self._BEFORE_CONNECT
+        self.version: int | None = None
+        self.v5 = False
+        self.session: SessionState | None = None
+        self.client_id = ""
+        self.username: str | None = None
+        self.clean_start = True
+        self.keep_alive = 0
+        self.session_expiry = 0
+        self.connect_expiry = 0
+        self.will: Will | None = None
+        self.will_delay = 0
+        self.send_quota = limits.receive_maximum
+        self.client_max_packet = 1 << 28
+        self.aliases: dict[int, str] = {}
+        self.deadline: float | None = None
+        self._ka_window: float | None = None
+        # Output: chunks not yet taken by the writer, their size, and bytes being written.
+        self.out: list[bytes] = []
+        self.queued = 0
+        self.writing = 0
+        self.wake = _noop  # the driver's "output available" callback
+        self.dropped = 0
+        # Why the connection ended (for the driver's one log line).
+        self.error: ProtocolError | None = None
+        self.close_reason = ""
+        self.disconnect_code: int | None = None
+        self.auth_request: Connect | None = None
+        self.pub_acl = None  # per-connection cache of publish decisions: topic -> bool
+
+    def __repr__(self) -> str:
+        return f"Protocol({self.client_id!r}, {self.state}, peer={self.peer!r})"
+
+    # ------------------------------------------------------------------ input
+    def start(self, now: float) -> None:
+        """The connection opened: CONNECT must arrive within ``limits.connect_timeout``."""
+        self.deadline = now + self.limits.connect_timeout
+
+    def receive_bytes(self, data, now: float) -> None:
+        """Process received bytes: replies go to ``out``, routing happens synchronously."""
+        if self.state is CLOSED or self.state is AUTHENTICATING:
+            if self.state is AUTHENTICATING and data:
+                self.decoder.feed(data)
+            return
+        decoder = self.decoder
+        if data:
+            decoder.feed(data)
+        got = False
+        try:
+            while True:
+                packet = decoder.next_packet()
+                if packet is None:
+                    break
+                got = True
+                handler = self._handlers.get(type(packet))
+                if handler is None:
+                    self._unexpected(packet)
+                handler(self, packet, now)
+                if self.state is not CONNECTED:
+                    break
+        except UnsupportedProtocolVersion as e:
+            self.error = e
+            self._write(encode(ConnAck(reason_code=RC.UNSUPPORTED_PROTOCOL_VERSION), 4))
+            self._finish(now, "unsupported protocol version")
+            return
+        except ProtocolError as e:
+            self.protocol_error(e, now)
+            return
+        if got and self._ka_window is not None and self.state is CONNECTED:
+            self.deadline = now + self._ka_window
+
+    def _unexpected(self, packet) -> None:
+        name = type(packet).__name__.upper()
+        if self.state is CONNECTING:
+            raise ProtocolError(RC.PROTOCOL_ERROR, f"first packet must be CONNECT, got {name} [MQTT-3.1.0-1]")
+        if isinstance(packet, Connect):
+            raise ProtocolError(RC.PROTOCOL_ERROR, "second CONNECT on one connection [MQTT-3.1.0-2]")
+        raise ProtocolError(RC.PROTOCOL_ERROR, f"{name} may not be sent by a client")
+
+    def protocol_error(self, e: ProtocolError, now: float) -> None:
+        """The peer broke the protocol: 5.0 gets CONNACK/DISCONNECT with the code, 3.x a close."""
+        if self.state is CLOSED:
+            return
+        self.error = e
+        self.stats.malformed += 1
+        if self.v5:
+            if self.state is CONNECTED:
+                self._write(encode(Disconnect(e.reason_code), MQTT_5))
+            elif e.reason_code in _CONNACK_OK:
+                self._write(encode(ConnAck(reason_code=e.reason_code), MQTT_5))
+        self._finish(now, "protocol error")
+
+    # ------------------------------------------------------------------ CONNECT
+    def _on_connect(self, c: Connect, now: float) -> None:
+        lim = self.limits
+        v = c.protocol_level
+        self.version = v
+        self.v5 = v5 = v == MQTT_5
+        props = c.properties
+        if v5 and props.authentication_method is not None:
+            return self._refuse(RC.BAD_AUTHENTICATION_METHOD, now, "enhanced authentication is not supported")
+        client_id = c.client_id
+        assigned = None
+        if not client_id:
+            if not v5 and not c.clean_start:  # [MQTT-3.1.3-8]
+                return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, now, "empty client id needs clean session")
+            client_id = self.broker.new_client_id()
+            if v5:
+                assigned = client_id
+        ka = c.keep_alive
+        server_ka = None
+        if lim.max_keepalive and (ka == 0 or ka > lim.max_keepalive):
+            if not v5:  # 3.1.1 cannot be told: refuse, as Mosquitto does
+                return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, now,
+                                    f"keep alive {ka} above mqtt.max_keepalive {lim.max_keepalive}")
+            ka = server_ka = lim.max_keepalive
+        if v5:
+            expiry = props.session_expiry_interval or 0
+        else:
+            expiry = 0 if c.clean_start else NEVER_EXPIRES
+        capped = min(expiry, lim.max_session_expiry)
+        will = c.will
+        if will is not None:
+            wqos, wretain = will.qos, will.retain
+            if wqos > lim.maximum_qos:
+                if v5:
+                    return self._refuse(RC.QOS_NOT_SUPPORTED, now, f"will QoS {wqos} above mqtt.maximum_qos")
+                wqos = lim.maximum_qos
+            if wretain and not lim.retain_available:
+                if v5:
+                    return self._refuse(RC.RETAIN_NOT_SUPPORTED, now, "retained will but retain is off")
+                wretain = False
+            will = Will(will.topic, will.payload, wqos, wretain, will.properties)
+        self.client_id = client_id
+        self.username = c.username
+        self.clean_start = c.clean_start
+        self.keep_alive = ka
+        self.session_expiry = capped
+        self.connect_expiry = expiry
+        self._pending = (c, will, assigned, server_ka, expiry != capped and v5)
+        rc = self.broker.authenticate(self, c)
+        if rc is None:
+            self.state = AUTHENTICATING
+            self.auth_request = c
+            return
+        self._complete_connect(rc, now)
+
+    def auth_result(self, rc: int, now: float) -> None:
+        """The driver's answer to ``auth_request`` (authentication run off the event loop)."""
+        if self.state is not AUTHENTICATING:
+            return
+        self.auth_request = None
+        self.state = CONNECTING
+        self._complete_connect(rc, now)
+        if self.state is CONNECTED and self.decoder.pending:
+            self.receive_bytes(b"", now)
+
+    def _complete_connect(self, rc: int, now: float) -> None:
+        c, will, assigned, server_ka, expiry_changed = self._pending
+        self._pending = None
+        if rc:
+            return self._refuse(rc, now, "authentication refused")
+        v5 = self.v5
+        lim = self.limits
+        props = c.properties
+        if will is not None:
+            self.will = will  # the router turns it into a Message when it is published
+            self.will_delay = (will.properties.will_delay_interval or 0) if v5 else 0
+        if v5:
+            rm = props.receive_maximum
+            self.send_quota = min(rm, lim.receive_maximum) if rm else lim.receive_maximum
+            if props.maximum_packet_size:
+                self.client_max_packet = props.maximum_packet_size
+        self._ka_window = self.keep_alive * 1.5 if self.keep_alive else None
+        self.deadline = now + self._ka_window if self._ka_window else None
+        session, present = self.broker.attach(self, now)
+        self.session = session
+        self.state = CONNECTED
+        self._handlers = self._CONNECTED
+        self.stats.connected += 1
+        if v5:
+            cp = {}
+            if assigned is not None:
+                cp["assigned_client_identifier"] = assigned
+            if server_ka is not None:
+                cp["server_keep_alive"] = server_ka
+            if expiry_changed:
+                cp["session_expiry_interval"] = self.session_expiry
+            if lim.receive_maximum != 65535:
+                cp["receive_maximum"] = lim.receive_maximum
+            if lim.topic_alias_maximum:
+                cp["topic_alias_maximum"] = lim.topic_alias_maximum
+            if lim.maximum_qos < 2:
+                cp["maximum_qos"] = lim.maximum_qos
+            if not lim.retain_available:
+                cp["retain_available"] = 0
+            cp["maximum_packet_size"] = lim.max_packet_size
+            if props.request_response_information:
+                cp["response_information"] = lim.response_prefix + self.client_id
+            ack = ConnAck(present, 0, NO_PROPERTIES if not cp else Properties(**cp))
+            self._write(encode(ack, MQTT_5))
+        else:
+            self._write(encode(ConnAck(present, 0), self.version))
+        if present:
+            self._resume(now)
+        self.broker.connected(self, present, now)
+
+    def _refuse(self, rc: int, now: float, why: str) -> None:
+        self._write(encode(ConnAck(False, rc), self.version if self.version in (3, 4, 5) else 4))
+        self.error = ProtocolError(rc, why)
+        self._finish(now, "connect refused")
+
+    def _resume(self, now: float) -> None:
+        """Session present: resend unacknowledged messages (DUP), PUBRELs, then the queue."""
+        s = self.session
+        v5 = self.v5
+        for pid, entry in list(s.inflight.items()):
+            if entry is RELEASED:
+                self._write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))
+                continue
+            msg, qos, retain, sub_ids, packet, was_v5 = entry
+            if was_v5 != v5:  # the client came back speaking another version: re-encode
+                # Delivery already started, so expiry no longer removes it (spec 3.3.2.3.3).
+                when = now if not msg.expired(now) else msg.expires_at - 1
+                prefix, suffix = msg.encoded(v5, qos, retain, sub_ids, when)
+                packet = prefix + pid.to_bytes(2, "big") + suffix
+                s.inflight[pid] = (msg, qos, retain, sub_ids, packet, v5)
+            self._write(bytes((packet[0] | 0x08,)) + packet[1:])  # [MQTT-3.3.1-1] DUP
+            self.stats.messages_sent += 1
+        self.fill_window(now)
+
+    # ------------------------------------------------------------------ PUBLISH in
+    def _on_publish(self, p: Publish, now: float) -> None:
+        self.stats.messages_received += 1
+        qos = p.qos
+        topic = p.topic
+        props = p.properties
+        if props is not NO_PROPERTIES:
+            alias = props.topic_alias
+            if alias is not None:
+                if alias > self.limits.topic_alias_maximum:  # 0 is rejected by the codec
+                    raise ProtocolError(RC.TOPIC_ALIAS_INVALID,
+                                        f"topic alias {alias} above our maximum {self.limits.topic_alias_maximum}")
+                if topic:
+                    self.aliases[alias] = topic
+                else:
+                    topic = self.aliases.get(alias)
+                    if topic is None:
+                        raise ProtocolError(RC.PROTOCOL_ERROR, f"topic alias {alias} was never set")
+                props = replace(props, topic_alias=None)
+        if qos:
+            if qos > self.limits.maximum_qos and self.v5:  # [MQTT-3.2.2-11]
+                raise ProtocolError(RC.QOS_NOT_SUPPORTED, f"PUBLISH QoS {qos} above maximum QoS")
+            pid = p.packet_id
+            if qos == 2:
+                s = self.session
+                if pid in s.qos2_in:  # a redelivery before PUBREL: do not route twice
+                    self._write(bytes((0x50, 2, pid >> 8, pid & 0xFF)))
+                    return
+                if len(s.qos2_in) >= self.limits.receive_maximum:
+                    raise ProtocolError(RC.RECEIVE_MAXIMUM_EXCEEDED,
+                                        f"more than {self.limits.receive_maximum} QoS 2 messages unacknowledged")
+        if p.retain and not self.limits.retain_available:
+            if self.v5:
+                raise ProtocolError(RC.RETAIN_NOT_SUPPORTED, "retained PUBLISH but retain is off")
+        rc = self.broker.publish(self, topic, p.payload, qos, p.retain, props, now)
+        if qos == 1:
+            self._write(_ack(0x40, pid, rc, self.v5))
+        elif qos == 2:
+            if rc < 0x80:
+                self.session.qos2_in.add(pid)
+            self._write(_ack(0x50, pid, rc, self.v5))
+
+    def _on_pubrel(self, p: PubRel, now: float) -> None:
+        pid = p.packet_id
+        s = self.session.qos2_in
+        if pid in s:
+            s.discard(pid)
+            self._write(bytes((0x70, 2, pid >> 8, pid & 0xFF)))
+        else:
+            self._write(_ack(0x70, pid, RC.PACKET_IDENTIFIER_NOT_FOUND, self.v5))
+
+    # ------------------------------------------------------------------ PUBLISH out
+    def send0(self, msg: Message, retain: bool, sub_ids, now) -> None:
+        data = msg.encoded(self.v5, 0, retain, sub_ids, now)
+        if data is None:
+            return
+        n = len(data)
+        if n > self.client_max_packet:  # [MQTT-3.1.2-25]: discard
+            return
+        if self.queued + self.writing + n > self.limits.max_queued_bytes and not self._make_room(n):
+            self.dropped += 1
+            self.stats.dropped += 1
+            return
+        self.stats.messages_sent += 1
+        out = self.out
+        out.append(data)
+        self.queued += n
+        if len(out) == 1:
+            self.wake()
+
+    def send_qos(self, msg: Message, qos: int, retain: bool, sub_ids, now) -> bool:
+        """Write a QoS 1/2 delivery with a fresh packet id (the caller checked the window)."""
+        tmpl = msg.encoded(self.v5, qos, retain, sub_ids, now)
+        if tmpl is None:
+            return False
+        s = self.session
+        pid = s.alloc_pid()
+        packet = tmpl[0] + pid.to_bytes(2, "big") + tmpl[1]
+        if len(packet) > self.client_max_packet:
+            return False
+        s.inflight[pid] = (msg, qos, retain, sub_ids, packet, self.v5)
+        self.stats.messages_sent += 1
+        out = self.out
+        out.append(packet)
+        self.queued += len(packet)
+        if len(out) == 1:
+            self.wake()
+        return True
+
+    def fill_window(self, now) -> None:
+        """Move queued QoS 1/2 messages into free inflight slots, in order."""
+        s = self.session
+        pending = s.pending
+        inflight = s.inflight
+        quota = self.send_quota
+        while pending and len(inflight) < quota:
+            msg, qos, retain, sub_ids = pending.popleft()
+            self.send_qos(msg, qos, retain, sub_ids, now)
+
+    def _on_puback(self, p: PubAck, now: float) -> None:
+        s = self.session
+        entry = s.inflight.get(p.packet_id)
+        if entry is None or entry is RELEASED or entry[1] != 1:
+            return  # unknown id: nothing to do (spec 4.4 leaves it to us)
+        del s.inflight[p.packet_id]
+        if s.pending:
+            self.fill_window(now)
+
+    def _on_pubrec(self, p: PubRec, now: float) -> None:
+        s = self.session
+        pid = p.packet_id
+        entry = s.inflight.get(pid)
+        if entry is None or (entry is not RELEASED and entry[1] != 2):
+            self._write(_ack(0x62, pid, RC.PACKET_IDENTIFIER_NOT_FOUND, self.v5))
+            return
+        if p.reason_code >= 0x80:  # the client refused it: the flow ends here
+            del s.inflight[pid]
+            if s.pending:
+                self.fill_window(now)
+            return
+        s.inflight[pid] = RELEASED
+        self._write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))
+
+    def _on_pubcomp(self, p: PubComp, now: float) -> None:
+        s = self.session
+        if s.inflight.get(p.packet_id) is RELEASED:
+            del s.inflight[p.packet_id]
+            if s.pending:
+                self.fill_window(now)
+
+    # ------------------------------------------------------------------ the rest
+    def _on_subscribe(self, p: Subscribe, now: float) -> None:
+        ids = p.properties.subscription_identifiers
+        sub_id = ids[0] if ids else None
+        codes, retained = self.broker.subscribe(self, p.subscriptions, sub_id, now)
+        self._write(encode(SubAck(p.packet_id, tuple(codes)), self.version))
+        if retained:
+            session = self.session
+            for msg, qos, sub_ids in retained:
+                session.deliver(msg, qos, True, sub_ids, now)
+
+    def _on_unsubscribe(self, p: Unsubscribe, now: float) -> None:
+        codes = self.broker.unsubscribe(self, p.topic_filters, now)
+        self._write(encode(UnsubAck(p.packet_id, tuple(codes) if self.v5 else ()), self.version))
+
+    def _on_pingreq(self, p: PingReq, now: float) -> None:
+        self._write(b"\xd0\x00")
+
+    def _on_disconnect(self, p: Disconnect, now: float) -> None:
+        self.disconnect_code = rc = p.reason_code
+        if self.v5:
+            se = p.properties.session_expiry_interval
+            if se is not None:
+                if self.connect_expiry == 0 and se != 0:  # [MQTT-3.14.2-2]
+                    raise ProtocolError(RC.PROTOCOL_ERROR, "DISCONNECT sets a session expiry after 0 at CONNECT")
+                self.session_expiry = min(se, self.limits.max_session_expiry)
+                self.session.expiry = self.session_expiry
+        if rc == 0:  # [MQTT-3.1.2-10]: a normal disconnect deletes the will (0x04 keeps it)
+            self.will = None
+        self._finish(now, "client disconnected")
+
+    def _on_auth(self, p: Auth, now: float) -> None:
+        raise ProtocolError(RC.PROTOCOL_ERROR, "AUTH without an authentication method at CONNECT")
+
+    _BEFORE_CONNECT = {Connect: _on_connect}
+    _CONNECTED = {
+        Publish: _on_publish,
+        PubAck: _on_puback,
+        PubRec: _on_pubrec,
+        PubRel: _on_pubrel,
+        PubComp: _on_pubcomp,
+        Subscribe: _on_subscribe,
+        Unsubscribe: _on_unsubscribe,
+        PingReq: _on_pingreq,
+        Disconnect: _on_disconnect,
+        Auth: _on_auth,
+    }
+
+    # ------------------------------------------------------------------ closing
+    def keepalive_expired(self, now: float) -> None:
+        """The driver's deadline passed without a packet ([MQTT-3.1.2-24]: 1.5x keep alive)."""
+        if self.state is CLOSED:
+            return
+        if self.state is CONNECTED and self.v5:
+            self._write(encode(Disconnect(RC.KEEP_ALIVE_TIMEOUT), MQTT_5))
+        self.close_reason = "keep alive timeout" if self.state is CONNECTED else "no CONNECT in time"
+        self._finish(now, self.close_reason)
+
+    def close(self, reason_code: int, now: float, *, will: bool = True) -> None:
+        """Server-initiated close (takeover 0x8E, shutdown 0x8B, admin): DISCONNECT for 5.0."""
+        if self.state is CLOSED:
+            return
+        if not will:
+            self.will = None
+        if self.state is CONNECTED and self.v5:
+            self._write(encode(Disconnect(reason_code), MQTT_5))
+        self._finish(now, f"closed by the server (0x{reason_code:02X})")
+
+    def connection_lost(self, now: float) -> None:
+        """The transport closed or broke (EOF, reset): the will applies."""
+        if self.state is not CLOSED:
+            self._finish(now, "connection lost")
+
+    def _finish(self, now: float, why: str) -> None:
+        if not self.close_reason:
+            self.close_reason = why
+        was_connected = self.state is CONNECTED
+        self.state = CLOSED
+        self._handlers = {}
+        self.deadline = None
+        if was_connected:
+            self.stats.connected -= 1
+            self.broker.detach(self, now)
+        self.wake()
+
+    @property
+    def closed(self) -> bool:
+        return self.state is CLOSED
+
+    # ------------------------------------------------------------------ output
+    def _write(self, data: bytes) -> None:
+        out = self.out
+        out.append(data)
+        self.queued += len(data)
+        if len(out) == 1:
+            self.wake()
+
+    def _make_room(self, n: int) -> bool:
+        """Queue over its byte limit: drop_oldest evicts queued QoS 0 PUBLISHes (to 90%)."""
+        if not self.limits.drop_oldest:
+            return False
+        target = self.limits.max_queued_bytes * 9 // 10 - n - self.writing
+        keep = []
+        size = self.queued
+        evicted = 0
+        for chunk in self.out:
+            if size > target and (chunk[0] & 0xF6) == 0x30:  # a QoS 0 PUBLISH
+                size -= len(chunk)
+                evicted += 1
+                continue
+            keep.append(chunk)
+        self.out[:] = keep
+        self.queued = size
+        self.dropped += evicted
+        self.stats.dropped += evicted
+        return size + self.writing + n <= self.limits.max_queued_bytes
+
+    def take_output(self) -> bytes:
+        """Everything queued (up to a batch limit) as one buffer, for one send_all."""
+        out = self.out
+        if not out:
+            return b""
+        if self.queued <= MAX_WRITE_BATCH:
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out.clear()
+        else:
+            size = 0
+            i = 0
+            for chunk in out:
+                size += len(chunk)
+                i += 1
+                if size >= MAX_WRITE_BATCH:
+                    break
+            data = b"".join(out[:i])
+            del out[:i]
+        n = len(data)
+        self.queued -= n
+        self.writing += n
+        return data
+
+    def output_sent(self, n: int) -> None:
+        """The driver finished writing ``n`` bytes returned by ``take_output``."""
+        self.writing -= n
+        self.stats.bytes_sent += n
+
+    def take_all(self) -> bytes:
+        """Tests and tools: all output at once, marked as sent."""
+        chunks = []
+        while self.out:
+            data = self.take_output()
+            self.output_sent(len(data))
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def _noop() -> None:
+    pass
+
+
+_CONNACK_OK = frozenset({0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C,
+                         0x90, 0x95, 0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F})

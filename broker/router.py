@@ -1,0 +1,501 @@
+"""The shared broker state: sessions, subscriptions, retained messages, timers, $SYS.
+
+Sans-I/O like the protocol machine: no trio, no sockets, no clock reads. The trio
+side (``server.py``/``connection.py``) passes ``now`` in, calls ``tick(now)`` when
+``next_deadline`` passes and wakes writers through each ``Protocol.wake``.
+
+The publish fast path
+---------------------
+A PUBLISH becomes one ``Message``; routing it is:
+
+1. the per-connection publish decision cache (topic -> allowed; valid topics only),
+2. one dict lookup for the topic's *plan*: the matching subscribers with their
+   options already merged per session (overlapping subscriptions of one client give
+   one delivery with the highest QoS and every subscription identifier, spec 3.3.4),
+   plus the matching shared groups. Plans are built from the ``TopicTrie`` on a miss
+   and the whole plan cache is dropped whenever a subscription changes,
+3. per subscriber ``SessionState.deliver``: the message's encoded bytes are cached
+   per (protocol, QoS, retain flag[, per-delivery properties]), so 100 subscribers on
+   3.1.1 at QoS 0 share one ``bytes`` object; QoS 1/2 share a (prefix, suffix)
+   template and only the packet id is spliced in per subscriber.
+
+Sessions and wills
+------------------
+``attach`` binds a connection to the session for its client id: a live holder is
+closed with 0x8E first ([MQTT-3.1.4-3]); clean start discards the old session;
+otherwise the session (subscriptions, inflight, queue) continues ("session
+present"). ``detach`` runs when a connection ends: the will is published at once
+or after min(will delay, session expiry) unless a new connection for the client id
+arrives first; a session with expiry 0 ends now, others get an expiry timer.
+Timers live in one heap; stale entries are skipped by comparing the deadline
+stored on the session.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import secrets
+from dataclasses import replace
+
+from .. import __version__
+from .auth import Authenticator
+from .hooks import (
+    ConnectedEvent,
+    DisconnectedEvent,
+    HookRegistry,
+    MessagePublishedEvent,
+    SessionExpiredEvent,
+    SubscribedEvent,
+    UnsubscribedEvent,
+)
+from .mqtt.packets import NO_PROPERTIES, ProtocolError, ReasonCode as RC
+from .mqtt.session import NEVER_EXPIRES, Limits, Message, SessionState, Stats
+from .topics import TopicTrie, validate_topic_filter, validate_topic_name
+
+log = logging.getLogger("kefu.broker")
+
+_WILL, _EXPIRE = 1, 2
+_PLAN_CACHE_MAX = 16384
+_PUB_CACHE_MAX = 1024
+_EMPTY = ()
+
+
+class RetainedStore:
+    """Retained messages by topic, in a level tree so a filter finds its topics without a scan."""
+
+    __slots__ = ("_root", "count")
+
+    def __init__(self) -> None:
+        self._root: list = [{}, None]  # node: [children by level, Message or None]
+        self.count = 0
+
+    def set(self, topic: str, msg: Message | None) -> None:
+        """Store ``msg`` for ``topic``; ``None`` clears it (and prunes empty nodes)."""
+        node = self._root
+        path = []
+        for level in topic.split("/"):
+            child = node[0].get(level)
+            if child is None:
+                if msg is None:
+                    return
+                child = node[0][level] = [{}, None]
+            path.append((node, level))
+            node = child
+        if msg is None:
+            if node[1] is not None:
+                self.count -= 1
+            node[1] = None
+            for parent, level in reversed(path):
+                if node[0] or node[1] is not None:
+                    break
+                del parent[0][level]
+                node = parent
+        else:
+            if node[1] is None:
+                self.count += 1
+            node[1] = msg
+
+    def get(self, topic: str) -> Message | None:
+        node = self._root
+        for level in topic.split("/"):
+            node = node[0].get(level)
+            if node is None:
+                return None
+        return node[1]
+
+    def match(self, topic_filter: str) -> list[Message]:
+        """Retained messages whose topic the (plain, valid) filter matches; the $ rule applies."""
+        levels = topic_filter.split("/")
+        last = len(levels)
+        out: list[Message] = []
+        stack = [(self._root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == last:
+                if node[1] is not None:
+                    out.append(node[1])
+                continue
+            level = levels[i]
+            if level == "#":
+                if i > 0 and node[1] is not None:  # "a/#" matches "a"
+                    out.append(node[1])
+                sub = [c for n, c in node[0].items() if not (i == 0 and n.startswith("$"))]
+                while sub:
+                    n = sub.pop()
+                    if n[1] is not None:
+                        out.append(n[1])
+                    sub.extend(n[0].values())
+            elif level == "+":
+                for name, child in node[0].items():
+                    if i == 0 and name.startswith("$"):
+                        continue
+                    stack.append((child, i + 1))
+            else:
+                child = node[0].get(level)
+                if child is not None:
+                    stack.append((child, i + 1))
+        return out
+
+
+def _online(session: SessionState) -> bool:
+    return session.proto is not None
+
+
+class Router:
+    """Sessions, subscriptions, retained messages; implements session.BrokerPort."""
+
+    def __init__(self, config, hooks: HookRegistry | None = None, auth: Authenticator | None = None) -> None:
+        mq = config.mqtt
+        self.config = config
+        self.limits = Limits.from_config(mq)
+        self.stats = Stats()
+        self.hooks = hooks if hooks is not None else HookRegistry()
+        self.auth = auth if auth is not None else Authenticator(config.auth, self.hooks)
+        # scrypt takes tens of ms: with configured users the driver authenticates in a thread.
+        self.auth_in_thread = bool(config.auth.users)
+        self.max_topic_levels = mq.max_topic_levels
+        self.sessions: dict[str, SessionState] = {}
+        self.trie = TopicTrie(cache_size=0)  # the router caches whole plans instead
+        self.retained = RetainedStore()
+        self.subscription_count = 0
+        self._plans: dict[str, tuple] = {}
+        self._timers: list = []
+        self._seq = itertools.count()
+        self.on_timer = _ignore  # driver callback(deadline) when an earlier timer appears
+        self._id_prefix = secrets.token_hex(3)
+        self._ids = itertools.count(1)
+        self.sys_interval = mq.sys_interval
+        self.started_at: float | None = None
+        self._next_sys: float | None = None
+
+    def start(self, now: float) -> None:
+        self.started_at = now
+        if self.sys_interval:
+            self._next_sys = now
+            self.on_timer(now)
+
+    # ------------------------------------------------------------------ connect/disconnect
+    def new_client_id(self) -> str:
+        return f"kefu-{self._id_prefix}-{next(self._ids)}"
+
+    def authenticate(self, proto, connect) -> int | None:
+        if self.auth_in_thread:
+            return None
+        return self.auth.authenticate(proto.client_id, connect.username, connect.password,
+                                      protocol_level=connect.protocol_level, peer=proto.peer)
+
+    def authenticate_blocking(self, proto, connect) -> int:
+        """For the driver's worker thread (``auth_in_thread``)."""
+        return self.auth.authenticate(proto.client_id, connect.username, connect.password,
+                                      protocol_level=connect.protocol_level, peer=proto.peer)
+
+    def attach(self, proto, now: float) -> tuple[SessionState, bool]:
+        cid = proto.client_id
+        s = self.sessions.get(cid)
+        if s is not None and s.proto is not None:
+            log.info("client %s: session taken over by a new connection from %s", cid, proto.peer)
+            s.proto.close(RC.SESSION_TAKEN_OVER, now)
+            s = self.sessions.get(cid)
+        if s is not None:
+            # A new connection before the will delay elapsed: no will ([MQTT-3.1.3-9]).
+            s.will = None
+            s.will_at = None
+            s.expires_at = None
+            if proto.clean_start:
+                self._end_session(s, now)
+                s = None
+        present = s is not None
+        if s is None:
+            s = SessionState(cid, self.limits, self.stats)
+            self.sessions[cid] = s
+        s.proto = proto
+        s.username = proto.username
+        s.expiry = proto.session_expiry
+        return s, present
+
+    def connected(self, proto, present: bool, now: float) -> None:
+        if self.hooks.active("on_connected"):
+            self.hooks.notify("on_connected", ConnectedEvent(
+                proto.client_id, proto.username, proto.version, proto.clean_start, present,
+                proto.keep_alive, proto.peer))
+
+    def detach(self, proto, now: float) -> None:
+        s = proto.session
+        if s is None or s.proto is not proto:
+            return
+        s.proto = None
+        will = proto.will
+        if will is not None:
+            delay = min(proto.will_delay, s.expiry)
+            if delay <= 0:
+                self._publish_will(will, proto.client_id, proto.username, now)
+            else:
+                s.will = (will, proto.username)
+                s.will_at = now + delay
+                self._push(s.will_at, _WILL, s)
+        if s.expiry == 0:
+            self._end_session(s, now)
+        elif s.expiry != NEVER_EXPIRES:
+            s.expires_at = now + s.expiry
+            self._push(s.expires_at, _EXPIRE, s)
+        self.auth.forget(proto.client_id)
+        if self.hooks.active("on_disconnected"):
+            self.hooks.notify("on_disconnected", DisconnectedEvent(
+                proto.client_id, proto.username,
+                proto.disconnect_code if proto.disconnect_code is not None else (
+                    proto.error.reason_code if proto.error is not None else 0),
+                will is not None))
+
+    def _end_session(self, s: SessionState, now: float) -> None:
+        if s.will is not None:  # the session ends before the will delay: publish now
+            will, username = s.will
+            s.will = None
+            self._publish_will(will, s.client_id, username, now)
+        for f in s.subscriptions:
+            self.trie.remove(f, s)
+            self.subscription_count -= 1
+        if s.subscriptions:
+            self._plans.clear()
+        s.subscriptions = {}
+        s.pending.clear()
+        s.inflight.clear()
+        if self.sessions.get(s.client_id) is s:
+            del self.sessions[s.client_id]
+        if self.hooks.active("on_session_expired"):
+            self.hooks.notify("on_session_expired", SessionExpiredEvent(s.client_id))
+
+    def _publish_will(self, will, client_id: str, username, now: float) -> None:
+        topic = will.topic
+        try:
+            self._check_topic(topic)
+        except ProtocolError:
+            return
+        if not self.auth.authorize(client_id, username, "publish", topic):
+            log.info("client %s: will to %r not published (not authorised)", client_id, topic)
+            return
+        props = will.properties
+        exp = props.message_expiry_interval
+        if props is not NO_PROPERTIES and (exp is not None or props.will_delay_interval is not None):
+            props = replace(props, message_expiry_interval=None, will_delay_interval=None)
+        msg = Message(topic, will.payload, will.qos, will.retain, props,
+                      None if exp is None else now + exp, client_id)
+        if exp is not None:  # keep the interval so encoded() can send what is left
+            msg.properties = replace(props, message_expiry_interval=exp)
+        self.stats.messages_received += 1
+        self._accept(msg, client_id, username, now)
+
+    # ------------------------------------------------------------------ timers
+    def _push(self, when: float, kind: int, s: SessionState) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), kind, s))
+        if self._timers[0][0] == when:
+            self.on_timer(when)
+
+    @property
+    def next_deadline(self) -> float | None:
+        t = self._timers[0][0] if self._timers else None
+        n = self._next_sys
+        if n is not None and (t is None or n < t):
+            return n
+        return t
+
+    def tick(self, now: float) -> float | None:
+        """Run what is due (delayed wills, session expiry, $SYS); returns the next deadline."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, kind, s = heapq.heappop(timers)
+            if s.proto is not None:
+                continue
+            if kind == _WILL and s.will_at == when and s.will is not None:
+                will, username = s.will
+                s.will = None
+                s.will_at = None
+                self._publish_will(will, s.client_id, username, now)
+            elif kind == _EXPIRE and s.expires_at == when and self.sessions.get(s.client_id) is s:
+                self._end_session(s, now)
+        if self._next_sys is not None and self._next_sys <= now:
+            self.publish_sys(now)
+            self._next_sys = now + self.sys_interval
+        return self.next_deadline
+
+    # ------------------------------------------------------------------ publish
+    def _check_topic(self, topic: str) -> None:
+        try:
+            validate_topic_name(topic, self.max_topic_levels)
+        except ValueError as e:
+            raise ProtocolError(RC.TOPIC_NAME_INVALID, str(e)) from None
+
+    def _may_publish(self, proto, topic: str) -> bool:
+        self._check_topic(topic)
+        if topic.startswith("$SYS/") or topic == "$SYS":
+            return False  # only the broker writes $SYS
+        return self.auth.authorize(proto.client_id, proto.username, "publish", topic)
+
+    def publish(self, proto, topic, payload, qos, retain, props, now) -> int:
+        """A client's PUBLISH (after topic alias resolution). Returns the PUBACK/PUBREC code."""
+        cache = proto.pub_acl
+        if cache is None:
+            cache = proto.pub_acl = {}
+        ok = cache.get(topic)
+        if ok is None:
+            ok = self._may_publish(proto, topic)
+            if not self.hooks.active("on_authorize"):  # hook answers may change: never cached
+                if len(cache) >= _PUB_CACHE_MAX:
+                    cache.clear()
+                cache[topic] = ok
+        if not ok:
+            return RC.NOT_AUTHORIZED
+        exp = props.message_expiry_interval
+        msg = Message(topic, payload, qos, retain, props, None if exp is None else now + exp, proto.client_id)
+        return self._accept(msg, proto.client_id, proto.username, now)
+
+    def _accept(self, msg: Message, client_id: str, username, now: float) -> int:
+        if msg.retain:
+            self.retained.set(msg.topic, msg if msg.payload else None)
+        hooks = self.hooks
+        if hooks.active("on_message_published"):
+            hooks.notify("on_message_published", MessagePublishedEvent(
+                client_id, username, msg.topic, msg.payload, msg.qos, msg.retain, msg.properties))
+        return self.route(msg, now)
+
+    def route(self, msg: Message, now: float) -> int:
+        """Deliver to every matching subscriber; 0x10 when there is none."""
+        plan = self._plans.get(msg.topic)
+        if plan is None:
+            plan = self._plan(msg.topic)
+        targets, groups = plan
+        qos = msg.qos
+        retain = msg.retain
+        origin = msg.origin
+        for session, sqos, no_local, rap, sub_ids in targets:
+            if no_local and session.client_id == origin:
+                continue
+            session.deliver(msg, qos if qos < sqos else sqos, rap and retain, sub_ids, now)
+        for group in groups:
+            picked = group.pick(_online) or group.pick()
+            if picked is not None:
+                session, (sqos, no_local, rap, sub_ids) = picked
+                session.deliver(msg, qos if qos < sqos else sqos, rap and retain, sub_ids, now)
+        if targets or groups:
+            return RC.SUCCESS
+        return RC.NO_MATCHING_SUBSCRIBERS
+
+    def _plan(self, topic: str) -> tuple:
+        plain, groups = self.trie.match_all(topic)
+        if len(plain) == 1:
+            session, (sqos, no_local, rap, sub_ids), _ = plain[0]
+            targets = ((session, sqos, no_local, rap, sub_ids),)
+        else:
+            merged: dict = {}
+            for session, (sqos, no_local, rap, sub_ids), _ in plain:
+                prev = merged.get(session)
+                if prev is None:
+                    merged[session] = [sqos, no_local, rap, sub_ids]
+                else:
+                    prev[0] = max(prev[0], sqos)
+                    prev[1] = prev[1] and no_local
+                    prev[2] = prev[2] or rap
+                    prev[3] = prev[3] + sub_ids
+            targets = tuple((s, q, nl, rap, ids) for s, (q, nl, rap, ids) in merged.items())
+        plan = (targets, groups)
+        plans = self._plans
+        if len(plans) >= _PLAN_CACHE_MAX:
+            plans.clear()
+        plans[topic] = plan
+        return plan
+
+    # ------------------------------------------------------------------ subscribe
+    def subscribe(self, proto, subscriptions, sub_id, now) -> tuple[list, list]:
+        """Add subscriptions; -> (SUBACK codes, retained deliveries as (msg, qos, sub_ids))."""
+        s = proto.session
+        codes: list[int] = []
+        retained: list = []
+        max_qos = self.limits.maximum_qos
+        sub_ids = (sub_id,) if sub_id else _EMPTY
+        hooks = self.hooks
+        for sub in subscriptions:
+            f = sub.topic_filter
+            try:
+                group, inner = validate_topic_filter(f, self.max_topic_levels)
+            except ValueError as e:
+                log.info("client %s: subscription refused: %s", proto.client_id, e)
+                codes.append(RC.TOPIC_FILTER_INVALID)
+                continue
+            if group is not None and sub.no_local:  # [MQTT-3.8.3-4]
+                raise ProtocolError(RC.PROTOCOL_ERROR, f"no local on the shared subscription {f!r}")
+            if not self.auth.authorize(proto.client_id, proto.username, "subscribe", f):
+                codes.append(RC.NOT_AUTHORIZED)
+                continue
+            qos = sub.qos if sub.qos < max_qos else max_qos
+            existed = f in s.subscriptions
+            value = (qos, sub.no_local, sub.retain_as_published, sub_ids)
+            s.subscriptions[f] = value
+            if self.trie.add(f, s, value):
+                self.subscription_count += 1
+            codes.append(qos)
+            if hooks.active("on_subscribed"):
+                hooks.notify("on_subscribed", SubscribedEvent(proto.client_id, proto.username, f, qos))
+            rh = sub.retain_handling
+            if group is None and (rh == 0 or (rh == 1 and not existed)) and self.retained.count:
+                for msg in self.retained.match(inner):
+                    if msg.expired(now):
+                        self.retained.set(msg.topic, None)
+                        continue
+                    if sub.no_local and msg.origin == proto.client_id:
+                        continue
+                    retained.append((msg, msg.qos if msg.qos < qos else qos, sub_ids))
+        self._plans.clear()
+        return codes, retained
+
+    def unsubscribe(self, proto, filters, now) -> list:
+        s = proto.session
+        codes = []
+        hooks = self.hooks
+        for f in filters:
+            if s.subscriptions.pop(f, None) is not None:
+                self.trie.remove(f, s)
+                self.subscription_count -= 1
+                codes.append(RC.SUCCESS)
+                if hooks.active("on_unsubscribed"):
+                    hooks.notify("on_unsubscribed", UnsubscribedEvent(proto.client_id, proto.username, f))
+            else:
+                codes.append(RC.NO_SUBSCRIPTION_EXISTED)
+        self._plans.clear()
+        return codes
+
+    # ------------------------------------------------------------------ $SYS
+    def sys_values(self, now: float) -> dict[str, str]:
+        st = self.stats
+        up = int(now - self.started_at) if self.started_at is not None else 0
+        return {
+            "$SYS/broker/version": f"kefu {__version__}",
+            "$SYS/broker/uptime": f"{up} seconds",
+            "$SYS/broker/clients/connected": str(st.connected),
+            "$SYS/broker/clients/total": str(len(self.sessions)),
+            "$SYS/broker/messages/received": str(st.messages_received),
+            "$SYS/broker/messages/sent": str(st.messages_sent),
+            "$SYS/broker/messages/dropped": str(st.dropped),
+            "$SYS/broker/bytes/received": str(st.bytes_received),
+            "$SYS/broker/bytes/sent": str(st.bytes_sent),
+            "$SYS/broker/subscriptions/count": str(self.subscription_count),
+            "$SYS/broker/retained/count": str(self.retained.count),
+        }
+
+    def publish_sys(self, now: float) -> None:
+        """Publish the statistics topics (retained, QoS 0)."""
+        for topic, value in self.sys_values(now).items():
+            msg = Message(topic, value.encode(), 0, True, NO_PROPERTIES, None, "")
+            old = self.retained.get(topic)
+            if old is not None and old.payload == msg.payload:
+                continue
+            self.retained.set(topic, msg)
+            self.route(msg, now)
+
+    # ------------------------------------------------------------------ shutdown
+    def connected_protocols(self) -> list:
+        return [s.proto for s in self.sessions.values() if s.proto is not None]
+
+
+def _ignore(*_a) -> None:
+    pass
