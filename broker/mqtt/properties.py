@@ -183,6 +183,32 @@ def read_properties(buf, pos: int, end: int, where: int) -> tuple[Properties, in
     stop = pos + length
     if stop > end:
         raise malformed("property length exceeds the packet")
+    if length > _CACHE_MAX_BYTES:
+        return _parse_properties(buf, pos, stop, where), stop
+    raw = buf[pos:stop]
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    cache = _DECODED[where]
+    props = cache.get(raw)
+    if props is None:
+        props = _parse_properties(raw, 0, length, where)
+        if len(cache) >= _CACHE_ENTRIES:
+            cache.clear()
+        cache[raw] = props
+    return props, stop
+
+
+# Peers repeat the same few property blocks (a device's content type, expiry, user
+# properties), and building a 27-field frozen Properties costs microseconds. Values
+# are immutable, so identical bytes can share one decoded value; the caches are small
+# and simply cleared when full.
+_CACHE_ENTRIES = 512
+_CACHE_MAX_BYTES = 256
+_DECODED: dict[int, dict[bytes, Properties]] = {w: {} for w in (WILL, *PacketType)}
+_ENCODED: dict[tuple[int, int], tuple[Properties, bytes]] = {}
+
+
+def _parse_properties(buf, pos: int, stop: int, where: int) -> Properties:
     values: dict[str, object] = {}
     while pos < stop:
         pid = buf[pos]
@@ -214,7 +240,7 @@ def read_properties(buf, pos: int, end: int, where: int) -> tuple[Properties, in
     for attr in ("subscription_identifiers", "user_properties"):
         if attr in values:
             values[attr] = tuple(values[attr])  # type: ignore[arg-type]
-    return Properties(**values), pos  # type: ignore[arg-type]
+    return Properties(**values)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- writers
@@ -289,6 +315,19 @@ def encode_properties(props: Properties, where: int) -> bytes:
     """Property Length followed by the properties present in ``props``."""
     if props is NO_PROPERTIES:
         return b"\x00"
+    key = (id(props), where)
+    hit = _ENCODED.get(key)
+    if hit is not None and hit[0] is props:  # the entry keeps props alive: ids cannot be reused
+        return hit[1]
+    data = _encode_properties(props, where)
+    if len(data) <= _CACHE_MAX_BYTES:
+        if len(_ENCODED) >= _CACHE_ENTRIES:
+            _ENCODED.clear()
+        _ENCODED[key] = (props, data)
+    return data
+
+
+def _encode_properties(props: Properties, where: int) -> bytes:
     parts = []
     for pid, attr, wtype, allowed, several in PROPERTY_TABLE:
         value = getattr(props, attr)

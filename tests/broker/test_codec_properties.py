@@ -191,3 +191,25 @@ def test_encoding_a_property_in_the_wrong_packet_is_a_value_error():
         P.encode_properties(Properties(topic_alias=1), PacketType.CONNECT)
     with pytest.raises(ValueError):
         P.encode_properties(Properties(receive_maximum=70000), PacketType.CONNECT)
+
+
+def test_decoded_property_cache_is_per_packet_type_and_bounded():
+    raw = bytes.fromhex("03 23 0001".replace(" ", ""))
+    assert P.read_properties(raw, 0, 4, PacketType.PUBLISH)[0] == Properties(topic_alias=1)
+    # The same bytes, now cached for PUBLISH, are still not allowed in CONNECT.
+    assert code_of(P.read_properties, raw, 0, 4, PacketType.CONNECT) == 0x81
+    for i in range(1, 2000):
+        block = b"\x05\x02" + i.to_bytes(4, "big")
+        assert P.read_properties(block, 0, 6, PacketType.PUBLISH)[0].message_expiry_interval == i
+    assert all(len(c) <= P._CACHE_ENTRIES for c in P._DECODED.values())
+
+
+def test_encoded_property_cache_follows_the_object():
+    a = Properties(content_type="a")
+    assert P.encode_properties(a, PacketType.PUBLISH) == bytes.fromhex("0403000161")
+    for i in range(2000):  # churn: ids of dead objects get reused, results must not mix up
+        p = Properties(message_expiry_interval=i)
+        assert P.encode_properties(p, PacketType.PUBLISH) == b"\x05\x02" + i.to_bytes(4, "big")
+    assert len(P._ENCODED) <= P._CACHE_ENTRIES
+    with pytest.raises(ValueError):
+        P.encode_properties(a, PacketType.CONNECT)
