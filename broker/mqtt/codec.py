@@ -164,7 +164,8 @@ class Decoder:
             ...
     """
 
-    __slots__ = ("server", "version", "max_packet_size", "_buf", "_pos", "_rules", "_error")
+    __slots__ = ("server", "version", "max_packet_size", "connect_level", "_buf", "_pos",
+                 "_rules", "_error")
 
     def __init__(self, *, server: bool = True, version: int | None = None,
                  max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
@@ -175,6 +176,9 @@ class Decoder:
         self.server = server
         self.version = version
         self.max_packet_size = max_packet_size
+        # Protocol level of a CONNECT whose parsing got that far, even if it then failed:
+        # lets the session machine answer a broken 5.0 CONNECT with a 5.0 CONNACK.
+        self.connect_level: int | None = None
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._rules = _RULES[(server, version)]
@@ -339,6 +343,7 @@ class Decoder:
                 raise UnsupportedProtocolVersion(name, level, f"unknown protocol name {name!r}")
             raise UnsupportedProtocolVersion(  # [MQTT-3.1.2-2]
                 name, level, f"unsupported protocol level {level} for {name!r}")
+        self.connect_level = level
         if p + 4 > end:
             raise malformed("CONNECT variable header truncated")
         flags = buf[p + 1]

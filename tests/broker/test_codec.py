@@ -454,3 +454,12 @@ def test_encode_publish_matches_encode_and_set_dup():
 def test_payload_may_be_any_bytes_like():
     data = encode_publish("t", memoryview(b"abc"), 4)
     assert decode(data, version=4).payload == b"abc"
+
+
+def test_connect_level_is_known_even_when_the_connect_is_broken():
+    """So a broken 5.0 CONNECT can still be answered with a 5.0 CONNACK."""
+    d = Decoder(server=True)
+    d.feed(connect_bytes(0x03, level=5, props=b"\x00"))
+    with pytest.raises(ProtocolError):
+        d.next_packet()
+    assert (d.connect_level, d.version) == (5, None)
