@@ -1,0 +1,379 @@
+/* kefu agent console. Plain JS, no build step.
+ *
+ * Reads go over the REST API (/api/v1, api_access_token header); everything live —
+ * new messages, conversation changes, typing, read receipts — arrives on one /chat
+ * WebSocket authenticated with the same token, and the agent's own actions (reply,
+ * note, accept, transfer, resolve, labels, status) go out on it as frames, each with a
+ * ref so the ack or error lands on the right button.
+ */
+(function () {
+  "use strict";
+  var $ = function (id) { return document.getElementById(id); };
+  var S = {
+    token: localStorage.getItem("kefu.console.token") || "",
+    me: null, tab: "mine", convs: [], current: null, messages: [], contact: null,
+    agents: [], labels: [], canned: [], ws: null, refs: 0, waiting: {}, unread: {},
+    backoff: 1000, reloadTimer: null, typingTimer: null, sentTyping: false, wsBase: ""
+  };
+
+  function api(method, path, body) {
+    var opts = { method: method, headers: { "api_access_token": S.token } };
+    if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
+    return fetch("/api/v1" + path, opts).then(function (r) {
+      if (r.status === 204) return null;
+      return r.json().then(function (j) {
+        if (!r.ok) { var e = new Error(j.message || ("HTTP " + r.status)); e.status = r.status; throw e; }
+        return j.data;
+      });
+    });
+  }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = text;
+    return e;
+  }
+  function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : ""; }
+
+  // ------------------------------------------------------------------ sign in
+  function showSignin(msg) {
+    $("app").hidden = true; $("signin").hidden = false;
+    $("signin-err").textContent = msg || "";
+    $("token").focus();
+  }
+  $("signin-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    S.token = $("token").value.trim();
+    signIn();
+  });
+  $("signout").addEventListener("click", function () {
+    localStorage.removeItem("kefu.console.token");
+    if (S.ws) { S.ws.onclose = null; S.ws.close(); }
+    S.token = ""; showSignin("");
+  });
+
+  function signIn() {
+    api("GET", "/profile").then(function (p) {
+      if (!p.agent) throw new Error("this token is not an agent's token");
+      localStorage.setItem("kefu.console.token", S.token);
+      S.me = p.agent;
+      S.wsBase = p.ws_url || "";
+      $("signin").hidden = true; $("app").hidden = false;
+      $("me-name").textContent = S.me.name || S.me.id;
+      $("me-avatar").textContent = (S.me.name || S.me.id).slice(0, 1).toUpperCase();
+      showMyStatus(S.me.status);
+      return Promise.all([
+        api("GET", "/agents").then(function (d) { S.agents = d.payload; fillTransfer(); }),
+        api("GET", "/labels").then(function (d) { S.labels = d.payload; fillLabelList(); }),
+        api("GET", "/canned_responses").then(function (d) { S.canned = d.payload; fillCanned(); })
+      ]);
+    }).then(function () {
+      loadList();
+      connect();
+    }).catch(function (e) { showSignin(e.status === 401 ? "Unknown token." : e.message); });
+  }
+
+  // ------------------------------------------------------------------ live socket
+  function wsUrl() {
+    if (S.wsBase) return S.wsBase + "/chat";
+    var port = document.body.dataset.wsPort || "8083";
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.hostname + ":" + port + "/chat";
+  }
+  function connect() {
+    var ws = new WebSocket(wsUrl());
+    S.ws = ws;
+    $("conn").textContent = "connecting…";
+    ws.onopen = function () { ws.send(JSON.stringify({ type: "auth", role: "agent", token: S.token, ref: "auth" })); };
+    ws.onmessage = function (ev) { var f; try { f = JSON.parse(ev.data); } catch (e) { return; } onFrame(f); };
+    ws.onclose = function () {
+      clearInterval(S.ping);
+      $("conn").textContent = "offline — reconnecting…";
+      var wait = S.backoff; S.backoff = Math.min(S.backoff * 2, 30000);
+      setTimeout(connect, wait);
+    };
+  }
+  function send(frame) {
+    S.refs += 1;
+    frame.ref = "c" + S.refs;
+    return new Promise(function (resolve, reject) {
+      if (!S.ws || S.ws.readyState !== 1) { reject(new Error("not connected")); return; }
+      S.waiting[frame.ref] = { resolve: resolve, reject: reject };
+      S.ws.send(JSON.stringify(frame));
+    });
+  }
+  function onFrame(f) {
+    if (f.ref && S.waiting[f.ref]) {
+      var w = S.waiting[f.ref]; delete S.waiting[f.ref];
+      if (f.type === "error") w.reject(new Error(f.message)); else w.resolve(f);
+      if (f.type === "ack" || f.type === "error") return;
+    }
+    switch (f.type) {
+      case "ready":
+        S.backoff = 1000;
+        $("conn").textContent = "live";
+        if (S.me.status === "offline") setStatus("online");
+        clearInterval(S.ping);
+        S.ping = setInterval(function () { if (S.ws.readyState === 1) S.ws.send('{"type":"ping"}'); }, 25000);
+        loadList();
+        break;
+      case "message":
+        var m = f.message;
+        if (S.current && m.conversation === S.current.id) {
+          if (!S.messages.some(function (x) { return x.id === m.id; })) { S.messages.push(m); renderMessages(); }
+          if (m.author.kind === "customer") { $("typing").textContent = ""; markRead(); }
+        } else if (m.author.kind === "customer") {
+          S.unread[m.conversation] = true;
+        }
+        scheduleReload();
+        break;
+      case "conversation":
+        if (S.current && f.conversation.id === S.current.id) { S.current = Object.assign({}, S.current, f.conversation, { customer_id: f.conversation.customer }); renderHeader(); renderLabels(); }
+        scheduleReload();
+        break;
+      case "typing":
+        if (S.current && f.conversation === S.current.id && f.author.kind === "customer") {
+          $("typing").textContent = f.on ? "Customer is typing…" : "";
+        }
+        break;
+      case "agent":
+        if (f.agent.id === S.me.id) showMyStatus(f.agent.status);
+        S.agents.forEach(function (a) { if (a.id === f.agent.id) a.status = f.agent.status; });
+        fillTransfer();
+        break;
+      case "error":
+        $("conn").textContent = "error: " + f.message;
+        break;
+    }
+  }
+
+  // ------------------------------------------------------------------ lists
+  function scheduleReload() { clearTimeout(S.reloadTimer); S.reloadTimer = setTimeout(loadList, 150); }
+  function loadList() {
+    var q = S.tab === "mine" ? "assignee=me&status=open" : S.tab === "unassigned" ? "assignee=none&status=open" : "status=open";
+    api("GET", "/conversations?" + q).then(function (d) {
+      S.convs = d.payload;
+      $("n-mine").textContent = d.meta.mine_count;
+      $("n-unassigned").textContent = d.meta.unassigned_count;
+      $("n-all").textContent = d.meta.all_count;
+      renderList();
+    }).catch(function (e) { $("conn").textContent = e.message; });
+  }
+  function renderList() {
+    var ul = $("convs"); ul.textContent = "";
+    if (!S.convs.length) { ul.appendChild(el("li", "none", "Nothing here.")); return; }
+    S.convs.forEach(function (c) {
+      var li = el("li", (S.current && S.current.id === c.id ? "sel " : "") + (S.unread[c.id] ? "unread" : ""));
+      li.dataset.id = c.id;
+      var top = el("div", "top");
+      top.appendChild(el("span", "cust", c.customer_id));
+      var pills = el("span");
+      if (c.priority && c.priority !== "normal") pills.appendChild(el("span", "pill " + c.priority, c.priority));
+      pills.appendChild(el("span", "pill " + c.status, c.status === "assigned" && c.assignee ? (c.assignee === S.me.id ? "mine" : c.assignee) : c.status));
+      top.appendChild(pills);
+      li.appendChild(top);
+      var last = c.last_message ? c.last_message.text : (c.intent ? "intent: " + c.intent : c.channel);
+      li.appendChild(el("div", "prev", last || ""));
+      li.addEventListener("click", function () { openConv(c.id); });
+      ul.appendChild(li);
+    });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll(".tabs button"), function (b) {
+    b.addEventListener("click", function () {
+      S.tab = b.dataset.tab;
+      Array.prototype.forEach.call(document.querySelectorAll(".tabs button"), function (x) { x.classList.toggle("on", x === b); });
+      loadList();
+    });
+  });
+
+  // ------------------------------------------------------------------ thread
+  function openConv(id) {
+    delete S.unread[id];
+    return api("GET", "/conversations/" + encodeURIComponent(id)).then(function (c) {
+      S.current = c;
+      $("empty").hidden = true;
+      ["thead", "msgs", "composer", "side"].forEach(function (x) { $(x).hidden = false; });
+      $("typing").textContent = "";
+      renderHeader(); renderLabels(); renderList();
+      return Promise.all([
+        api("GET", "/conversations/" + encodeURIComponent(id) + "/messages?limit=100").then(function (d) {
+          S.messages = d.payload.map(toFrameMsg); renderMessages(); markRead();
+        }),
+        api("GET", "/contacts/" + encodeURIComponent(c.customer_id)).then(function (ct) { S.contact = ct; renderProfile(); },
+          function () { S.contact = { id: c.customer_id }; renderProfile(); }),
+        api("GET", "/contacts/" + encodeURIComponent(c.customer_id) + "/conversations").then(function (d) { renderPast(d.payload); })
+      ]);
+    });
+  }
+  function toFrameMsg(m) {
+    return { id: String(m.seq), conversation: m.conv_id, author: { kind: m.sender, id: m.sender_id || m.sender, name: (m.meta || {}).sender_name },
+      text: m.text, private: !!m.private, ts: m.at };
+  }
+  function renderHeader() {
+    var c = S.current;
+    $("t-title").textContent = c.customer_id || c.customer;
+    var bits = [c.status, c.channel, c.team ? "team " + c.team : "", c.assignee ? "assignee " + c.assignee : "unassigned", c.priority || ""];
+    $("t-sub").textContent = bits.filter(Boolean).join(" · ");
+    var mine = c.assignee === S.me.id;
+    $("a-accept").hidden = !((c.status === "queued") || (c.status === "assigned" && mine && c.accepted === false) || c.status === "bot");
+    $("a-accept").textContent = c.status === "assigned" ? "Accept" : "Pick up";
+    $("a-resolve").hidden = !(c.status === "assigned" || c.status === "queued" || c.status === "bot");
+    $("a-reopen").hidden = !(c.status === "resolved" || c.status === "closed");
+    $("a-transfer").disabled = !(c.status === "assigned" || c.status === "queued");
+    renderConvInfo();
+  }
+  function renderMessages() {
+    var box = $("msgs"); box.textContent = "";
+    S.messages.forEach(function (m) {
+      var kind = m.private ? "note" : m.author.kind;
+      var d = el("div", "m " + kind);
+      d.dataset.id = m.id;
+      var by = m.private ? "Private note · " + (m.author.name || m.author.id) : (m.author.kind === "customer" ? "" : (m.author.name || m.author.id));
+      if (by) d.appendChild(el("div", "by", by + " · " + fmtTime(m.ts)));
+      d.appendChild(document.createTextNode(m.text));
+      box.appendChild(d);
+    });
+    box.scrollTop = box.scrollHeight;
+  }
+  function markRead() {
+    var last = null;
+    S.messages.forEach(function (m) { if (m.author.kind === "customer") last = m.id; });
+    if (last !== null && S.current && S.current.assignee === S.me.id) send({ type: "read", conversation: S.current.id, up_to: last }).catch(function () {});
+  }
+
+  // ------------------------------------------------------------------ composer
+  function mode() { return document.querySelector("input[name=mode]:checked").value; }
+  Array.prototype.forEach.call(document.querySelectorAll("input[name=mode]"), function (r) {
+    r.addEventListener("change", function () { $("composer").classList.toggle("note", mode() === "note"); });
+  });
+  $("composer").addEventListener("submit", function (e) {
+    e.preventDefault();
+    var text = $("text").value.trim();
+    if (!text || !S.current) return;
+    var frame = { type: "message", conversation: S.current.id, text: text };
+    if (mode() === "note") frame.private = true;
+    $("text").value = "";
+    stopTyping();
+    send(frame).then(function (ack) {
+      if (ack.message && !S.messages.some(function (x) { return x.id === ack.message.id; })) { S.messages.push(ack.message); renderMessages(); }
+    }).catch(function (err) { $("text").value = text; alert("Not sent: " + err.message); });
+  });
+  $("text").addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
+  });
+  $("text").addEventListener("input", function () {
+    if (!S.current || mode() === "note") return;
+    if (!S.sentTyping) { S.sentTyping = true; send({ type: "typing", conversation: S.current.id, on: true }).catch(function () {}); }
+    clearTimeout(S.typingTimer); S.typingTimer = setTimeout(stopTyping, 3000);
+  });
+  function stopTyping() {
+    clearTimeout(S.typingTimer);
+    if (S.sentTyping && S.current) { S.sentTyping = false; send({ type: "typing", conversation: S.current.id, on: false }).catch(function () {}); }
+  }
+  function fillCanned() {
+    var sel = $("canned");
+    S.canned.forEach(function (c) { var o = el("option", null, "/" + c.short_code + " — " + c.content.slice(0, 40)); o.value = c.content; sel.appendChild(o); });
+  }
+  $("canned").addEventListener("change", function () {
+    var v = $("canned").value; if (!v) return;
+    var t = $("text"); t.value = t.value ? t.value + " " + v : v; t.focus(); $("canned").value = "";
+  });
+
+  // ------------------------------------------------------------------ actions
+  function act(action, extra) {
+    var f = Object.assign({ type: "action", action: action, conversation: S.current.id }, extra || {});
+    return send(f).then(function (ack) { if (ack.conversation) { S.current = Object.assign({}, S.current, ack.conversation, { customer_id: ack.conversation.customer }); renderHeader(); renderLabels(); } loadList(); })
+      .catch(function (e) { alert(action + " failed: " + e.message); });
+  }
+  $("a-accept").addEventListener("click", function () { act("accept"); });
+  $("a-resolve").addEventListener("click", function () { act("resolve"); });
+  $("a-reopen").addEventListener("click", function () { act("reopen"); });
+  $("a-transfer").addEventListener("change", function () {
+    var v = $("a-transfer").value; $("a-transfer").value = "";
+    if (!v) return;
+    var p = v.split(":");
+    act("transfer", p[0] === "team" ? { team: p[1] } : { agent: p[1] });
+  });
+  function fillTransfer() {
+    var sel = $("a-transfer"); sel.textContent = "";
+    sel.appendChild(el("option", null, "Transfer…")).value = "";
+    var teams = {};
+    S.agents.forEach(function (a) { (a.teams || []).forEach(function (t) { teams[t] = 1; }); });
+    Object.keys(teams).sort().forEach(function (t) { var o = el("option", null, "Team " + t); o.value = "team:" + t; sel.appendChild(o); });
+    S.agents.forEach(function (a) {
+      if (S.me && a.id === S.me.id) return;
+      var o = el("option", null, (a.name || a.id) + " (" + a.status + ")"); o.value = "agent:" + a.id; sel.appendChild(o);
+    });
+  }
+
+  // status
+  function showMyStatus(st) {
+    S.me.status = st;
+    $("me-status").value = st;
+    $("me-avatar").className = "avatar s-" + st;
+  }
+  function setStatus(st) { return send({ type: "status", status: st }).then(function () { showMyStatus(st); }).catch(function (e) { alert(e.message); }); }
+  $("me-status").addEventListener("change", function () { setStatus($("me-status").value); });
+
+  // ------------------------------------------------------------------ sidebar
+  function dl(id, pairs) {
+    var box = $(id); box.textContent = "";
+    var any = false;
+    pairs.forEach(function (p) {
+      if (p[1] === undefined || p[1] === null || p[1] === "") return;
+      any = true;
+      box.appendChild(el("dt", null, p[0]));
+      box.appendChild(el("dd", null, typeof p[1] === "object" ? JSON.stringify(p[1]) : String(p[1])));
+    });
+    if (!any) { box.appendChild(el("dt", null, "—")); box.appendChild(el("dd", null, "")); }
+  }
+  function renderProfile() {
+    var c = S.contact || {}, a = c.attributes || {};
+    var pairs = [["id", c.id], ["name", c.name], ["email", c.email], ["phone", c.phone], ["tier", c.tier], ["site", a.site], ["page", a.page]];
+    Object.keys(a).forEach(function (k) { if (["site", "page", "user_agent", "device", "identified", "channel"].indexOf(k) < 0 && k.indexOf("device") !== 0) pairs.push([k, a[k]]); });
+    if (c.crm) Object.keys(c.crm).forEach(function (k) { pairs.push(["crm." + k, c.crm[k]]); });
+    dl("profile", pairs);
+    var dev = a.device || {};
+    var dpairs = [];
+    if (typeof dev === "object") Object.keys(dev).forEach(function (k) { dpairs.push([k, dev[k]]); });
+    Object.keys(a).forEach(function (k) { if (k.indexOf("device_") === 0) dpairs.push([k.slice(7), a[k]]); });
+    dpairs.push(["channel", S.current.channel]);
+    if (a.user_agent) dpairs.push(["browser", a.user_agent]);
+    dl("device", dpairs);
+  }
+  function renderConvInfo() {
+    var c = S.current;
+    dl("convinfo", [["id", c.id], ["status", c.status], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", c.handoff_reason], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString() : ""]]);
+  }
+  function renderLabels() {
+    var box = $("labels"); box.textContent = "";
+    (S.current.labels || []).forEach(function (l) {
+      var chip = el("span", "chip", l);
+      var x = el("button", null, "×"); x.title = "Remove " + l;
+      x.addEventListener("click", function () { act("labels", { labels: S.current.labels.filter(function (y) { return y !== l; }) }); });
+      chip.appendChild(x); box.appendChild(chip);
+    });
+  }
+  function fillLabelList() {
+    var dlist = $("label-list"); dlist.textContent = "";
+    S.labels.forEach(function (l) { var o = el("option"); o.value = l.title; dlist.appendChild(o); });
+  }
+  $("label-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    var v = $("label-input").value.trim(); if (!v || !S.current) return;
+    $("label-input").value = "";
+    var labels = (S.current.labels || []).slice(); if (labels.indexOf(v) < 0) labels.push(v);
+    act("labels", { labels: labels });
+  });
+  function renderPast(items) {
+    var ul = $("past"); ul.textContent = "";
+    items.filter(function (c) { return !S.current || c.id !== S.current.id; }).forEach(function (c) {
+      var li = el("li", null, (c.created_at ? new Date(c.created_at * 1000).toLocaleDateString() + " · " : "") + c.status + (c.intent ? " · " + c.intent : ""));
+      li.addEventListener("click", function () { openConv(c.id); });
+      ul.appendChild(li);
+    });
+    if (!ul.children.length) ul.appendChild(el("li", null, "None."));
+  }
+
+  window.kefuConsole = S;
+  if (S.token) signIn(); else showSignin("");
+})();
