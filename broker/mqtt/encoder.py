@@ -181,7 +181,8 @@ def connack_return_code(reason_code: int) -> int:
 
 def _connack(p: ConnAck, version: int) -> bytes:
     if version == MQTT_5:
-        body = bytes((0x01 if p.session_present else 0, p.reason_code))
+        # [MQTT-3.2.2-6] session present is 0 with a failing reason code.
+        body = bytes((0x01 if p.session_present and not p.reason_code else 0, p.reason_code))
         return _fixed(0x20, body + encode_properties(p.properties, PacketType.CONNACK))
     rc = connack_return_code(p.reason_code)
     # [MQTT-3.2.2-4] session present is 0 with a failing code; 3.1 has no such flag.

@@ -226,6 +226,8 @@ def _parse_properties(buf, pos: int, stop: int, where: int) -> Properties:
             if pid == 0x23:  # [MQTT-3.3.2-8] a Topic Alias of 0 is not permitted
                 raise ProtocolError(TOPIC_ALIAS_INVALID, "topic alias 0 is not permitted")
             raise protocol_error(f"{attr} must not be 0")
+        if pid == 0x08 and ("+" in value or "#" in value):  # [MQTT-3.3.2-14]
+            raise protocol_error(f"wildcard in response topic {value!r}")
         if several:
             if attr in values:
                 if pid == 0x0B and where != _PUBLISH:  # spec 3.8.2.1.2: once in SUBSCRIBE

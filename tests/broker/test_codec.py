@@ -376,6 +376,7 @@ def test_connack_reason_codes_map_to_3_1_1_return_codes(rc, code311):
 def test_connack_3_1_has_no_session_present_and_5_0_keeps_the_code():
     assert encode(ConnAck(True, 0), 3) == bytes.fromhex("20020000")
     assert encode(ConnAck(False, 0x8A), 5) == bytes.fromhex("2003008a00")
+    assert encode(ConnAck(True, 0x8A), 5) == bytes.fromhex("2003008a00")  # [MQTT-3.2.2-6]
 
 
 def test_suback_failures_become_0x80_in_3_1_1():

@@ -176,6 +176,7 @@ def test_several_subscription_ids_and_user_properties_keep_order():
     (PacketType.CONNACK, "0225 05", 0x82, "retain available 5"),
     (PacketType.CONNECT, "05 27 00000000", 0x82, "maximum packet size 0"),
     (PacketType.PUBLISH, "03 23 0000", 0x94, "topic alias 0"),
+    (P.WILL, "06 08 0003 612f23", 0x82, "[MQTT-3.3.2-14] wildcard in response topic"),
     (PacketType.PUBLISH, "04 03 0003 61", 0x81, "string runs past the property length"),
     (PacketType.PUBLISH, "04 26 0001 61", 0x81, "user property without value"),
     (PacketType.PUBLISH, "06", 0x81, "property length past the end"),
