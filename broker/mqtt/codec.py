@@ -10,7 +10,7 @@ Decoder
     client, protocol version, CONNECT seen or not), so packet type, direction and
     reserved flags are rejected before the remaining length has even arrived, and a
     remaining length over the maximum packet size is rejected before the body is
-    buffered [MQTT-3.1.2-24 / 3.2.2.3.6].
+    buffered (spec 3.2.2.3.6: 0x95 Packet too large).
 
     All errors are ``ProtocolError`` with the reason code a 5.0 peer should be given;
     after one, the decoder keeps raising it (the connection is finished).
@@ -66,7 +66,7 @@ from .encoder import encode, encode_publish, publish_template, set_dup  # noqa: 
 
 __all__ = [
     "Decoder", "decode", "encode", "encode_publish", "publish_template", "set_dup",
-    "UnsupportedProtocolVersion", "DEFAULT_MAX_PACKET_SIZE",
+    "UnsupportedProtocolVersion", "DEFAULT_MAX_PACKET_SIZE", "MALFORMED", "PROTOCOL_ERROR",
 ]
 
 DEFAULT_MAX_PACKET_SIZE = 1 << 20
@@ -113,32 +113,36 @@ _FLAGS = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 1
 
 
 def _header_rules(server: bool, version: int | None) -> tuple:
-    """For each possible first byte: None if acceptable now, else the error to raise."""
+    """For each possible first byte: None if acceptable now, else (reason code, message).
+
+    Messages, not exception objects: a raised exception carries its traceback (and
+    through it the frames of the connection that raised it), so it must not be shared.
+    """
     table = []
     for b0 in range(256):
         ptype, flags = b0 >> 4, b0 & 0x0F
         name = PacketType(ptype).name if 1 <= ptype <= 15 else str(ptype)
         if ptype == 0 or (ptype == 15 and version is not None and version < MQTT_5):
-            err = malformed(f"reserved packet type {ptype}")
+            err = (MALFORMED, f"malformed packet: reserved packet type {ptype}")
         elif ptype not in (_SERVER_RECEIVES if server else _CLIENT_RECEIVES):
             side = "client" if server else "server"
-            err = protocol_error(f"{name} may not be sent by a {side}")
+            err = (PROTOCOL_ERROR, f"protocol error: {name} may not be sent by a {side}")
         elif ptype == 14 and not server and version is not None and version < MQTT_5:
-            err = protocol_error("a 3.1.1 server never sends DISCONNECT")
+            err = (PROTOCOL_ERROR, "protocol error: a 3.1.1 server never sends DISCONNECT")
         elif server and version is None and ptype != 1:  # [MQTT-3.1.0-1]
-            err = protocol_error(f"first packet must be CONNECT, got {name}")
+            err = (PROTOCOL_ERROR, f"protocol error: first packet must be CONNECT, got {name}")
         elif server and version is not None and ptype == 1:  # [MQTT-3.1.0-2]
-            err = protocol_error("second CONNECT on one connection")
+            err = (PROTOCOL_ERROR, "protocol error: second CONNECT on one connection")
         elif ptype == 3:
             qos = (flags >> 1) & 3
             if qos == 3:  # [MQTT-3.3.1-4]
-                err = malformed("PUBLISH with QoS 3")
+                err = (MALFORMED, "malformed packet: PUBLISH with QoS 3")
             elif qos == 0 and flags & 8:  # [MQTT-3.3.1-2]
-                err = malformed("PUBLISH with DUP set on QoS 0")
+                err = (MALFORMED, "malformed packet: PUBLISH with DUP set on QoS 0")
             else:
                 err = None
         elif flags != _FLAGS[ptype]:  # [MQTT-2.1.3-1]
-            err = malformed(f"reserved flags 0x{flags:X} in {name} fixed header")
+            err = (MALFORMED, f"malformed packet: reserved flags 0x{flags:X} in {name} fixed header")
         else:
             err = None
         table.append(err)
@@ -222,17 +226,16 @@ class Decoder:
     def next_packet(self) -> Packet | None:
         """The next complete packet, or None if more bytes are needed."""
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)  # same error, no growing traceback chain
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
         if avail <= 0:
             return None
         b0 = buf[pos]
-        err = self._rules[b0]
-        if err is not None:
-            self._error = err
-            raise err
+        rule = self._rules[b0]
+        if rule is not None:
+            return self._fail(ProtocolError(*rule))
         if avail < 2:
             return None
         rl = buf[pos + 1]
@@ -580,5 +583,3 @@ def decode(data: bytes, *, server: bool = True, version: int | None = None,
         raise malformed(f"{decoder.pending} bytes after the packet")
     return packet
 
-
-__all__ += ["MALFORMED", "PROTOCOL_ERROR"]

@@ -464,3 +464,15 @@ def test_connect_level_is_known_even_when_the_connect_is_broken():
     with pytest.raises(ProtocolError):
         d.next_packet()
     assert (d.connect_level, d.version) == (5, None)
+
+
+def test_each_connection_gets_its_own_error_object():
+    """Errors hold tracebacks (and frames): one connection's must never leak into another's."""
+    errors = []
+    for _ in range(2):
+        d = Decoder(server=True)
+        d.feed(b"\x30")
+        with pytest.raises(ProtocolError) as info:
+            d.next_packet()
+        errors.append(info.value)
+    assert errors[0] is not errors[1]
