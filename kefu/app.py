@@ -9,6 +9,7 @@ and on SIGINT/SIGTERM stops accepting, flushes and exits within 2 seconds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -60,7 +61,13 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
             if announce is not None:
                 for a in addresses:
                     announce(f"kefu: MQTT listening on {a.url}")
-            task_status.started(App(broker, scope))
+            # The bridge: MQTT over WebSocket (/mqtt), the browser chat protocol, HTTP API and pages.
+            from .bridge.service import run as run_bridge
+
+            bridge = await nursery.start(functools.partial(run_bridge, cfg, broker=broker, announce=announce))
+            app = App(broker, scope)
+            app.bridge = bridge
+            task_status.started(app)
 
 
 def _find(exc: BaseException, kind: type) -> BaseException | None:

@@ -1,0 +1,415 @@
+"""WebSocket bridge benchmark: /chat at N concurrent browser-side clients, and MQTT over
+WebSocket throughput against other brokers, in one run. Prints tables.
+
+    .venv/bin/python benchmarks/ws_bench.py                # 2000 /chat clients, full MQTT run
+    .venv/bin/python benchmarks/ws_bench.py --quick        # small numbers, a smoke run
+
+/chat part: a kefu is started in a subprocess (``kefu serve`` with a generated config:
+one agent per 10 conversations, ws/http on free ports). N visitor connections are
+opened and held (connections held = authenticated sockets still open at the end);
+each visitor then sends messages one at a time and the round trip is measured from
+sending a ``message`` frame to receiving its ``ack`` (the frame went through
+validation, rate limiting and the broker publish), and, where the desk echoes the
+customer's own message on its topics, to receiving that echo. Agents are not
+simulated beyond their sign-in; the desk's own benchmark covers routing.
+
+MQTT part: the same workload against each broker — one subscriber on ``bench/#``,
+P publishers each sending M QoS 0 messages of 64 bytes, many packets per WebSocket
+message — measured at the subscriber from the first publish to the last delivery.
+Brokers: kefu /mqtt (WebSocket), kefu TCP, Mosquitto's WebSocket listener (when the
+installed mosquitto was built with WebSocket support; Debian 12's is not, and the
+table says so), Mosquitto TCP, and amqtt's WebSocket listener (a Python broker, for
+scale). Clients are raw trio MQTT clients built on kefu's codec, so the client side
+costs the same for every broker; each broker runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+from trio_websocket import open_websocket_url
+
+from kefu.broker.mqtt.codec import Decoder
+from kefu.broker.mqtt.encoder import encode
+from kefu.broker.mqtt.packets import Connect, Publish, Subscribe, Subscription
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_port(port: int, timeout: float = 20.0) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                s = await trio.open_tcp_stream("127.0.0.1", port)
+                await s.aclose()
+                return
+            except OSError:
+                await trio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- MQTT client
+
+
+class RawMqtt:
+    """Minimal MQTT 3.1.1 client over a WebSocket or a TCP stream (benchmark only)."""
+
+    def __init__(self, ws=None, stream=None) -> None:
+        self.ws, self.stream = ws, stream
+        self.dec = Decoder(server=False, version=4)
+
+    async def send(self, data: bytes) -> None:
+        if self.ws is not None:
+            await self.ws.send_message(data)
+        else:
+            await self.stream.send_all(data)
+
+    async def recv(self) -> list:
+        data = await (self.ws.get_message() if self.ws is not None else self.stream.receive_some(65536))
+        if not data:
+            raise EOFError
+        self.dec.feed(data)
+        out = []
+        while (p := self.dec.next_packet()) is not None:
+            out.append(p)
+        return out
+
+    async def connect(self, cid: str) -> None:
+        await self.send(encode(Connect(client_id=cid, keep_alive=120), 4))
+        while not await self.recv():
+            pass
+
+
+async def open_client(kind: str, port: int, cid: str, nursery, stack):
+    if kind == "ws":
+        ws = await stack.enter_async_context(open_websocket_url(f"ws://127.0.0.1:{port}/mqtt", subprotocols=["mqtt"]))
+        c = RawMqtt(ws=ws)
+    else:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        stack.push_async_callback(stream.aclose)
+        c = RawMqtt(stream=stream)
+    await c.connect(cid)
+    return c
+
+
+async def mqtt_throughput(kind: str, port: int, publishers: int, per_pub: int, batch: int) -> dict:
+    from contextlib import AsyncExitStack
+
+    total = publishers * per_pub
+    payload = b"x" * 64
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        sub = await open_client(kind, port, "bench-sub", nursery, stack)
+        await sub.send(encode(Subscribe(1, (Subscription("bench/#", 0),)), 4))
+        while not await sub.recv():
+            pass  # SUBACK
+        pubs = [await open_client(kind, port, f"bench-pub-{i}", nursery, stack) for i in range(publishers)]
+        got = 0
+        done = trio.Event()
+        t0 = 0.0
+        t_last = 0.0
+
+        async def reader():
+            nonlocal got, t_last
+            while got < total:
+                got += sum(1 for p in await sub.recv() if isinstance(p, Publish))
+                t_last = time.perf_counter()
+            done.set()
+
+        async def publisher(i: int, c: RawMqtt):
+            one = encode(Publish(f"bench/{i}", payload, 0), 4)
+            chunk = one * batch
+            for _ in range(per_pub // batch):
+                await c.send(chunk)
+
+        nursery.start_soon(reader)
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as pn:
+            for i, c in enumerate(pubs):
+                pn.start_soon(publisher, i, c)
+        with trio.move_on_after(60):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    elapsed = (t_last or time.perf_counter()) - t0
+    return {"delivered": got, "sent": total, "seconds": elapsed, "rate": got / elapsed if elapsed > 0 else 0.0}
+
+
+# --------------------------------------------------------------------------- brokers
+
+
+class Proc:
+    def __init__(self, argv, env=None, cwd=None) -> None:
+        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                                  start_new_session=True)
+
+    def stop(self) -> str:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+        err = self.p.stderr.read().decode(errors="replace") if self.p.stderr else ""
+        return err
+
+
+def kefu_config(tmp: Path, *, mqtt: int, ws: int, http: int, chat: bool, agents: int = 0, tokens=()) -> Path:
+    lines = [
+        "[listeners.mqtt]", 'host = "127.0.0.1"', f"port = {mqtt}",
+        "[listeners.ws]", "enabled = true", 'host = "127.0.0.1"', f"port = {ws}",
+        "[listeners.http]", f"enabled = {'true' if chat else 'false'}", 'host = "127.0.0.1"', f"port = {http}",
+        "[chat]", "rate_per_second = 1000.0", "rate_burst = 1000",
+        "[log]", 'level = "warning"',
+    ]
+    for name, digest, agent in tokens:
+        lines += ["[[api.tokens]]", f'name = "{name}"', f'token_sha256 = "{digest}"', 'role = "agent"', f'agent = "{agent}"']
+    p = tmp / "kefu.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def start_kefu(cfg: Path) -> Proc:
+    return Proc([PY, "-m", "kefu.cli", "serve", "--config", str(cfg)], cwd=str(ROOT))
+
+
+def mosquitto_bin() -> str | None:
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+async def start_mosquitto(tmp: Path, port: int, websockets: bool) -> tuple[Proc | None, str]:
+    exe = mosquitto_bin()
+    if exe is None:
+        return None, "mosquitto not installed"
+    conf = tmp / f"mosq-{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\n" + ("protocol websockets\n" if websockets else "") +
+                    "allow_anonymous true\nmax_queued_messages 0\n")
+    p = Proc([exe, "-c", str(conf)])
+    try:
+        await wait_port(port, 3)
+    except trio.TooSlowError:
+        err = p.stop()
+        why = err.strip().splitlines()[-1] if err.strip() else "did not start"
+        why = re.sub(r"^\d+: ", "", why)
+        if websockets and "Unable to start any listening sockets" in why:
+            why = "this mosquitto build has no WebSocket support (" + why + ")"
+        return None, f"not available: {why}"
+    return p, ""
+
+
+async def start_amqtt(tmp: Path, port: int) -> tuple[Proc | None, str]:
+    exe = Path(PY).with_name("amqtt")
+    if not exe.exists():
+        return None, "amqtt not installed"
+    conf = tmp / "amqtt.yaml"
+    conf.write_text(f"listeners:\n  default:\n    type: ws\n    bind: 127.0.0.1:{port}\n"
+                    "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
+    p = Proc([str(exe), "-c", str(conf)])
+    try:
+        await wait_port(port, 15)
+    except trio.TooSlowError:
+        err = p.stop()
+        return None, "did not start: " + (err.strip().splitlines()[-1] if err.strip() else "?")
+    return p, ""
+
+
+# --------------------------------------------------------------------------- /chat
+
+
+async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float) -> dict:
+    url = f"ws://127.0.0.1:{ws_port}/chat"
+    ack_rtts: list[float] = []
+    echo_rtts: list[float] = []
+    ready = 0
+    held = 0
+    failures: list[str] = []
+    all_ready = trio.Event()
+    go = trio.Event()
+    finished = 0
+    all_done = trio.Event()
+
+    async def visitor(i: int):
+        nonlocal ready, held, finished
+        try:
+            async with open_websocket_url(url, extra_headers=[("Origin", "http://127.0.0.1")]) as ws:
+                await ws.send_message(json.dumps({"type": "auth", "role": "visitor", "site": "demo"}))
+                while True:
+                    f = json.loads(await ws.get_message())
+                    if f["type"] == "ready":
+                        break
+                    if f["type"] == "error":
+                        raise RuntimeError(f["message"])
+                ready += 1
+                if ready == clients:
+                    all_ready.set()
+                await go.wait()
+                for r in range(rounds):
+                    ref = f"r{r}"
+                    text = f"bench {i} {r}"
+                    t0 = time.perf_counter()
+                    await ws.send_message(json.dumps({"type": "message", "text": text, "ref": ref}))
+                    acked = echoed = False
+                    with trio.move_on_after(10):
+                        while not (acked and echoed):
+                            f = json.loads(await ws.get_message())
+                            now = time.perf_counter()
+                            if f["type"] == "ack" and f.get("ref") == ref:
+                                ack_rtts.append(now - t0)
+                                acked = True
+                            elif f["type"] == "message" and f["message"]["text"] == text:
+                                echo_rtts.append(now - t0)
+                                echoed = True
+                            elif f["type"] == "error":
+                                raise RuntimeError(f["message"])
+                            if acked and r == rounds - 1 and not echo_rtts and i > 0:
+                                break  # the desk does not echo: do not wait 10 s per client
+                finished += 1
+                if finished == clients:
+                    all_done.set()
+                await trio.sleep(held_for)
+                held += 1
+        except Exception as e:  # noqa: BLE001 - counted and reported
+            failures.append(f"{type(e).__name__}: {e}")
+            finished += 1
+            if finished >= clients:
+                all_done.set()
+            if ready + len(failures) >= clients:
+                all_ready.set()
+
+    t_open = time.perf_counter()
+    async with trio.open_nursery() as n:
+        for i in range(clients):
+            n.start_soon(visitor, i)
+            if i % 100 == 99:
+                await trio.sleep(0.05)  # a gentle ramp: do not overflow the accept backlog
+        with trio.move_on_after(120):
+            await all_ready.wait()
+        t_ready = time.perf_counter() - t_open
+        go.set()
+        with trio.move_on_after(180):
+            await all_done.wait()
+    return {"clients": clients, "ready": ready, "held": held, "connect_s": t_ready, "ack": ack_rtts,
+            "echo": echo_rtts, "failures": failures}
+
+
+def pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
+
+
+# --------------------------------------------------------------------------- main
+
+
+def table(rows: list[list[str]], head: list[str]) -> str:
+    w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in rows])
+
+
+async def main(args) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        mqtt_port, ws_port, http_port = free_port(), free_port(), free_port()
+        chat = not args.skip_chat
+        cfg = kefu_config(tmp, mqtt=mqtt_port, ws=ws_port, http=http_port, chat=chat)
+        kefu = start_kefu(cfg)
+        try:
+            await wait_port(ws_port)
+            print(f"# ws_bench: python {sys.version.split()[0]}, {os.cpu_count()} CPUs; kefu pid {kefu.p.pid}")
+            if chat:
+                # The file-descriptor limit bounds how many sockets one process may hold.
+                import resource
+
+                soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                r = await chat_bench(ws_port, args.clients, args.rounds, args.hold)
+                echo = r["echo"]
+                rows = [[r["clients"], r["ready"], r["held"], f"{r['connect_s']:.1f}",
+                         len(r["ack"]), f"{pct(r['ack'], 50):.2f}", f"{pct(r['ack'], 99):.2f}",
+                         len(echo), f"{pct(echo, 50):.2f}" if echo else "-", f"{pct(echo, 99):.2f}" if echo else "-",
+                         len(r["failures"])]]
+                print("\n/chat: browser-side clients against kefu (round trips in ms)\n")
+                print(table(rows, ["clients", "authenticated", "held to end", "connect s", "acks", "ack p50",
+                                   "ack p99", "echoes", "echo p50", "echo p99", "failures"]))
+                if r["failures"]:
+                    print("  first failures:", "; ".join(sorted(set(r["failures"]))[:3]))
+        finally:
+            err = kefu.stop()
+            if "Traceback" in err:
+                print("kefu stderr:\n" + err[-3000:])
+
+        if args.skip_mqtt:
+            return
+        results = []
+        pubs, per = args.publishers, args.messages
+        for name, kind, starter in [
+            ("kefu /mqtt (WebSocket)", "ws", "kefu"),
+            ("kefu TCP", "tcp", "kefu"),
+            ("mosquitto WebSocket", "ws", "mosq-ws"),
+            ("mosquitto TCP", "tcp", "mosq-tcp"),
+            ("amqtt WebSocket", "ws", "amqtt"),
+        ]:
+            port = free_port()
+            note = ""
+            proc = None
+            if starter == "kefu":
+                mport, wport = (free_port(), port) if kind == "ws" else (port, free_port())
+                proc = start_kefu(kefu_config(tmp, mqtt=mport, ws=wport, http=free_port(), chat=False))
+                await wait_port(port)
+            elif starter.startswith("mosq"):
+                proc, note = await start_mosquitto(tmp, port, starter == "mosq-ws")
+            else:
+                proc, note = await start_amqtt(tmp, port)
+            if proc is None:
+                results.append([name, "-", "-", "-", note])
+                continue
+            try:
+                n = per if starter != "amqtt" else max(args.batch, per // 10)
+                r = await mqtt_throughput(kind, port, pubs, n, args.batch)
+                results.append([name, f"{r['delivered']}/{r['sent']}", f"{r['seconds']:.2f}", f"{r['rate']:,.0f}", note])
+            except Exception as e:  # noqa: BLE001
+                results.append([name, "-", "-", "-", f"failed: {type(e).__name__}: {e}"])
+            finally:
+                proc.stop()
+        print(f"\nMQTT QoS 0 fan-in: {pubs} publishers x {per} msgs of 64 B -> 1 subscriber "
+              f"({args.batch} packets per write; amqtt gets a tenth of the messages)\n")
+        base = next((float(r[3].replace(",", "")) for r in results if r[0] == "kefu /mqtt (WebSocket)" and r[3] != "-"), None)
+        for r in results:
+            r.insert(4, f"{float(r[3].replace(',', '')) / base:.2f}x" if base and r[3] != "-" else "-")
+        print(table(results, ["broker", "delivered", "seconds", "msgs/s", "vs kefu /mqtt", "note"]))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=2000, help="/chat connections (default 2000)")
+    ap.add_argument("--rounds", type=int, default=5, help="messages each /chat client sends")
+    ap.add_argument("--hold", type=float, default=2.0, help="seconds each client stays connected after its last message")
+    ap.add_argument("--publishers", type=int, default=4)
+    ap.add_argument("--messages", type=int, default=50000, help="messages per publisher")
+    ap.add_argument("--batch", type=int, default=50, help="MQTT packets per transport write")
+    ap.add_argument("--quick", action="store_true", help="small numbers: a smoke run")
+    ap.add_argument("--skip-chat", action="store_true")
+    ap.add_argument("--skip-mqtt", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.clients, a.rounds, a.messages, a.hold = 50, 2, 5000, 0.5
+    trio.run(main, a)

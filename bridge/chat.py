@@ -1,0 +1,468 @@
+"""The /chat protocol: JSON frames for browsers, mapped onto kefu's conversation topics.
+
+A browser that should not carry an MQTT library (the widget, the agent console) speaks
+small JSON frames (schemas in bridge/schemas/, examples in docs/chat-protocol.md). This
+module is the translation, nothing more:
+
+* a **visitor** is a customer exactly like a device: its messages, typing and read
+  receipts are published on ``{p}/c/{customer}/{thread}/in`` and it hears
+  ``.../out`` and ``.../events`` — the topics a device uses. So a device and a browser
+  of the same customer on the same thread share one conversation, and the desk cannot
+  tell (or care) which channel a message came by, except for the ``channel`` field.
+* an **agent** works through the desk's command API (``Desk.agent_command``), which
+  answers with the result or a refusal the console can show, and hears the desk's
+  event stream (``{p}/desk/events``) for its live lists.
+
+Abuse handling, per connection: frames over ``chat.close_frame_bytes`` close with
+1009; frames over ``chat.max_frame_bytes``, malformed frames and frames beyond the
+token-bucket rate limit get an error frame and count as errors; more than
+``chat.max_errors`` errors close with 1008. No frame for ``chat.idle_timeout`` seconds
+closes with 1000 ("idle timeout"); the widget pings every 25 s while open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from .deskport import Bus, Desk, DeskError
+from .frames import FrameError, parse_client_frame
+from .identity import AuthError, Identities
+from .ws import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, ConnInfo, origin_allowed
+
+log = logging.getLogger("kefu.bridge.chat")
+
+# ---------------------------------------------------------------------------------------
+# Wire mapping between the core's topic payloads and /chat frames. Kept in one place so
+# a change in the desk's payloads (docs/desk.md) is one edit here.
+# ---------------------------------------------------------------------------------------
+
+AUTHOR_KINDS = {"customer", "agent", "bot", "system"}
+
+
+def message_view(m: dict) -> dict:
+    """Core message dict (conv_id, seq, sender, sender_id, text, private, at, meta) -> /chat message."""
+    kind = m.get("sender", "system")
+    author = {"kind": kind if kind in AUTHOR_KINDS else "system", "id": str(m.get("sender_id") or kind)}
+    meta = m.get("meta") or {}
+    if meta.get("sender_name"):
+        author["name"] = str(meta["sender_name"])
+    out = {
+        "id": str(m.get("seq", m.get("id", ""))),
+        "conversation": str(m.get("conv_id") or m.get("conversation") or ""),
+        "author": author,
+        "text": str(m.get("text", "")),
+        "private": bool(m.get("private", False)),
+        "ts": float(m.get("at", m.get("ts", 0.0)) or 0.0),
+    }
+    if meta.get("channel") or m.get("channel"):
+        out["channel"] = str(meta.get("channel") or m.get("channel"))
+    if meta:
+        out["meta"] = meta
+    return out
+
+
+def conversation_view(c: dict) -> dict:
+    out = {
+        "id": str(c["id"]),
+        "status": str(c.get("status", "")),
+        "customer": str(c.get("customer_id") or c.get("customer") or ""),
+        "assignee": c.get("assignee"),
+        "team": c.get("team"),
+        "priority": c.get("priority"),
+        "labels": list(c.get("labels") or []),
+        "channel": str(c.get("channel") or ""),
+    }
+    for k in ("created_at", "updated_at"):
+        if isinstance(c.get(k), (int, float)):
+            out[k] = float(c[k])
+    for k in ("thread", "intent", "sentiment", "handoff_reason", "accepted", "ticket_id", "last_message", "unread"):
+        if k in c:
+            out[k] = c[k]
+    return out
+
+
+_CONV_EVENTS = {
+    "conversation_created": "created",
+    "conversation_status_changed": "status_changed",
+    "conversation_assigned": "assigned",
+    "assignment_accepted": "assigned",
+    "labels_changed": "labels",
+}
+
+
+def event_frames(evt: dict, *, for_agent: bool) -> list[dict]:
+    """Core event ({"event", "at", "data"}) or bare message dict -> /chat frames."""
+    if "event" not in evt:
+        if "text" in evt and ("seq" in evt or "conv_id" in evt):
+            if evt.get("private") and not for_agent:
+                return []
+            return [{"type": "message", "message": message_view(evt)}]
+        return []
+    kind, data = evt["event"], evt.get("data") or {}
+    conv = data.get("conversation") if isinstance(data.get("conversation"), dict) else None
+    conv_id = str(data.get("conv_id") or (conv or {}).get("id") or data.get("id") or "")
+    if kind in _CONV_EVENTS:
+        view = conversation_view(conv if conv else {**data, "id": conv_id})
+        return [{"type": "conversation", "event": _CONV_EVENTS[kind], "conversation": view}]
+    if kind == "message_created":
+        m = data.get("message") if isinstance(data.get("message"), dict) else data
+        if m.get("private") and not for_agent:
+            return []
+        return [{"type": "message", "message": message_view(m)}]
+    if kind == "queue_position":
+        return [{"type": "queue", "conversation": conv_id, "position": int(data.get("position", 0)),
+                 "eta_s": data.get("eta_s", data.get("estimated_wait"))}]
+    if kind in ("typing", "read"):
+        who = {"kind": str(data.get("sender") or data.get("by_kind") or "agent"),
+               "id": str(data.get("sender_id") or data.get("by") or "")}
+        if who["kind"] not in AUTHOR_KINDS:
+            who["kind"] = "system"
+        if kind == "typing":
+            return [{"type": "typing", "conversation": conv_id, "author": who, "on": bool(data.get("on", True))}]
+        return [{"type": "read", "conversation": conv_id, "author": who, "up_to": str(data.get("up_to", ""))}]
+    if kind == "agent_status_changed" and for_agent:
+        a = data.get("agent") if isinstance(data.get("agent"), dict) else data
+        return [{"type": "agent", "agent": {"id": str(a.get("id") or a.get("agent_id") or ""),
+                                            "status": str(a.get("status", "offline")),
+                                            **({"name": a["name"]} if a.get("name") else {})}}]
+    return []
+
+
+# ---------------------------------------------------------------------------------------
+# Connection handling
+# ---------------------------------------------------------------------------------------
+
+
+class Closing(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.at = float(burst), now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class ChatServer:
+    """The ``chat_handler`` for ``bridge.ws``: one ``handle`` call per /chat connection."""
+
+    def __init__(self, cfg, identities: Identities, desk: Desk, bus: Bus) -> None:
+        self.cfg = cfg
+        self.c = cfg.chat
+        self.ids = identities
+        self.desk = desk
+        self.bus = bus
+        self.prefix = desk.topic_prefix()
+        self.thread = cfg.widget.thread
+        self.agent_sessions: dict[str, int] = {}
+        self.connections = 0
+        self.frames_in = 0
+
+    async def handle(self, ws: WebSocketConnection, info: ConnInfo) -> None:
+        self.connections += 1
+        s = _Session(self, ws, info)
+        try:
+            await s.run()
+        except Closing as c:
+            with trio.move_on_after(2) as cs:
+                cs.shield = True
+                await ws.aclose(c.code, c.reason)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections -= 1
+
+
+class _Session:
+    def __init__(self, server: ChatServer, ws: WebSocketConnection, info: ConnInfo) -> None:
+        self.srv = server
+        self.ws = ws
+        self.info = info
+        self.errors = 0
+        self.bucket = TokenBucket(server.c.rate_per_second, server.c.rate_burst, trio.current_time())
+        self.role: str | None = None
+        self.id = ""
+        self.conv_id: str | None = None
+        self.send_lock = trio.Lock()
+
+    # --- I/O helpers -----------------------------------------------------------------
+    async def send(self, frame: dict) -> None:
+        async with self.send_lock:
+            await self.ws.send_message(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+
+    async def refuse(self, e: FrameError | DeskError | AuthError, ref: str | None = None, *, counts: bool = True) -> None:
+        if isinstance(e, FrameError):
+            frame = e.frame()
+        elif isinstance(e, AuthError):
+            frame = {"type": "error", "code": "auth_failed", "message": str(e)}
+        else:
+            frame = {"type": "error", "code": e.code, "message": str(e) or e.code}
+        if ref and "ref" not in frame:
+            frame["ref"] = ref
+        await self.send(frame)
+        if counts:
+            self.errors += 1
+            if self.errors > self.srv.c.max_errors:
+                raise Closing(CLOSE_POLICY, f"too many bad frames ({self.errors})")
+
+    async def next_frame(self, timeout: float) -> dict | None:
+        """The next valid frame, or None when the peer went away; errors answered inline."""
+        while True:
+            with trio.move_on_after(timeout):
+                try:
+                    raw = await self.ws.get_message()
+                except ConnectionClosed:
+                    return None
+                break
+            raise Closing(CLOSE_NORMAL, "idle timeout" if self.role else "authentication timeout")
+        self.srv.frames_in += 1
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8"))
+        if size > self.srv.c.close_frame_bytes:
+            raise Closing(CLOSE_TOO_BIG, f"frame of {size} bytes is over {self.srv.c.close_frame_bytes}")
+        if not self.bucket.take(trio.current_time()):
+            await self.refuse(FrameError("rate_limited", f"over {self.srv.c.rate_per_second:g} frames per second; slow down"))
+            return {}
+        try:
+            frame = parse_client_frame(raw, self.srv.c.max_frame_bytes)
+        except FrameError as e:
+            await self.refuse(e)
+            return {}
+        text = frame.get("text")
+        if isinstance(text, str) and len(text) > self.srv.c.max_text_chars:
+            await self.refuse(FrameError("too_large", f"text of {len(text)} characters is over {self.srv.c.max_text_chars}", "text", frame.get("ref")))
+            return {}
+        return frame
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def run(self) -> None:
+        deadline = trio.current_time() + self.srv.c.auth_timeout
+        while self.role is None:
+            frame = await self.next_frame(max(0.0, deadline - trio.current_time()))
+            if frame is None:
+                return
+            if not frame:
+                continue
+            if frame["type"] == "ping":
+                await self.send({"type": "pong", **({"ref": frame["ref"]} if "ref" in frame else {})})
+                continue
+            if frame["type"] != "auth":
+                await self.refuse(FrameError("auth_required", "send an auth frame first", "type", frame.get("ref")))
+                continue
+            try:
+                ready = await (self.auth_visitor(frame) if frame["role"] == "visitor" else self.auth_agent(frame))
+            except (AuthError, DeskError) as e:
+                await self.refuse(e, frame.get("ref"), counts=False)
+                raise Closing(CLOSE_POLICY, "authentication failed") from None
+            if "ref" in frame:
+                ready["ref"] = frame["ref"]
+            ready["limits"] = {
+                "max_frame_bytes": self.srv.c.max_frame_bytes,
+                "max_text_chars": self.srv.c.max_text_chars,
+                "rate_per_second": self.srv.c.rate_per_second,
+                "idle_timeout": self.srv.c.idle_timeout,
+            }
+            await self.send(ready)
+        if self.role == "visitor":
+            filters = [self.topic("out"), self.topic("events")]
+        else:
+            filters = [f"{self.srv.prefix}/desk/events"]
+            self.srv.agent_sessions[self.id] = self.srv.agent_sessions.get(self.id, 0) + 1
+        try:
+            async with self.srv.bus.subscribe(filters) as events, trio.open_nursery() as nursery:
+                nursery.start_soon(self.forward, events, nursery.cancel_scope)
+                await self.serve_frames()
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.role == "agent":
+                left = self.srv.agent_sessions.get(self.id, 1) - 1
+                self.srv.agent_sessions[self.id] = left
+                if left <= 0:
+                    self.srv.agent_sessions.pop(self.id, None)
+                    with trio.move_on_after(2) as cs:
+                        cs.shield = True
+                        try:
+                            await self.srv.desk.agent_command(self.id, "disconnect", None, {})
+                        except DeskError:
+                            pass
+
+    def topic(self, leaf: str) -> str:
+        return f"{self.srv.prefix}/c/{self.id}/{self.srv.thread}/{leaf}"
+
+    async def auth_visitor(self, frame: dict) -> dict:
+        site = self.srv.ids.site(frame["site"])
+        if site is None:
+            raise AuthError("unknown site token")
+        if not origin_allowed(self.info.origin, list(site.allowed_origins)):
+            raise AuthError(f"origin {self.info.origin} is not allowed for site {site.name}")
+        vid, token, identified = self.srv.ids.visitor(
+            site, identity=frame.get("identity"), visitor_token=frame.get("visitor_token")
+        )
+        self.role, self.id = "visitor", vid
+        profile = dict(frame.get("profile") or {})
+        ident = frame.get("identity") or {}
+        for k in ("name", "email"):
+            if ident.get(k):
+                profile[k] = ident[k]
+        profile.update({"site": site.name, "identified": identified, "channel": "web"})
+        contact = await self.srv.desk.touch_customer(vid, profile)
+        conv = await self.srv.desk.open_conversation_of(vid, self.srv.thread)
+        self.conv_id = conv["id"] if conv else None
+        out = {"type": "ready", "role": "visitor", "id": vid, "visitor_token": token,
+               "conversation": conversation_view(conv) if conv else None}
+        if contact.get("name"):
+            out["name"] = str(contact["name"])
+        return out
+
+    async def auth_agent(self, frame: dict) -> dict:
+        info = self.srv.ids.token(frame["token"])
+        if info is None or info.role != "agent" or not info.agent:
+            raise AuthError("unknown token, or not an agent's token")
+        agent = await self.srv.desk.agent(info.agent)
+        if agent is None:
+            raise AuthError(f"agent {info.agent} is not configured")
+        self.role, self.id = "agent", info.agent
+        return {"type": "ready", "role": "agent", "id": info.agent, "name": str(agent.get("name") or info.agent), "agent": agent}
+
+    # --- server -> client ------------------------------------------------------------
+    async def forward(self, events: trio.MemoryReceiveChannel, scope: trio.CancelScope) -> None:
+        agent = self.role == "agent"
+        async for topic, payload in events:
+            try:
+                evt = json.loads(payload)
+            except ValueError:
+                log.warning("chat: undecodable payload on %s", topic)
+                continue
+            if not isinstance(evt, dict):
+                continue
+            for frame in event_frames(evt, for_agent=agent):
+                if not agent:
+                    self.track(frame)
+                await self.send(frame)
+        # The subscription was closed under us: this browser fell too far behind.
+        raise Closing(1013, "too slow; reconnect and fetch history")
+
+    def track(self, frame: dict) -> None:
+        if frame["type"] == "conversation":
+            self.conv_id = frame["conversation"]["id"]
+        elif frame["type"] == "message" and frame["message"]["conversation"]:
+            self.conv_id = frame["message"]["conversation"]
+
+    # --- client -> server ------------------------------------------------------------
+    async def serve_frames(self) -> None:
+        while True:
+            frame = await self.next_frame(self.srv.c.idle_timeout)
+            if frame is None:
+                return
+            if not frame:
+                continue
+            ref = frame.get("ref")
+            try:
+                await (self.visitor_frame(frame) if self.role == "visitor" else self.agent_frame(frame))
+            except DeskError as e:
+                await self.refuse(e, ref)
+            except FrameError as e:
+                await self.refuse(e)
+
+    async def publish_in(self, body: dict) -> None:
+        await self.srv.bus.publish(self.topic("in"), json.dumps(body, separators=(",", ":")).encode(), qos=1)
+
+    def own_conversation(self, frame: dict) -> str:
+        conv = frame.get("conversation")
+        if conv is None:
+            if self.conv_id is None:
+                raise FrameError("not_found", "no conversation yet; send a message first", "conversation", frame.get("ref"))
+            return self.conv_id
+        return conv
+
+    async def visitor_frame(self, f: dict) -> None:
+        t, ref = f["type"], f.get("ref")
+        if t == "ping":
+            await self.send({"type": "pong", **({"ref": ref} if ref else {})})
+            return
+        if t in ("action", "status", "auth"):
+            raise FrameError("forbidden", f"{t} frames are for agents" if t != "auth" else "already authenticated", "type", ref)
+        if t == "message":
+            if f.get("private"):
+                raise FrameError("forbidden", "visitors cannot write private notes", "private", ref)
+            await self.publish_in({"type": "message", "text": f["text"], "channel": "web", "ref": ref})
+        elif t == "typing":
+            await self.publish_in({"type": "typing", "on": f["on"]})
+        elif t == "read":
+            await self.publish_in({"type": "read", "up_to": _seq(f["up_to"], ref)})
+        elif t == "csat":
+            await self.check_owner(f["conversation"], ref)
+            await self.publish_in({"type": "csat", "rating": f["rating"], "comment": f.get("comment")})
+        elif t == "history":
+            conv = self.own_conversation(f)
+            await self.check_owner(conv, ref)
+            await self.send_history(conv, f, include_private=False)
+            return
+        if ref:
+            await self.send({"type": "ack", "ref": ref})
+
+    async def check_owner(self, conv_id: str, ref: str | None) -> dict:
+        conv = await self.srv.desk.conversation(conv_id)
+        if str(conv.get("customer_id") or conv.get("customer")) != self.id:
+            raise FrameError("forbidden", "not your conversation", "conversation", ref)
+        return conv
+
+    async def send_history(self, conv: str, f: dict, *, include_private: bool) -> None:
+        limit = min(int(f.get("limit", self.srv.c.history_page)), self.srv.c.history_page)
+        before = _seq(f["before"], f.get("ref")) if "before" in f else None
+        msgs, more = await self.srv.desk.messages(conv, before=before, limit=limit, include_private=include_private)
+        frame: dict[str, Any] = {"type": "history", "conversation": conv, "messages": [message_view(m) for m in msgs], "more": more}
+        if f.get("ref"):
+            frame["ref"] = f["ref"]
+        await self.send(frame)
+
+    async def agent_frame(self, f: dict) -> None:
+        t, ref, d = f["type"], f.get("ref"), self.srv.desk
+        result: dict | None = None
+        if t == "ping":
+            await d.agent_command(self.id, "keepalive", None, {})
+            await self.send({"type": "pong", **({"ref": ref} if ref else {})})
+            return
+        if t in ("auth", "csat"):
+            raise FrameError("forbidden", "already authenticated" if t == "auth" else "csat frames are for visitors", "type", ref)
+        if t in ("message", "typing", "read", "history", "action") and "conversation" not in f:
+            raise FrameError("missing_field", "missing field conversation", "conversation", ref)
+        if t == "message":
+            result = await d.agent_command(self.id, "note" if f.get("private") else "reply", f["conversation"], {"text": f["text"]})
+            result = {"message": message_view(result)}
+        elif t == "typing":
+            await d.agent_command(self.id, "typing", f["conversation"], {"on": f["on"]})
+        elif t == "read":
+            await d.agent_command(self.id, "read", f["conversation"], {"up_to": _seq(f["up_to"], ref)})
+        elif t == "history":
+            await self.send_history(f["conversation"], f, include_private=True)
+            return
+        elif t == "status":
+            await d.agent_command(self.id, "status", None, {"status": f["status"]})
+        elif t == "action":
+            data = {k: f[k] for k in ("agent", "team", "labels") if k in f}
+            conv = await d.agent_command(self.id, f["action"], f["conversation"], data)
+            result = {"conversation": conversation_view(conv)} if conv and "id" in conv else None
+        if ref:
+            await self.send({"type": "ack", "ref": ref, **(result or {})})
+
+
+def _seq(mid: str, ref: str | None) -> int:
+    try:
+        return int(mid)
+    except ValueError:
+        raise FrameError("invalid_field", f"message id {mid[:40]!r} is not one this server issued", "up_to", ref) from None

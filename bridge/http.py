@@ -1,0 +1,559 @@
+"""The HTTP side: REST API under /api/v1, the pages, /healthz and /readyz.
+
+A Starlette app served by Hypercorn's trio worker inside kefu's root nursery (no second
+event loop, no thread). The API is shaped like Chatwoot's where that fits — list
+envelopes ``{"data": {"meta": ..., "payload": [...]}}``, ``toggle_status``,
+``assignments``, ``api_access_token`` — so people and tools that know Chatwoot find
+their way; kefu-specific parts (tickets, device info) follow the same style.
+
+Every API route is declared once in ``ROUTES`` with its summary, auth and response
+schema; the OpenAPI document at /api/v1/openapi.json is generated from that table and
+tests/bridge/test_http_api.py checks the app's routes and real responses against it,
+so the document cannot drift from the code.
+
+Auth: ``api_access_token: <token>`` or ``Authorization: Bearer <token>`` for agents
+and operators (see ``identity.py``); an agent token acts as that agent, an operator
+token as the desk itself. The widget's endpoints take the site's public token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Awaitable, Callable
+
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from kefu import __version__
+
+from .deskport import Desk, DeskError
+from .identity import Identities, TokenInfo
+
+log = logging.getLogger("kefu.bridge.http")
+
+WEB = resources.files("kefu.bridge").joinpath("web")
+
+
+@dataclass
+class BridgeState:
+    """What the HTTP side needs to know about the running process."""
+
+    cfg: Any
+    desk: Desk
+    ids: Identities
+    ws_url: str = ""  # base ws:// URL of listeners.ws once it is up ("" when disabled)
+    ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Schemas (OpenAPI components)
+# ---------------------------------------------------------------------------------------
+
+def _obj(required: list[str], **props) -> dict:
+    return {"type": "object", "required": required, "properties": props}
+
+
+S = {"type": "string"}
+N = {"type": "number"}
+I = {"type": "integer"}
+B = {"type": "boolean"}
+NS = {"type": ["string", "null"]}
+ARR_S = {"type": "array", "items": S}
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+COMPONENTS: dict[str, dict] = {
+    "Error": _obj(["error", "message"], error=S, message=S),
+    "Conversation": _obj(
+        ["id", "status", "customer_id"], id=S, customer_id=S, thread=S, channel=S, status=S, team=NS,
+        priority=S, assignee=NS, accepted=B, intent=NS, labels=ARR_S, created_at=N,
+    ),
+    "Message": _obj(["conv_id", "seq", "sender", "text", "at"], conv_id=S, seq=I, sender=S, sender_id=NS,
+                    text=S, private=B, at=N, meta={"type": "object"}),
+    "Agent": _obj(["id", "status"], id=S, name=S, teams=ARR_S, skills=ARR_S, capacity=I, tier=I, status=S),
+    "Contact": _obj(["id"], id=S, name=NS, email=NS, attributes={"type": "object"}),
+    "Ticket": _obj(["id", "status"], id=S, status=S, priority=S, assignee=NS, title=S),
+    "CannedResponse": _obj(["short_code", "content"], id=S, short_code=S, content=S),
+    "Label": _obj(["title"], title=S, description=S, color=S),
+    "Webhook": _obj(["id", "url", "events"], id=S, url=S, events=ARR_S),
+    "Health": _obj(["status"], status=S, checks={"type": "object"}, version=S),
+    "Profile": _obj(["role", "ws_url"], role=S, name=S, agent={"oneOf": [ref("Agent"), {"type": "null"}]}, ws_url=S),
+    "WidgetConfig": _obj(["title", "ws_url", "site"], site=S, title=S, greeting=S, color=S, ws_url=S,
+                         chat_path=S, thread=S),
+}
+
+
+def listing(item: str, meta: dict | None = None) -> dict:
+    return _obj(["data"], data=_obj(["meta", "payload"], meta=meta or {"type": "object"},
+                                    payload={"type": "array", "items": ref(item)}))
+
+
+def single(item: str) -> dict:
+    return _obj(["data"], data=ref(item))
+
+
+# ---------------------------------------------------------------------------------------
+# Handlers
+# ---------------------------------------------------------------------------------------
+
+Handler = Callable[[Request, "Ctx"], Awaitable[Any]]
+
+
+@dataclass
+class Ctx:
+    st: BridgeState
+    who: TokenInfo | None
+
+    @property
+    def agent(self) -> str | None:
+        return self.who.agent if self.who and self.who.role == "agent" else None
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    method: str
+    path: str  # relative to /api/v1, Starlette syntax: /conversations/{id}
+    handler: Handler
+    summary: str
+    tag: str
+    auth: str  # "token" | "operator" | "site" | "none"
+    response: dict
+    status: int = 200
+    body: dict | None = None
+    query: tuple[tuple[str, str], ...] = ()
+
+
+async def _json_body(req: Request) -> dict:
+    raw = await req.body()
+    if len(raw) > 1_000_000:
+        raise HTTPException(413, "request body over 1 MB")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as e:
+        raise HTTPException(400, f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "body must be a JSON object")
+    return body
+
+
+def _need(body: dict, key: str, typ: type | tuple = str) -> Any:
+    if key not in body:
+        raise HTTPException(422, f"missing field {key}")
+    if not isinstance(body[key], typ) or isinstance(body[key], bool) and typ is not bool:
+        raise HTTPException(422, f"field {key}: wrong type")
+    return body[key]
+
+
+def _filters(req: Request, ctx: Ctx) -> dict:
+    q = req.query_params
+    f = {k: q[k] for k in ("status", "assignee", "team", "label", "customer", "q", "channel") if q.get(k)}
+    if f.get("assignee") == "me":
+        if ctx.agent is None:
+            raise HTTPException(422, "assignee=me needs an agent's token")
+        f["assignee"] = ctx.agent
+    return f
+
+
+async def h_conversations(req: Request, ctx: Ctx):
+    d = ctx.st.desk
+    f = _filters(req, ctx)
+    items = await d.conversations(viewer=ctx.agent, filters=f)
+    base = {k: v for k, v in f.items() if k not in ("assignee",)}
+    open_ = {**base, "status": base.get("status", "open")}
+    mine = len(await d.conversations(viewer=ctx.agent, filters={**open_, "assignee": ctx.agent})) if ctx.agent else 0
+    unassigned = len(await d.conversations(viewer=ctx.agent, filters={**open_, "assignee": "none"}))
+    all_ = len(await d.conversations(viewer=ctx.agent, filters=open_))
+    meta = {"mine_count": mine, "unassigned_count": unassigned, "all_count": all_}
+    return {"data": {"meta": meta, "payload": items}}
+
+
+async def h_conversation(req: Request, ctx: Ctx):
+    return {"data": await ctx.st.desk.conversation(req.path_params["id"])}
+
+
+async def h_messages(req: Request, ctx: Ctx):
+    q = req.query_params
+    before = _int_param(q.get("before"), "before")
+    limit = min(_int_param(q.get("limit"), "limit") or 50, 200)
+    msgs, more = await ctx.st.desk.messages(req.path_params["id"], before=before, limit=limit, include_private=True)
+    return {"data": {"meta": {"more": more}, "payload": msgs}}
+
+
+def _int_param(v: str | None, name: str) -> int | None:
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise HTTPException(422, f"query {name}: expected an integer") from None
+
+
+async def h_post_message(req: Request, ctx: Ctx):
+    body = await _json_body(req)
+    text = _need(body, "content")
+    if not text.strip():
+        raise HTTPException(422, "field content: must not be empty")
+    action = "note" if body.get("private") else "reply"
+    return {"data": await ctx.st.desk.agent_command(ctx.agent, action, req.path_params["id"], {"text": text})}
+
+
+async def h_assignments(req: Request, ctx: Ctx):
+    body = await _json_body(req)
+    if "assignee_id" in body:
+        data = {"agent": _need(body, "assignee_id")}
+    elif "team_id" in body:
+        data = {"team": _need(body, "team_id")}
+    else:
+        raise HTTPException(422, "missing field assignee_id or team_id")
+    return {"data": await ctx.st.desk.agent_command(ctx.agent, "transfer" if ctx.agent else "assign", req.path_params["id"], data)}
+
+
+async def h_toggle_status(req: Request, ctx: Ctx):
+    body = await _json_body(req)
+    status = _need(body, "status")
+    actions = {"resolved": "resolve", "open": "reopen"}
+    if status not in actions:
+        raise HTTPException(422, 'field status: expected "resolved" or "open"')
+    return {"data": await ctx.st.desk.agent_command(ctx.agent, actions[status], req.path_params["id"], {})}
+
+
+async def h_accept(req: Request, ctx: Ctx):
+    if ctx.agent is None:
+        raise HTTPException(403, "only an agent can accept a conversation")
+    return {"data": await ctx.st.desk.agent_command(ctx.agent, "accept", req.path_params["id"], {})}
+
+
+async def h_labels_of(req: Request, ctx: Ctx):
+    body = await _json_body(req)
+    labels = _need(body, "labels", list)
+    if not all(isinstance(x, str) and x for x in labels):
+        raise HTTPException(422, "field labels: expected a list of non-empty strings")
+    return {"data": await ctx.st.desk.agent_command(ctx.agent, "labels", req.path_params["id"], {"labels": labels})}
+
+
+async def h_agents(req: Request, ctx: Ctx):
+    items = await ctx.st.desk.agents()
+    return {"data": {"meta": {"count": len(items)}, "payload": items}}
+
+
+async def h_agent_status(req: Request, ctx: Ctx):
+    body = await _json_body(req)
+    status = _need(body, "status")
+    if status not in ("online", "away", "offline"):
+        raise HTTPException(422, 'field status: expected "online", "away" or "offline"')
+    aid = req.path_params["id"]
+    if ctx.agent is not None and ctx.agent != aid:
+        raise HTTPException(403, "an agent sets only its own status")
+    return {"data": await ctx.st.desk.agent_command(aid, "status", None, {"status": status})}
+
+
+async def h_profile(req: Request, ctx: Ctx):
+    agent = await ctx.st.desk.agent(ctx.agent) if ctx.agent else None
+    return {"data": {"role": ctx.who.role, "name": ctx.who.name, "agent": agent, "ws_url": _ws_base(req, ctx.st)}}
+
+
+async def h_contacts(req: Request, ctx: Ctx):
+    items = await ctx.st.desk.contacts(q=req.query_params.get("q"))
+    return {"data": {"meta": {"count": len(items)}, "payload": items}}
+
+
+async def h_contact(req: Request, ctx: Ctx):
+    return {"data": await ctx.st.desk.contact(req.path_params["id"])}
+
+
+async def h_contact_conversations(req: Request, ctx: Ctx):
+    items = await ctx.st.desk.conversations(viewer=ctx.agent, filters={"customer": req.path_params["id"]})
+    return {"data": {"meta": {"count": len(items)}, "payload": items}}
+
+
+async def h_tickets(req: Request, ctx: Ctx):
+    f = {k: req.query_params[k] for k in ("status", "priority", "assignee") if req.query_params.get(k)}
+    items = await ctx.st.desk.tickets(filters=f)
+    return {"data": {"meta": {"count": len(items)}, "payload": items}}
+
+
+async def h_ticket(req: Request, ctx: Ctx):
+    return {"data": await ctx.st.desk.ticket(req.path_params["id"])}
+
+
+async def h_canned(req: Request, ctx: Ctx):
+    items = await ctx.st.desk.canned_responses()
+    return {"data": {"meta": {"count": len(items)}, "payload": items}}
+
+
+async def h_labels(req: Request, ctx: Ctx):
+    items = await ctx.st.desk.labels()
+    return {"data": {"meta": {"count": len(items)}, "payload": items}}
+
+
+async def h_webhooks(req: Request, ctx: Ctx):
+    items = await ctx.st.desk.webhooks()
+    return {"data": {"meta": {"count": len(items)}, "payload": items}}
+
+
+async def h_add_webhook(req: Request, ctx: Ctx):
+    body = await _json_body(req)
+    url = _need(body, "url")
+    if not url.startswith(("http://", "https://")):
+        raise HTTPException(422, "field url: expected an http:// or https:// URL")
+    events = body.get("subscriptions", body.get("events", []))
+    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+        raise HTTPException(422, "field subscriptions: expected a list of event names")
+    return {"data": await ctx.st.desk.add_webhook(url, events)}
+
+
+async def h_delete_webhook(req: Request, ctx: Ctx):
+    await ctx.st.desk.delete_webhook(req.path_params["id"])
+    return None
+
+
+async def h_widget_config(req: Request, ctx: Ctx):
+    token = req.query_params.get("website_token", "")
+    site = ctx.st.ids.site(token)
+    if site is None:
+        raise HTTPException(404, "unknown website_token")
+    w = ctx.st.cfg.widget
+    return {"data": {"site": site.name, "title": w.title, "greeting": w.greeting, "color": w.color,
+                     "ws_url": _ws_base(req, ctx.st), "chat_path": ctx.st.cfg.listeners.ws.chat_path,
+                     "thread": w.thread}}
+
+
+def _ws_base(req: Request, st: BridgeState) -> str:
+    configured = st.cfg.listeners.http.public_ws_url
+    if configured:
+        return configured.rstrip("/")
+    if not st.ws_url:
+        return ""
+    port = st.ws_url.rsplit(":", 1)[1]
+    scheme = "wss" if st.ws_url.startswith("wss") else "ws"
+    host = req.url.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+CONV_META = _obj(["mine_count", "unassigned_count", "all_count"], mine_count=I, unassigned_count=I, all_count=I)
+CONV_QUERY = (("status", "bot, queued, assigned, resolved, closed, or open (= bot+queued+assigned)"),
+              ("assignee", "me, none or an agent id"), ("team", "team id"), ("label", "label"),
+              ("customer", "customer id"), ("channel", "web, mqtt, ..."), ("q", "text search"))
+
+ROUTES: list[ApiRoute] = [
+    ApiRoute("GET", "/profile", h_profile, "Who the token belongs to", "profile", "token", single("Profile")),
+    ApiRoute("GET", "/conversations", h_conversations, "List conversations, filtered; meta counts Mine/Unassigned/All",
+             "conversations", "token", listing("Conversation", CONV_META), query=CONV_QUERY),
+    ApiRoute("GET", "/conversations/{id}", h_conversation, "One conversation", "conversations", "token", single("Conversation")),
+    ApiRoute("GET", "/conversations/{id}/messages", h_messages, "A page of messages, oldest first (private notes included)",
+             "messages", "token", listing("Message", _obj(["more"], more=B)),
+             query=(("before", "seq: messages before this one"), ("limit", "page size, at most 200"))),
+    ApiRoute("POST", "/conversations/{id}/messages", h_post_message, "Reply, or add a private note (private: true)",
+             "messages", "token", single("Message"), body=_obj(["content"], content=S, private=B)),
+    ApiRoute("POST", "/conversations/{id}/assignments", h_assignments, "Assign or transfer to an agent or a team",
+             "conversations", "token", single("Conversation"), body=_obj([], assignee_id=S, team_id=S)),
+    ApiRoute("POST", "/conversations/{id}/toggle_status", h_toggle_status, "Resolve (resolved) or reopen (open)",
+             "conversations", "token", single("Conversation"), body=_obj(["status"], status={"enum": ["resolved", "open"]})),
+    ApiRoute("POST", "/conversations/{id}/accept", h_accept, "Accept an offered conversation (agents)",
+             "conversations", "token", single("Conversation")),
+    ApiRoute("POST", "/conversations/{id}/labels", h_labels_of, "Set the conversation's labels",
+             "conversations", "token", single("Conversation"), body=_obj(["labels"], labels=ARR_S)),
+    ApiRoute("GET", "/agents", h_agents, "Agents with status, teams and capacity", "agents", "token", listing("Agent")),
+    ApiRoute("PUT", "/agents/{id}/status", h_agent_status, "Set an agent's status (an agent: only its own)", "agents",
+             "token", single("Agent"), body=_obj(["status"], status={"enum": ["online", "away", "offline"]})),
+    ApiRoute("GET", "/contacts", h_contacts, "Contacts (customers and devices)", "contacts", "token", listing("Contact"),
+             query=(("q", "text search"),)),
+    ApiRoute("GET", "/contacts/{id}", h_contact, "One contact with custom attributes and CRM data", "contacts", "token", single("Contact")),
+    ApiRoute("GET", "/contacts/{id}/conversations", h_contact_conversations, "A contact's conversations, newest first",
+             "contacts", "token", listing("Conversation")),
+    ApiRoute("GET", "/tickets", h_tickets, "Tickets", "tickets", "token", listing("Ticket"),
+             query=(("status", "ticket status"), ("priority", "priority"), ("assignee", "agent id"))),
+    ApiRoute("GET", "/tickets/{id}", h_ticket, "One ticket", "tickets", "token", single("Ticket")),
+    ApiRoute("GET", "/canned_responses", h_canned, "Canned responses", "canned responses", "token", listing("CannedResponse")),
+    ApiRoute("GET", "/labels", h_labels, "Labels", "labels", "token", listing("Label")),
+    ApiRoute("GET", "/webhooks", h_webhooks, "Webhooks (operators)", "webhooks", "operator", listing("Webhook")),
+    ApiRoute("POST", "/webhooks", h_add_webhook, "Add a webhook (operators)", "webhooks", "operator", single("Webhook"),
+             status=201, body=_obj(["url"], url=S, subscriptions=ARR_S)),
+    ApiRoute("DELETE", "/webhooks/{id}", h_delete_webhook, "Remove a webhook (operators)", "webhooks", "operator",
+             {}, status=204),
+    ApiRoute("GET", "/widget/config", h_widget_config, "What the widget needs to connect (public)", "widget", "site",
+             single("WidgetConfig"), query=(("website_token", "the site's public token"),)),
+]
+
+
+def openapi_document() -> dict:
+    paths: dict[str, dict] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {
+            "summary": r.summary,
+            "tags": [r.tag],
+            "operationId": f"{r.method.lower()}_{r.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "responses": {
+                str(r.status): {"description": "OK"} if not r.response else
+                {"description": "OK", "content": {"application/json": {"schema": r.response}}},
+                "default": {"description": "error", "content": {"application/json": {"schema": ref("Error")}}},
+            },
+        }
+        if r.auth in ("token", "operator"):
+            op["security"] = [{"api_access_token": []}, {"bearer": []}]
+        else:
+            op["security"] = []
+        params = [{"name": p, "in": "path", "required": True, "schema": S} for p in _path_params(r.path)]
+        params += [{"name": n, "in": "query", "required": r.auth == "site", "description": d, "schema": S} for n, d in r.query]
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
+        paths.setdefault("/api/v1" + r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kefu API", "version": __version__,
+                 "description": "Conversations, messages, agents, contacts, tickets, canned responses, labels, webhooks."},
+        "paths": paths,
+        "components": {
+            "schemas": COMPONENTS,
+            "securitySchemes": {
+                "api_access_token": {"type": "apiKey", "in": "header", "name": "api_access_token"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def _token_of(req: Request) -> str | None:
+    tok = req.headers.get("api_access_token")
+    if tok:
+        return tok
+    auth = req.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return None
+
+
+def _endpoint(r: ApiRoute, st: BridgeState):
+    async def endpoint(req: Request) -> Response:
+        who = None
+        if r.auth in ("token", "operator"):
+            who = st.ids.token(_token_of(req))
+            if who is None:
+                return _error(401, "unauthorized", "missing or unknown API token (api_access_token header or Bearer)")
+            if r.auth == "operator" and who.role != "operator":
+                return _error(403, "forbidden", "an operator token is needed")
+        try:
+            result = await r.handler(req, Ctx(st, who))
+        except HTTPException as e:
+            return _error(e.status_code, {400: "bad_request", 403: "forbidden", 404: "not_found", 413: "too_large",
+                                          422: "invalid"}.get(e.status_code, "error"), e.detail)
+        except DeskError as e:
+            return _error(e.status, e.code, str(e) or e.code)
+        if r.status == 204:
+            return Response(status_code=204)
+        return JSONResponse(result, status_code=r.status)
+
+    endpoint.__name__ = r.handler.__name__
+    return endpoint
+
+
+def _page(name: str) -> str:
+    return WEB.joinpath(name).read_text(encoding="utf-8")
+
+
+def build_app(st: BridgeState) -> Starlette:
+    cfg = st.cfg
+
+    async def healthz(req: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def readyz(req: Request) -> Response:
+        checks = {name: bool(fn()) for name, fn in st.ready_checks.items()}
+        try:
+            with trio.fail_after(2):
+                h = await st.desk.health()
+            checks["desk"] = bool(h.get("ok"))
+        except (trio.TooSlowError, DeskError) as e:
+            checks["desk"] = False
+            log.warning("readyz: desk not ready: %s", e)
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    async def openapi(req: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def index(req: Request) -> Response:
+        return HTMLResponse(_page("index.html"))
+
+    async def demo(req: Request) -> Response:
+        if not cfg.widget.demo_site:
+            return _error(404, "not_found", "the demo page is off (widget.demo_site = false)")
+        return HTMLResponse(_page("demo.html"))
+
+    async def console(req: Request) -> Response:
+        return HTMLResponse(_page("console.html"))
+
+    async def widget_js(req: Request) -> Response:
+        return Response(_page("widget.js"), media_type="text/javascript; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+    async def not_found(req: Request, exc: HTTPException) -> Response:
+        return _error(exc.status_code, "not_found" if exc.status_code == 404 else "error", str(exc.detail))
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/", index),
+        Route("/demo", demo),
+        Route("/console", console),
+        Route("/widget.js", widget_js),
+        Route("/api/v1/openapi.json", openapi),
+    ]
+    for r in ROUTES:
+        routes.append(Route("/api/v1" + r.path, _endpoint(r, st), methods=[r.method]))
+    routes.append(Mount("/static", StaticFiles(directory=str(WEB)), name="static"))
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+
+
+@dataclass
+class HttpListener:
+    url: str
+
+
+async def run(st: BridgeState, *, task_status: trio.TaskStatus[HttpListener] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``listeners.http`` until cancelled; started with the bound base URL."""
+    from hypercorn.config import Config as HyperConfig
+    from hypercorn.trio import serve
+
+    lc = st.cfg.listeners.http
+    hc = HyperConfig()
+    host = lc.host if ":" not in lc.host else f"[{lc.host}]"
+    hc.bind = [f"{host}:{lc.port}"]
+    if lc.certfile and lc.keyfile:
+        hc.certfile, hc.keyfile = lc.certfile, lc.keyfile
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("kefu.bridge.http.server")
+    hc.graceful_timeout = 1.0
+    app = build_app(st)
+
+    async def _serve(task_status):
+        await serve(app, hc, shutdown_trigger=trio.sleep_forever, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(_serve)
+        url = binds[0]
+        url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+        task_status.started(HttpListener(url))
