@@ -242,6 +242,207 @@ class Api:
     )
 
 
+# --- customer-service core (kefu/desk.py) ------------------------------------------
+
+
+def priority_name(v) -> str | None:
+    return None if v in ("urgent", "high", "normal", "low") else 'expected one of "urgent", "high", "normal", "low"'
+
+
+def hhmm_range(v) -> str | None:
+    import re
+
+    if v == "" or re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)", v):
+        return None
+    return 'expected "HH:MM-HH:MM" (24-hour clock) or "" for closed'
+
+
+@dataclass
+class CannedResponse:
+    code: str = opt("", "Short code agents type (e.g. \"greet\"); unique.")
+    text: str = opt("", "The text sent; may use {contact.name|fallback} and answers-file variables.")
+
+
+@dataclass
+class Desk:
+    enabled: bool = opt(True, "Run the customer-service desk (conversations, routing, bot, tickets).")
+    topic_prefix: str = opt("kefu", "First topic level(s) of every conversation topic (see docs/desk.md).")
+    service_users: list = opt([], "Broker usernames of trusted services (bridges, integrations): full access to kefu topics.")
+    agent_username_prefix: str = opt("agent:", "Broker usernames \"<prefix><agent id>\" sign in as that [[agents]] entry.")
+    accept_timeout: float = opt(
+        30.0, "Seconds an agent has to accept an offered conversation before it goes back to the front of the queue; "
+        "0: assignments are accepted at once.", non_negative
+    )
+    agent_keepalive: float = opt(
+        90.0, "Seconds without any sign of life after which an agent is set offline and its conversations are "
+        "requeued; 0: never.", non_negative
+    )
+    reopen_window: float = opt(
+        86400.0, "Seconds after resolving during which a new customer message reopens the conversation; after it "
+        "the conversation is closed and the next message starts a new one.", non_negative
+    )
+    handle_seconds: float = opt(300.0, "Average handle time assumed for the estimated queue wait.", positive)
+    ticket_on_handoff: bool = opt(True, "Open a ticket (with SLA timers) when a conversation is handed to a human.")
+    csat: bool = opt(True, "Ask the customer for a 1-5 rating when an agent resolves the conversation.")
+    csat_message: str = opt(
+        "How did we do? Reply with a number from 1 (poor) to 5 (great).", "The rating request sent on resolve."
+    )
+    queue_message: str = opt(
+        "You are number {position} in the queue. Estimated wait: {wait}.",
+        "Sent when a conversation starts waiting for a human; {position} and {wait} are filled in.",
+    )
+    max_text_chars: int = opt(4000, "Longest message text accepted from a customer or agent.", positive)
+    labels: list = opt([], "Labels agents may put on conversations; empty: any label.")
+    canned: list = opt([], "Canned responses: [[desk.canned]] tables with code and text.")
+
+
+@dataclass
+class RoutingRule:
+    name: str = opt("", "Name shown in logs, events and `kefu desk rules`.")
+    intent: list = opt([], "Intents this row matches (shell patterns like \"card_*\"); empty: any.")
+    sentiment: list = opt([], "Sentiments matched: negative, neutral, positive; empty: any.")
+    tier: list = opt([], "Customer tiers matched (the contact's tier, e.g. from the CRM); empty: any.")
+    channel: list = opt([], "Channels matched: mqtt, chat, alarm; empty: any.")
+    hours: str = opt("any", "Business hours: open, closed or any.", one_of("any", "open", "closed"))
+    team: str = opt("", "Team ([[teams]] id) the conversation goes to.")
+    priority: str = opt("normal", "Queue priority: urgent, high, normal, low.", priority_name)
+    handler: str = opt("bot", "bot: the bot may answer; human: hand off at once.", one_of("bot", "human"))
+    skills: list = opt([], "Skills an agent needs to take it.")
+    min_tier: int = opt(0, "Lowest agent VIP tier that may take it.", non_negative)
+
+
+@dataclass
+class Routing:
+    default_team: str = opt("general", "Team when no [[routing.rules]] row matches.")
+    default_priority: str = opt("normal", "Priority when no row matches.", priority_name)
+    default_handler: str = opt("bot", "Handler when no row matches.", one_of("bot", "human"))
+    rules: list = opt([], "The decision table, first match wins: [[routing.rules]] rows.")
+
+
+@dataclass
+class TeamEntry:
+    id: str = opt("", "Team id (used in rules, agents and topics).")
+    name: str = opt("", "Display name.")
+
+
+@dataclass
+class AgentEntry:
+    id: str = opt("", "Agent id; the agent signs in as broker user \"agent:<id>\" or with an API token.")
+    name: str = opt("", "Display name shown to customers.")
+    teams: list = opt([], "Teams ([[teams]] ids) whose queues this agent serves.")
+    skills: list = opt([], "Skills (matched against a rule's skills).")
+    capacity: int = opt(5, "Conversations this agent handles at once.", positive)
+    tier: int = opt(0, "VIP tier: conversations needing a higher min_tier never reach this agent.", non_negative)
+
+
+@dataclass
+class Bot:
+    enabled: bool = opt(True, "Let the bot answer FAQ intents before a human is involved.")
+    answers_file: str = opt("", "TOML file with [variables] and [answers.<intent>] (see config/answers.toml); "
+                            "empty: the bot answers nothing and hands every conversation off.")
+    confidence: float = opt(0.6, "Lowest classifier confidence the bot answers on; below it hands off.", non_negative)
+    negative_handoff: bool = opt(True, "Hand off when the message's sentiment is negative.")
+    max_failed_answers: int = opt(2, "Failed answers (\"that didn't help\", the same question again) before handing off.", positive)
+    human_phrases: list = opt(
+        ["human", "agent", "real person", "representative", "operator", "someone real", "人工", "客服"],
+        "Phrases that always reach a human (whole words, case-insensitive).",
+    )
+    failed_phrases: list = opt(
+        ["didn't help", "did not help", "doesn't help", "not helpful", "that's wrong", "not what i asked", "没用"],
+        "Phrases that mark the previous answer as failed.",
+    )
+    human_intents: list = opt([], "Intents that always hand off (e.g. a classifier's talk_to_human).")
+    handoff_message: str = opt("I'm passing you to a colleague who can help.", "Sent when the bot hands off.")
+    retry_prefix: str = opt("Let me try again: ", "Put before an answer repeated after a failed one (when it has no retry text).")
+
+
+@dataclass
+class SlaTimes:
+    urgent: float = opt(0.0, "Seconds for urgent tickets; 0: no target.", non_negative)
+    high: float = opt(0.0, "Seconds for high-priority tickets; 0: no target.", non_negative)
+    normal: float = opt(0.0, "Seconds for normal tickets; 0: no target.", non_negative)
+    low: float = opt(0.0, "Seconds for low-priority tickets; 0: no target.", non_negative)
+
+
+def _sla(urgent, high, normal, low):
+    return field(default_factory=lambda: SlaTimes(urgent, high, normal, low))
+
+
+@dataclass
+class Sla:
+    first_response: SlaTimes = _sla(60.0, 300.0, 900.0, 3600.0)
+    resolution: SlaTimes = _sla(3600.0, 14400.0, 86400.0, 259200.0)
+
+
+@dataclass
+class WebhookEndpoint:
+    id: str = opt("", "Name of this endpoint (shown in logs and the API); default: its position.")
+    url: str = opt("", "http:// or https:// URL that receives POSTed events.")
+    secret: str = opt("", "HMAC-SHA256 key for the X-Kefu-Signature header; required.")
+    events: list = opt([], "Events sent (conversation_created, ..., sla_breached); empty: all.")
+
+
+@dataclass
+class Webhooks:
+    queue_size: int = opt(1000, "Events held per endpoint while it is slow or down; beyond, the oldest is dropped.", positive)
+    max_attempts: int = opt(6, "Attempts per event (the first try plus retries).", positive)
+    backoff: float = opt(1.0, "Seconds before the first retry; doubled each retry.", positive)
+    backoff_max: float = opt(300.0, "Longest wait between retries.", positive)
+    timeout: float = opt(10.0, "Seconds one delivery may take.", positive)
+    endpoints: list = opt([], "Receivers: [[webhooks.endpoints]] tables.")
+
+
+@dataclass
+class AlarmSeverity:
+    name: str = opt("", "Severity value as the device sends it (case-insensitive).")
+    priority: str = opt("normal", "Ticket priority for it.", priority_name)
+
+
+@dataclass
+class Alarms:
+    enabled: bool = opt(False, "Turn device alarm messages into tickets and conversations.")
+    topic: str = opt("{p}/d/{device}/alarm", "Topic devices publish alarms on; {p} is the prefix, {device} the device id level.")
+    device_field: str = opt("", "JSON field (dotted path) with the device id; empty: from the topic.")
+    type_field: str = opt("type", "JSON field with the alarm type (deduplication is per device and type).")
+    severity_field: str = opt("severity", "JSON field with the severity.")
+    state_field: str = opt("state", "JSON field with the state; a recovered value closes the ticket.")
+    message_field: str = opt("message", "JSON field with a human-readable text.")
+    recovered_values: list = opt(["ok", "recovered", "cleared", "resolved"], "States that mean the alarm is over.")
+    team: str = opt("general", "Team whose queue alarm conversations go to.")
+    default_priority: str = opt("normal", "Priority of a severity not listed in [[alarms.severities]].", priority_name)
+    severities: list = opt([], "Severity to priority: [[alarms.severities]] tables; empty: critical=urgent, "
+                           "major=high, minor=normal, warning=low.")
+
+
+@dataclass
+class BusinessHours:
+    enabled: bool = opt(False, "Use opening hours (routing rows with hours = open/closed, the offline message).")
+    timezone: str = opt("UTC", "IANA time zone of the opening hours, e.g. \"Europe/Berlin\".")
+    mon: str = opt("09:00-17:00", "Monday opening hours \"HH:MM-HH:MM\"; \"\" closed.", hhmm_range)
+    tue: str = opt("09:00-17:00", "Tuesday.", hhmm_range)
+    wed: str = opt("09:00-17:00", "Wednesday.", hhmm_range)
+    thu: str = opt("09:00-17:00", "Thursday.", hhmm_range)
+    fri: str = opt("09:00-17:00", "Friday.", hhmm_range)
+    sat: str = opt("", "Saturday.", hhmm_range)
+    sun: str = opt("", "Sunday.", hhmm_range)
+    holidays: list = opt([], "Closed dates, \"YYYY-MM-DD\".")
+    offline_message: str = opt(
+        "We're closed right now. Leave your message and we'll get back to you when we open.",
+        "Sent when a conversation is handed off outside opening hours.",
+    )
+
+
+@dataclass
+class Crm:
+    provider: str = opt("", "CRM lookup plugin: \"http\" (built in) or an entry point in group kefu.crm; empty: none.")
+    url: str = opt("", "http provider: URL template with {customer_id}, {email}, {phone}; GET, JSON object back.")
+    headers: list = opt([], "http provider: extra request headers, \"Name: value\" strings.")
+    timeout: float = opt(2.0, "Seconds a lookup may take before the sidebar shows an error.", positive)
+    cache_ttl: float = opt(300.0, "Seconds a lookup result is reused.", non_negative)
+    cache_size: int = opt(10000, "Lookup results kept.", positive)
+    tier_field: str = opt("tier", "Field of the CRM answer copied to the contact's tier (used by routing).")
+
+
 @dataclass
 class Config:
     listeners: Listeners = field(default_factory=Listeners)
@@ -251,8 +452,22 @@ class Config:
     chat: Chat = field(default_factory=Chat)
     widget: Widget = field(default_factory=Widget)
     api: Api = field(default_factory=Api)
+    desk: Desk = field(default_factory=Desk)
+    routing: Routing = field(default_factory=Routing)
+    teams: list = opt([], "Teams: [[teams]] tables (id, name). Rules, agents and alarms name them.")
+    agents: list = opt([], "Agents: [[agents]] tables (id, name, teams, skills, capacity, tier).")
+    bot: Bot = field(default_factory=Bot)
+    sla: Sla = field(default_factory=Sla)
+    webhooks: Webhooks = field(default_factory=Webhooks)
+    alarms: Alarms = field(default_factory=Alarms)
+    business_hours: BusinessHours = field(default_factory=BusinessHours)
+    crm: Crm = field(default_factory=Crm)
 
 
 # Tables that are lists of typed entries: key path -> entry type.
 LIST_ENTRIES: dict[str, type] = {"auth.users": User, "auth.acl": AclRule}
 LIST_ENTRIES.update({"widget.sites": WidgetSite, "api.tokens": ApiToken})
+LIST_ENTRIES.update({
+    "desk.canned": CannedResponse, "routing.rules": RoutingRule, "teams": TeamEntry, "agents": AgentEntry,
+    "webhooks.endpoints": WebhookEndpoint, "alarms.severities": AlarmSeverity,
+})
