@@ -357,21 +357,25 @@ class Bot:
 
 
 @dataclass
-class SlaTimes:
-    urgent: float = opt(0.0, "Seconds for urgent tickets; 0: no target.", non_negative)
-    high: float = opt(0.0, "Seconds for high-priority tickets; 0: no target.", non_negative)
-    normal: float = opt(0.0, "Seconds for normal tickets; 0: no target.", non_negative)
-    low: float = opt(0.0, "Seconds for low-priority tickets; 0: no target.", non_negative)
+class SlaFirstResponse:
+    urgent: float = opt(60.0, "Seconds to the first human reply on urgent tickets; 0: no target.", non_negative)
+    high: float = opt(300.0, "Seconds for high-priority tickets; 0: no target.", non_negative)
+    normal: float = opt(900.0, "Seconds for normal tickets; 0: no target.", non_negative)
+    low: float = opt(3600.0, "Seconds for low-priority tickets; 0: no target.", non_negative)
 
 
-def _sla(urgent, high, normal, low):
-    return field(default_factory=lambda: SlaTimes(urgent, high, normal, low))
+@dataclass
+class SlaResolution:
+    urgent: float = opt(3600.0, "Seconds to resolution of urgent tickets; 0: no target.", non_negative)
+    high: float = opt(14400.0, "Seconds for high-priority tickets; 0: no target.", non_negative)
+    normal: float = opt(86400.0, "Seconds for normal tickets; 0: no target.", non_negative)
+    low: float = opt(259200.0, "Seconds for low-priority tickets; 0: no target.", non_negative)
 
 
 @dataclass
 class Sla:
-    first_response: SlaTimes = _sla(60.0, 300.0, 900.0, 3600.0)
-    resolution: SlaTimes = _sla(3600.0, 14400.0, 86400.0, 259200.0)
+    first_response: SlaFirstResponse = field(default_factory=SlaFirstResponse)
+    resolution: SlaResolution = field(default_factory=SlaResolution)
 
 
 @dataclass
