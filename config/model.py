@@ -448,6 +448,77 @@ class Crm:
 
 
 @dataclass
+class Storage:
+    backend: str = opt(
+        "sqlite", "Where kefu keeps its state: \"sqlite\" (one file, embedded) or \"postgres\".",
+        one_of("sqlite", "postgres"),
+    )
+    path: str = opt("kefu.db", "SQLite database file (backend = \"sqlite\"); its directory is created if missing.")
+    dsn: str = opt(
+        "",
+        "PostgreSQL connection string (backend = \"postgres\"), e.g. \"postgresql://kefu@127.0.0.1:5432/kefu\". "
+        "Keep passwords in ~/.pgpass or PGPASSWORD rather than here.",
+    )
+    pg_schema: str = opt("public", "PostgreSQL schema for kefu's tables (created by `kefu db upgrade`).")
+    pool_size: int = opt(4, "PostgreSQL connections for reads (writes use one more).", positive)
+    auto_migrate: bool = opt(
+        True, "Apply pending schema migrations at start; false: refuse to start until `kefu db upgrade` ran."
+    )
+    ack_after_commit: bool = opt(
+        True,
+        "Acknowledge QoS 1/2 PUBLISHes only once they are committed (group commit keeps this fast); false: "
+        "acknowledge at once, and a crash may lose acknowledged messages.",
+    )
+    sqlite_synchronous: str = opt(
+        "full",
+        "SQLite durability: \"full\" survives power loss; \"normal\" survives a kefu crash but may lose the last "
+        "commits on power loss.",
+        one_of("full", "normal"),
+    )
+    sqlite_busy_timeout_ms: int = opt(
+        5000, "Milliseconds a write waits for a lock held by another process before the database counts as unavailable.",
+        positive,
+    )
+    group_commit_max: int = opt(2000, "Most writes committed together in one transaction.", positive)
+    max_pending: int = opt(
+        10000,
+        "Writes held in memory waiting for their commit; while the database is unavailable, writes beyond this are "
+        "refused (storage unavailable) instead of queued.",
+        positive,
+    )
+    commit_timeout: float = opt(
+        10.0, "Seconds a write waits for its commit before it fails as storage unavailable (nothing acknowledged).",
+        positive,
+    )
+    retention_days: float = opt(0.0, "Delete transcripts and audit entries older than this many days; 0: keep forever.",
+                                non_negative)
+    metrics_retention_days: float = opt(30.0, "Delete metric samples older than this many days; 0: keep forever.",
+                                        non_negative)
+    search_index: bool = opt(
+        True,
+        "Index transcripts for search (SQLite FTS5 trigram / PostgreSQL pg_trgm). The index holds the words in clear "
+        "even with encrypt_at_rest; set false where no plaintext may be stored (search is then off).",
+    )
+    encrypt_at_rest: bool = opt(
+        False, "Encrypt chat message bodies and contact personal data with SM4 (needs a master key)."
+    )
+    master_key_file: str = opt(
+        "",
+        "File holding the SM4 master key (32 hex digits, mode 600), made by `kefu keys new-master FILE`. "
+        "Never put the key itself in this config.",
+    )
+    master_key_env: str = opt(
+        "KEFU_MASTER_KEY", "Environment variable holding the master key (hex); when set it wins over master_key_file."
+    )
+    redis_url: str = opt(
+        "",
+        "Redis for state shared between kefu nodes (agent presence, queues, assignment locks), e.g. "
+        "\"redis://127.0.0.1:6379/0\"; empty: a single node.",
+    )
+    redis_prefix: str = opt("kefu:", "Prefix of every Redis key kefu uses (one kefu cluster per prefix).")
+
+
+@dataclass
 class Config:
     listeners: Listeners = field(default_factory=Listeners)
     mqtt: Mqtt = field(default_factory=Mqtt)
@@ -466,6 +537,7 @@ class Config:
     alarms: Alarms = field(default_factory=Alarms)
     business_hours: BusinessHours = field(default_factory=BusinessHours)
     crm: Crm = field(default_factory=Crm)
+    storage: Storage = field(default_factory=Storage)
 
 
 # Tables that are lists of typed entries: key path -> entry type.

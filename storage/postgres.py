@@ -79,6 +79,7 @@ class PostgresStore(SqlStore):
         self.pool_size = int(getattr(cfg, "pool_size", 4))
         self.pool: psycopg_pool.ConnectionPool | None = None
         self.timescale = False
+        self.read_timeout = 5.0  # seconds a read waits for a pooled connection
         self._limiter = trio.CapacityLimiter(self.pool_size)
 
     # ------------------------------------------------------------ connections
@@ -153,7 +154,7 @@ class PostgresStore(SqlStore):
 
     async def _read(self, fn: Callable[[Any], Any]) -> Any:
         def run():
-            with self.pool.connection() as conn, conn.cursor() as cur:
+            with self.pool.connection(timeout=self.read_timeout) as conn, conn.cursor() as cur:
                 return fn(cur)
 
         if self.pool is None:

@@ -153,6 +153,12 @@ class SqlStore:
             return Health(False, self.backend, "not open")
         return self._w.health(self.backend, self.features)
 
+    async def wait_ready(self, ready: bool = True) -> None:
+        """Return once ``health().ready`` equals ``ready``."""
+        if self._w is None:
+            raise StorageUnavailable(f"{self.backend} store is not open")
+        await self._w.wait_ready(ready)
+
     async def _submit(self, kind: str, args, wait: bool = True):
         if self._w is None:
             raise StorageUnavailable(f"{self.backend} store is not open")

@@ -97,6 +97,7 @@ class Writer:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stopping = threading.Event()
         self._room = trio.lowlevel.ParkingLot()
+        self._state_lot = trio.lowlevel.ParkingLot()
         # trio-side state (touched only from the trio thread)
         self.pending = 0
         self.ready = True
@@ -189,6 +190,12 @@ class Writer:
             self.ready, self.reason = ready, reason
             if not ready:
                 self._room.unpark_all()  # waiting submitters now fail fast
+            self._state_lot.unpark_all()
+
+    async def wait_ready(self, ready: bool = True) -> None:
+        """Return once the writer's readiness equals ``ready`` (for /readyz watchers, tests)."""
+        while self.ready != ready:
+            await self._state_lot.park()
 
     # ------------------------------------------------------------------ thread side
 
