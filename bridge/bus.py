@@ -16,6 +16,7 @@ browser never silently misses a message in the middle of a thread).
 from __future__ import annotations
 
 import itertools
+import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -24,6 +25,7 @@ import trio
 from kefu.broker.topics import TopicTrie, validate_topic_filter, validate_topic_name
 
 Tap = Callable[[str, bytes], Awaitable[None]]
+log = logging.getLogger("kefu.bridge.bus")
 
 
 class _Sub:
@@ -86,4 +88,71 @@ class LocalBus:
             for f in filters:
                 self._trie.remove(f, key)
             self._subs.pop(key, None)
+            send.close()
+
+
+class RouterBus(LocalBus):
+    """The bus joined to the embedded broker: one topic space for devices and browsers.
+
+    * ``publish`` injects the message into the broker's router as the broker itself
+      (client id ""): retained handling, the ``on_message_published`` hook and delivery
+      to MQTT subscribers happen exactly as for a device's PUBLISH;
+    * every message the router accepts — from devices, from the desk, from the bridge —
+      is seen through the ``on_message_published`` hook and handed to the bridge's
+      subscriptions (``LocalBus.deliver``) without blocking the router;
+    * ``consume(filters, handler)`` runs ``handler(topic, payload)`` in order for every
+      accepted message matching ``filters`` (how the desk hears ``.../in`` and agent
+      topics), behind a bounded queue so a slow consumer cannot stall the broker: past
+      ``queue`` messages waiting, further ones are counted in ``dropped`` and logged.
+    """
+
+    def __init__(self, broker, *, queue: int = 256, consume_queue: int = 10_000) -> None:
+        super().__init__(queue=queue)
+        self.router = broker.router
+        self._consumers: list[tuple[TopicTrie, trio.MemorySendChannel]] = []
+        self._consume_queue = consume_queue
+        self.dropped = 0
+        broker.hooks.register("on_message_published", self._seen)
+
+    def _seen(self, event) -> None:
+        self.deliver(event.topic, event.payload)
+        for trie, send in self._consumers:
+            if trie.match(event.topic):
+                try:
+                    send.send_nowait((event.topic, event.payload))
+                except trio.WouldBlock:
+                    self.dropped += 1
+                    log.error("bus: consumer queue full, dropped a message on %s", event.topic)
+                except trio.ClosedResourceError:
+                    pass
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        from kefu.broker.mqtt.packets import NO_PROPERTIES
+        from kefu.broker.mqtt.session import Message
+
+        validate_topic_name(topic)
+        self.published += 1
+        msg = Message(topic, payload, qos, False, NO_PROPERTIES, None, "")
+        # Router._accept: the one path that runs the publish hook and routes (kefu-internal API).
+        self.router._accept(msg, "", None, trio.current_time())
+        await trio.lowlevel.checkpoint()
+
+    async def consume(self, filters: list[str], handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        trie = TopicTrie()
+        for f in filters:
+            validate_topic_filter(f)
+            trie.add(f, "consumer")
+        send, recv = trio.open_memory_channel(self._consume_queue)
+        entry = (trie, send)
+        self._consumers.append(entry)
+        try:
+            task_status.started()
+            async with recv:
+                async for topic, payload in recv:
+                    try:
+                        await handler(topic, payload)
+                    except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
+                        log.exception("bus: consumer failed on %s", topic)
+        finally:
+            self._consumers.remove(entry)
             send.close()

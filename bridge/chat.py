@@ -4,12 +4,14 @@ A browser that should not carry an MQTT library (the widget, the agent console) 
 small JSON frames (schemas in bridge/schemas/, examples in docs/chat-protocol.md). This
 module is the translation, nothing more:
 
-* a **visitor** is a customer exactly like a device: its messages, typing and read
-  receipts are published on ``{p}/c/{customer}/{thread}/in`` and it hears
-  ``.../out`` and ``.../events`` — the topics a device uses. So a device and a browser
-  of the same customer on the same thread share one conversation, and the desk cannot
-  tell (or care) which channel a message came by, except for the ``channel`` field.
-* an **agent** works through the desk's command API (``Desk.agent_command``), which
+* a **visitor** is a customer exactly like a device: its messages, typing, read
+  receipts and ratings reach the desk entry points that a device's traffic on
+  ``{p}/c/{customer}/{thread}/in`` reaches (``customer_message``, ``customer_event``),
+  and it hears ``.../out`` and ``.../events`` — the topics a device subscribes to. So a
+  device and a browser of the same customer on the same thread share one conversation.
+  (Calling the entry point rather than publishing on ``.../in`` lets the ``ack`` carry
+  the stored message and the conversation, or the desk's refusal.)
+* an **agent** works through the desk's command API (``Desk.agent_action``), which
   answers with the result or a refusal the console can show, and hears the desk's
   event stream (``{p}/desk/events``) for its live lists.
 
@@ -42,17 +44,21 @@ log = logging.getLogger("kefu.bridge.chat")
 # ---------------------------------------------------------------------------------------
 
 AUTHOR_KINDS = {"customer", "agent", "bot", "system"}
+PASS_THROUGH = {"message", "conversation", "queue", "typing", "read", "agent", "error"}
 
 
 def message_view(m: dict) -> dict:
-    """Core message dict (conv_id, seq, sender, sender_id, text, private, at, meta) -> /chat message."""
+    """Core message dict (conv_id, seq, sender, sender_id, text, private, at, meta) -> /chat message.
+    A view already in /chat shape (the desk's ``message_view``) passes through."""
+    if "author" in m and "id" in m:
+        return m
     kind = m.get("sender", "system")
     author = {"kind": kind if kind in AUTHOR_KINDS else "system", "id": str(m.get("sender_id") or kind)}
     meta = m.get("meta") or {}
     if meta.get("sender_name"):
         author["name"] = str(meta["sender_name"])
     out = {
-        "id": str(m.get("seq", m.get("id", ""))),
+        "id": f"{m.get('conv_id')}:{m.get('seq')}" if "seq" in m else str(m.get("id", "")),
         "conversation": str(m.get("conv_id") or m.get("conversation") or ""),
         "author": author,
         "text": str(m.get("text", "")),
@@ -97,11 +103,13 @@ _CONV_EVENTS = {
 
 def event_frames(evt: dict, *, for_agent: bool) -> list[dict]:
     """Core event ({"event", "at", "data"}) or bare message dict -> /chat frames."""
+    t = evt.get("type")
+    if t in PASS_THROUGH:
+        # The desk publishes /chat frames on the customer and agent topics (kefu/fanout.py).
+        if t == "message" and evt["message"].get("private") and not for_agent:
+            return []
+        return [evt]
     if "event" not in evt:
-        if "text" in evt and ("seq" in evt or "conv_id" in evt):
-            if evt.get("private") and not for_agent:
-                return []
-            return [{"type": "message", "message": message_view(evt)}]
         return []
     kind, data = evt["event"], evt.get("data") or {}
     conv = data.get("conversation") if isinstance(data.get("conversation"), dict) else None
@@ -118,10 +126,7 @@ def event_frames(evt: dict, *, for_agent: bool) -> list[dict]:
         return [{"type": "queue", "conversation": conv_id, "position": int(data.get("position", 0)),
                  "eta_s": data.get("eta_s", data.get("estimated_wait"))}]
     if kind in ("typing", "read"):
-        who = {"kind": str(data.get("sender") or data.get("by_kind") or "agent"),
-               "id": str(data.get("sender_id") or data.get("by") or "")}
-        if who["kind"] not in AUTHOR_KINDS:
-            who["kind"] = "system"
+        who = data.get("author") if isinstance(data.get("author"), dict) else {"kind": "system", "id": ""}
         if kind == "typing":
             return [{"type": "typing", "conversation": conv_id, "author": who, "on": bool(data.get("on", True))}]
         return [{"type": "read", "conversation": conv_id, "author": who, "up_to": str(data.get("up_to", ""))}]
@@ -142,6 +147,13 @@ class Closing(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    e: BaseException = group
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
 
 
 class TokenBucket:
@@ -169,7 +181,6 @@ class ChatServer:
         self.bus = bus
         self.prefix = desk.topic_prefix()
         self.thread = cfg.widget.thread
-        self.agent_sessions: dict[str, int] = {}
         self.connections = 0
         self.frames_in = 0
 
@@ -178,12 +189,13 @@ class ChatServer:
         s = _Session(self, ws, info)
         try:
             await s.run()
-        except Closing as c:
+        except* Closing as group:
+            c = _first_leaf(group)
             with trio.move_on_after(2) as cs:
                 cs.shield = True
                 await ws.aclose(c.code, c.reason)
-        except ConnectionClosed:
-            pass
+        except* ConnectionClosed:
+            pass  # the browser went away: nothing to answer
         finally:
             self.connections -= 1
 
@@ -280,25 +292,26 @@ class _Session:
         if self.role == "visitor":
             filters = [self.topic("out"), self.topic("events")]
         else:
+            # Everything, as {"type": "event", ...}: the console's All list is live too.
             filters = [f"{self.srv.prefix}/desk/events"]
-            self.srv.agent_sessions[self.id] = self.srv.agent_sessions.get(self.id, 0) + 1
-        try:
-            async with self.srv.bus.subscribe(filters) as events, trio.open_nursery() as nursery:
-                nursery.start_soon(self.forward, events, nursery.cancel_scope)
-                await self.serve_frames()
-                nursery.cancel_scope.cancel()
-        finally:
+        async with self.srv.bus.subscribe(filters) as events:
             if self.role == "agent":
-                left = self.srv.agent_sessions.get(self.id, 1) - 1
-                self.srv.agent_sessions[self.id] = left
-                if left <= 0:
-                    self.srv.agent_sessions.pop(self.id, None)
+                await self.srv.desk.agent_connected(self.id)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.forward, events)
+                    await self.serve_frames()
+                    nursery.cancel_scope.cancel()
+            finally:
+                if self.role == "agent":
+                    # The last open console of an agent closing sets it offline (the desk
+                    # requeues its conversations); shielded so a cancelled connection still tells.
                     with trio.move_on_after(2) as cs:
                         cs.shield = True
                         try:
-                            await self.srv.desk.agent_command(self.id, "disconnect", None, {})
-                        except DeskError:
-                            pass
+                            await self.srv.desk.agent_disconnected(self.id)
+                        except DeskError as e:
+                            log.info("chat: agent %s disconnect: %s", self.id, e)
 
     def topic(self, leaf: str) -> str:
         return f"{self.srv.prefix}/c/{self.id}/{self.srv.thread}/{leaf}"
@@ -313,13 +326,18 @@ class _Session:
             site, identity=frame.get("identity"), visitor_token=frame.get("visitor_token")
         )
         self.role, self.id = "visitor", vid
-        profile = dict(frame.get("profile") or {})
+        fields, attrs = {}, {}
         ident = frame.get("identity") or {}
+        profile = frame.get("profile") or {}
         for k in ("name", "email"):
-            if ident.get(k):
-                profile[k] = ident[k]
-        profile.update({"site": site.name, "identified": identified, "channel": "web"})
-        contact = await self.srv.desk.touch_customer(vid, profile)
+            v = ident.get(k) or profile.get(k)
+            if v:
+                fields[k] = v
+        for k in ("page", "locale", "user_agent"):
+            if profile.get(k):
+                attrs[k] = profile[k]
+        attrs.update({"site": site.name, "identified": identified})
+        contact = await self.srv.desk.set_contact(vid, fields=fields or None, attributes=attrs)
         conv = await self.srv.desk.open_conversation_of(vid, self.srv.thread)
         self.conv_id = conv["id"] if conv else None
         out = {"type": "ready", "role": "visitor", "id": vid, "visitor_token": token,
@@ -336,10 +354,11 @@ class _Session:
         if agent is None:
             raise AuthError(f"agent {info.agent} is not configured")
         self.role, self.id = "agent", info.agent
-        return {"type": "ready", "role": "agent", "id": info.agent, "name": str(agent.get("name") or info.agent), "agent": agent}
+        return {"type": "ready", "role": "agent", "id": info.agent, "name": str(agent.get("name") or info.agent),
+                "agent": agent}
 
     # --- server -> client ------------------------------------------------------------
-    async def forward(self, events: trio.MemoryReceiveChannel, scope: trio.CancelScope) -> None:
+    async def forward(self, events: trio.MemoryReceiveChannel) -> None:
         agent = self.role == "agent"
         async for topic, payload in events:
             try:
@@ -352,7 +371,10 @@ class _Session:
             for frame in event_frames(evt, for_agent=agent):
                 if not agent:
                     self.track(frame)
-                await self.send(frame)
+                try:
+                    await self.send(frame)
+                except ConnectionClosed:
+                    return  # the reader side notices too and ends the session
         # The subscription was closed under us: this browser fell too far behind.
         raise Closing(1013, "too slow; reconnect and fetch history")
 
@@ -378,9 +400,6 @@ class _Session:
             except FrameError as e:
                 await self.refuse(e)
 
-    async def publish_in(self, body: dict) -> None:
-        await self.srv.bus.publish(self.topic("in"), json.dumps(body, separators=(",", ":")).encode(), qos=1)
-
     def own_conversation(self, frame: dict) -> str:
         conv = frame.get("conversation")
         if conv is None:
@@ -390,34 +409,40 @@ class _Session:
         return conv
 
     async def visitor_frame(self, f: dict) -> None:
-        t, ref = f["type"], f.get("ref")
+        t, ref, d = f["type"], f.get("ref"), self.srv.desk
+        who, thread = self.id, self.srv.thread
+        extra: dict[str, Any] = {}
         if t == "ping":
             await self.send({"type": "pong", **({"ref": ref} if ref else {})})
             return
         if t in ("action", "status", "auth"):
             raise FrameError("forbidden", f"{t} frames are for agents" if t != "auth" else "already authenticated", "type", ref)
+        if "conversation" in f and t != "history":
+            await self.check_owner(f["conversation"], ref)
         if t == "message":
             if f.get("private"):
                 raise FrameError("forbidden", "visitors cannot write private notes", "private", ref)
-            await self.publish_in({"type": "message", "text": f["text"], "channel": "web", "ref": ref})
+            # The same entry point a device's message on .../in reaches (kefu/deskactions.ingest).
+            res = await d.customer_message("chat", who, f["text"], thread=thread, meta={"ref": ref} if ref else None)
+            self.conv_id = res["conversation"]["id"]
+            extra = {"message": message_view(res["message"]), "conversation": conversation_view(res["conversation"])}
         elif t == "typing":
-            await self.publish_in({"type": "typing", "on": f["on"]})
+            await d.customer_event(who, thread, "typing", on=f["on"])
         elif t == "read":
-            await self.publish_in({"type": "read", "up_to": _seq(f["up_to"], ref)})
+            await d.customer_event(who, thread, "read", up_to=f["up_to"])
         elif t == "csat":
-            await self.check_owner(f["conversation"], ref)
-            await self.publish_in({"type": "csat", "rating": f["rating"], "comment": f.get("comment")})
+            await d.customer_event(who, thread, "csat", rating=f["rating"], comment=f.get("comment"))
         elif t == "history":
             conv = self.own_conversation(f)
             await self.check_owner(conv, ref)
             await self.send_history(conv, f, include_private=False)
             return
         if ref:
-            await self.send({"type": "ack", "ref": ref})
+            await self.send({"type": "ack", "ref": ref, **extra})
 
     async def check_owner(self, conv_id: str, ref: str | None) -> dict:
         conv = await self.srv.desk.conversation(conv_id)
-        if str(conv.get("customer_id") or conv.get("customer")) != self.id:
+        if str(conv.get("customer") or conv.get("customer_id")) != self.id:
             raise FrameError("forbidden", "not your conversation", "conversation", ref)
         return conv
 
@@ -425,16 +450,17 @@ class _Session:
         limit = min(int(f.get("limit", self.srv.c.history_page)), self.srv.c.history_page)
         before = _seq(f["before"], f.get("ref")) if "before" in f else None
         msgs, more = await self.srv.desk.messages(conv, before=before, limit=limit, include_private=include_private)
-        frame: dict[str, Any] = {"type": "history", "conversation": conv, "messages": [message_view(m) for m in msgs], "more": more}
+        frame: dict[str, Any] = {"type": "history", "conversation": conv, "messages": [message_view(m) for m in msgs],
+                                 "more": more}
         if f.get("ref"):
             frame["ref"] = f["ref"]
         await self.send(frame)
 
     async def agent_frame(self, f: dict) -> None:
         t, ref, d = f["type"], f.get("ref"), self.srv.desk
-        result: dict | None = None
+        extra: dict[str, Any] = {}
         if t == "ping":
-            await d.agent_command(self.id, "keepalive", None, {})
+            await d.agent_action(self.id, "keepalive")
             await self.send({"type": "pong", **({"ref": ref} if ref else {})})
             return
         if t in ("auth", "csat"):
@@ -442,27 +468,32 @@ class _Session:
         if t in ("message", "typing", "read", "history", "action") and "conversation" not in f:
             raise FrameError("missing_field", "missing field conversation", "conversation", ref)
         if t == "message":
-            result = await d.agent_command(self.id, "note" if f.get("private") else "reply", f["conversation"], {"text": f["text"]})
-            result = {"message": message_view(result)}
+            res = await d.agent_action(self.id, "note" if f.get("private") else "reply", f["conversation"], text=f["text"])
+            if isinstance(res, dict) and "author" in res:
+                extra = {"message": message_view(res)}
+            elif isinstance(res, dict) and isinstance(res.get("message"), dict):
+                extra = {"message": message_view(res["message"])}
         elif t == "typing":
-            await d.agent_command(self.id, "typing", f["conversation"], {"on": f["on"]})
+            await d.agent_action(self.id, "typing", f["conversation"], on=f["on"])
         elif t == "read":
-            await d.agent_command(self.id, "read", f["conversation"], {"up_to": _seq(f["up_to"], ref)})
+            await d.agent_action(self.id, "read", f["conversation"], up_to=f["up_to"])
         elif t == "history":
             await self.send_history(f["conversation"], f, include_private=True)
             return
         elif t == "status":
-            await d.agent_command(self.id, "status", None, {"status": f["status"]})
+            await d.agent_action(self.id, "status", None, status=f["status"])
         elif t == "action":
             data = {k: f[k] for k in ("agent", "team", "labels") if k in f}
-            conv = await d.agent_command(self.id, f["action"], f["conversation"], data)
-            result = {"conversation": conversation_view(conv)} if conv and "id" in conv else None
+            res = await d.agent_action(self.id, f["action"], f["conversation"], **data)
+            if isinstance(res, dict) and "status" in res and "id" in res:
+                extra = {"conversation": conversation_view(res)}
         if ref:
-            await self.send({"type": "ack", "ref": ref, **(result or {})})
+            await self.send({"type": "ack", "ref": ref, **extra})
 
 
 def _seq(mid: str, ref: str | None) -> int:
-    try:
-        return int(mid)
-    except ValueError:
-        raise FrameError("invalid_field", f"message id {mid[:40]!r} is not one this server issued", "up_to", ref) from None
+    """A message id ("<conversation>:<seq>", as the desk issues them) -> its sequence number."""
+    tail = mid.rpartition(":")[2]
+    if tail.isdigit():
+        return int(tail)
+    raise FrameError("invalid_field", f"message id {mid[:40]!r} is not one this server issued", "before", ref)

@@ -77,8 +77,32 @@ class Desk(Protocol):
         """The agent's summary (id, name, teams, status, capacity...) or None."""
         ...
 
-    async def touch_customer(self, customer_id: str, profile: Json) -> Json:
-        """Create or update a contact from what the widget knows (name, email, page, user agent)."""
+    async def set_contact(self, customer_id: str, *, fields: Json | None = None, attributes: Json | None = None,
+                          by: str | None = None) -> Json:
+        """Create or update a contact (name/email from the widget, page and browser as attributes)."""
+        ...
+
+    # --- what customers and agents do --------------------------------------------------
+    async def customer_message(self, channel: str, customer_id: str, text: str, *, thread: str = "main",
+                               meta: Json | None = None) -> Json:
+        """-> {"conversation": view, "message": view}; the entry point a device's message reaches too."""
+        ...
+
+    async def customer_event(self, customer_id: str, thread: str, kind: str, **data) -> Json | None:
+        """typing (on), read (up_to), csat (rating, comment)."""
+        ...
+
+    async def agent_action(self, agent_id: str | None, action: str, conv_id: str | None = None, **data) -> Json:
+        """An agent's (agent_id None: an operator's) command: reply, note, accept, pickup, transfer,
+        assign, resolve, reopen, labels, typing, read, status, keepalive. Returns the resulting view."""
+        ...
+
+    async def agent_connected(self, agent_id: str) -> Json:
+        """A live console connection opened: the agent is online while one is open."""
+        ...
+
+    async def agent_disconnected(self, agent_id: str) -> Json | None:
+        """A live connection closed; the last one closing sets the agent offline."""
         ...
 
     # --- conversations ---------------------------------------------------------------
@@ -94,12 +118,6 @@ class Desk(Protocol):
 
     async def messages(self, conv_id: str, *, before: int | None, limit: int, include_private: bool) -> tuple[list[Json], bool]:
         """Messages oldest first, ending just before seq ``before`` (None: the newest); bool: older ones exist."""
-        ...
-
-    async def agent_command(self, agent_id: str | None, action: str, conv_id: str | None, data: Json) -> Json:
-        """An agent's (or, with agent_id None, an operator's) command: reply, note, accept,
-        assign, transfer, resolve, reopen, labels, typing, read, status, pickup.
-        Returns the resulting view (a message or a conversation or an agent)."""
         ...
 
     # --- directory -------------------------------------------------------------------

@@ -76,17 +76,22 @@ def ref(name: str) -> dict:
 COMPONENTS: dict[str, dict] = {
     "Error": _obj(["error", "message"], error=S, message=S),
     "Conversation": _obj(
-        ["id", "status", "customer_id"], id=S, customer_id=S, thread=S, channel=S, status=S, team=NS,
-        priority=S, assignee=NS, accepted=B, intent=NS, labels=ARR_S, created_at=N,
+        ["id", "status", "customer"], id=S, customer=S, thread=S, channel=S, status=S, team=NS,
+        priority=S, assignee=NS, accepted=B, intent=NS, sentiment=NS, handoff_reason=NS, labels=ARR_S,
+        ticket_id=NS, created_at=N, updated_at={"type": ["number", "null"]},
     ),
-    "Message": _obj(["conv_id", "seq", "sender", "text", "at"], conv_id=S, seq=I, sender=S, sender_id=NS,
-                    text=S, private=B, at=N, meta={"type": "object"}),
-    "Agent": _obj(["id", "status"], id=S, name=S, teams=ARR_S, skills=ARR_S, capacity=I, tier=I, status=S),
-    "Contact": _obj(["id"], id=S, name=NS, email=NS, attributes={"type": "object"}),
-    "Ticket": _obj(["id", "status"], id=S, status=S, priority=S, assignee=NS, title=S),
-    "CannedResponse": _obj(["short_code", "content"], id=S, short_code=S, content=S),
-    "Label": _obj(["title"], title=S, description=S, color=S),
-    "Webhook": _obj(["id", "url", "events"], id=S, url=S, events=ARR_S),
+    "Message": _obj(["id", "conversation", "author", "text", "ts"], id=S, seq=I, conversation=S,
+                    author=_obj(["kind", "id"], kind={"enum": ["customer", "agent", "bot", "system"]}, id=S, name=NS),
+                    text=S, private=B, channel=S, ts=N, meta={"type": "object"}),
+    "Agent": _obj(["id", "status"], id=S, name=S, teams=ARR_S, skills=ARR_S, capacity=I, tier=I, status=S, load=I),
+    "Contact": _obj(["id"], id=S, name=NS, email=NS, phone=NS, tier=I, kind=S, attributes={"type": "object"},
+                    sidebar={"type": "object", "description": "contact, CRM data and recent conversations"}),
+    "Ticket": _obj(["id", "status"], id=S, title=S, status=S, priority=S, source=S, conv_id=NS, customer_id=NS,
+                   team=NS, assignee=NS, device_id=NS),
+    "CannedResponse": _obj(["code", "text"], code=S, text=S),
+    "Label": _obj(["name"], name=S),
+    "Webhook": _obj(["id", "url", "events"], id=S, url=S, events=ARR_S,
+                    secret={"type": "string", "description": "only in the answer to POST: keep it to verify signatures"}),
     "Health": _obj(["status"], status=S, checks={"type": "object"}, version=S),
     "Profile": _obj(["role", "ws_url"], role=S, name=S, agent={"oneOf": [ref("Agent"), {"type": "null"}]}, ws_url=S),
     "WidgetConfig": _obj(["title", "ws_url", "site"], site=S, title=S, greeting=S, color=S, ws_url=S,
@@ -165,15 +170,29 @@ def _filters(req: Request, ctx: Ctx) -> dict:
     return f
 
 
+OPEN_STATUSES = ("bot", "queued", "assigned")
+
+
+async def list_conversations(desk: Desk, viewer: str | None, f: dict) -> list[dict]:
+    """The desk's list, with status "open" meaning bot, queued or assigned (the console's lists)."""
+    if f.get("status") != "open":
+        return await desk.conversations(viewer=viewer, filters=f)
+    out: list[dict] = []
+    for st in OPEN_STATUSES:
+        out += await desk.conversations(viewer=viewer, filters={**f, "status": st})
+    out.sort(key=lambda c: c.get("updated_at") or c.get("created_at") or 0, reverse=True)
+    return out
+
+
 async def h_conversations(req: Request, ctx: Ctx):
     d = ctx.st.desk
     f = _filters(req, ctx)
-    items = await d.conversations(viewer=ctx.agent, filters=f)
-    base = {k: v for k, v in f.items() if k not in ("assignee",)}
-    open_ = {**base, "status": base.get("status", "open")}
-    mine = len(await d.conversations(viewer=ctx.agent, filters={**open_, "assignee": ctx.agent})) if ctx.agent else 0
-    unassigned = len(await d.conversations(viewer=ctx.agent, filters={**open_, "assignee": "none"}))
-    all_ = len(await d.conversations(viewer=ctx.agent, filters=open_))
+    items = await list_conversations(d, ctx.agent, f)
+    base = {k: v for k, v in f.items() if k != "assignee"}
+    base["status"] = base.get("status", "open")
+    mine = len(await list_conversations(d, ctx.agent, {**base, "assignee": ctx.agent})) if ctx.agent else 0
+    unassigned = len(await list_conversations(d, ctx.agent, {**base, "assignee": "none"}))
+    all_ = len(await list_conversations(d, ctx.agent, base))
     meta = {"mine_count": mine, "unassigned_count": unassigned, "all_count": all_}
     return {"data": {"meta": meta, "payload": items}}
 
@@ -205,7 +224,7 @@ async def h_post_message(req: Request, ctx: Ctx):
     if not text.strip():
         raise HTTPException(422, "field content: must not be empty")
     action = "note" if body.get("private") else "reply"
-    return {"data": await ctx.st.desk.agent_command(ctx.agent, action, req.path_params["id"], {"text": text})}
+    return {"data": await ctx.st.desk.agent_action(ctx.agent, action, req.path_params["id"], text=text)}
 
 
 async def h_assignments(req: Request, ctx: Ctx):
@@ -216,7 +235,7 @@ async def h_assignments(req: Request, ctx: Ctx):
         data = {"team": _need(body, "team_id")}
     else:
         raise HTTPException(422, "missing field assignee_id or team_id")
-    return {"data": await ctx.st.desk.agent_command(ctx.agent, "transfer" if ctx.agent else "assign", req.path_params["id"], data)}
+    return {"data": await ctx.st.desk.agent_action(ctx.agent, "transfer" if ctx.agent else "assign", req.path_params["id"], **data)}
 
 
 async def h_toggle_status(req: Request, ctx: Ctx):
@@ -225,13 +244,13 @@ async def h_toggle_status(req: Request, ctx: Ctx):
     actions = {"resolved": "resolve", "open": "reopen"}
     if status not in actions:
         raise HTTPException(422, 'field status: expected "resolved" or "open"')
-    return {"data": await ctx.st.desk.agent_command(ctx.agent, actions[status], req.path_params["id"], {})}
+    return {"data": await ctx.st.desk.agent_action(ctx.agent, actions[status], req.path_params["id"])}
 
 
 async def h_accept(req: Request, ctx: Ctx):
     if ctx.agent is None:
         raise HTTPException(403, "only an agent can accept a conversation")
-    return {"data": await ctx.st.desk.agent_command(ctx.agent, "accept", req.path_params["id"], {})}
+    return {"data": await ctx.st.desk.agent_action(ctx.agent, "accept", req.path_params["id"])}
 
 
 async def h_labels_of(req: Request, ctx: Ctx):
@@ -239,7 +258,7 @@ async def h_labels_of(req: Request, ctx: Ctx):
     labels = _need(body, "labels", list)
     if not all(isinstance(x, str) and x for x in labels):
         raise HTTPException(422, "field labels: expected a list of non-empty strings")
-    return {"data": await ctx.st.desk.agent_command(ctx.agent, "labels", req.path_params["id"], {"labels": labels})}
+    return {"data": await ctx.st.desk.agent_action(ctx.agent, "labels", req.path_params["id"], labels=labels)}
 
 
 async def h_agents(req: Request, ctx: Ctx):
@@ -255,7 +274,7 @@ async def h_agent_status(req: Request, ctx: Ctx):
     aid = req.path_params["id"]
     if ctx.agent is not None and ctx.agent != aid:
         raise HTTPException(403, "an agent sets only its own status")
-    return {"data": await ctx.st.desk.agent_command(aid, "status", None, {"status": status})}
+    return {"data": await ctx.st.desk.agent_action(aid, "status", None, status=status)}
 
 
 async def h_profile(req: Request, ctx: Ctx):
