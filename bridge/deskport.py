@@ -17,8 +17,8 @@ Two channels, on purpose:
   labels, webhooks. Every method returns plain JSON-able dicts (the views the core
   already produces with ``summary()``/``to_dict()``).
 
-Errors cross the boundary as the exception classes below, which the HTTP layer maps
-to status codes and ``/chat`` to error frames.
+Errors cross the boundary as the core's exception classes (re-exported below), which
+the HTTP layer maps to status codes and ``/chat`` to error frames.
 """
 
 from __future__ import annotations
@@ -29,29 +29,12 @@ from typing import Any, Protocol, runtime_checkable
 import trio
 
 
-class DeskError(Exception):
-    """Base: ``code`` is the /chat error code, ``status`` the HTTP status."""
+# The core's errors (kefu/errors.py): each carries its /chat ``code`` and HTTP ``status``.
+from kefu.errors import DeskError, Forbidden, Illegal, Invalid, NotFound  # noqa: E402
 
-    code = "unavailable"
-    status = 503
+Conflict = Illegal  # the request is stale or illegal in the current state (409, "conflict")
 
-
-class NotFound(DeskError):
-    code, status = "not_found", 404
-
-
-class Forbidden(DeskError):
-    code, status = "forbidden", 403
-
-
-class Conflict(DeskError):
-    """The request is stale or illegal in the current state (e.g. resolving a closed conversation)."""
-
-    code, status = "conflict", 409
-
-
-class Invalid(DeskError):
-    code, status = "invalid_field", 422
+__all__ = ["Bus", "Conflict", "Desk", "DeskError", "Forbidden", "Illegal", "Invalid", "NotFound"]
 
 
 Json = dict[str, Any]
