@@ -18,6 +18,8 @@ opened on first use:
     A< 20 ?? 00 00 * & 13 000a           ... and it contains these bytes somewhere
     A< close                             the server closes A with no packet first
     A<? e0 ?? 8e *                       an optional packet: consumed if it is next
+                                         (waits for the next packet or the close, so
+                                         something must follow: a close, a PINGRESP)
     A<~ 30 * & "$SYS/"                   skip packets until one matches
 
 Bytes: hex in pairs (``003c`` is two bytes), ``'text'`` is an MQTT UTF-8 string
