@@ -78,13 +78,19 @@ async def open_store(cfg, *, upgrade: bool | None = None, master=None,
             store.keys = await KeyService.load(store, keyring)
             if getattr(cfg, "encrypt_at_rest", False):
                 await store.keys.ensure_data_key()
+        body_error: BaseException | None = None
         async with trio.open_nursery() as nursery:
             if background:
                 if store.keys is not None:
                     await nursery.start(store.keys.run)
                 nursery.start_soon(_maintenance, store, 60.0)
-            yield store
+            try:
+                yield store
+            except BaseException as e:  # re-raised below as itself, not inside an ExceptionGroup
+                body_error = e
             nursery.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
     finally:
         with trio.CancelScope(shield=True):
             await store.close()

@@ -23,7 +23,7 @@ from typing import Callable
 
 import trio
 
-from .crypto import CryptoError, KeyRecord, Keyring, Opened, UnknownKey
+from .crypto import HEADER_SIZE, CryptoError, KeyRecord, Keyring, Opened, UnknownKey
 
 log = logging.getLogger("kefu.storage.keys")
 
@@ -36,6 +36,7 @@ class KeyService:
         self.batch = batch
         self._reserve_lock = trio.Lock()
         self._last_refresh = -1e9
+        self._last_miss = -1e9
 
     @classmethod
     async def load(cls, store, keyring: Keyring, **kw) -> "KeyService":
@@ -127,14 +128,15 @@ class KeyService:
     # ------------------------------------------------------------ devices on the wire
 
     async def open_from_device(self, client_id: str, topic: str, data: bytes) -> Opened:
-        """Decrypt an envelope (ingress). Unknown key ids trigger one refresh first, at most
-        once per second, so a device provisioned a moment ago by the CLI is accepted."""
-        try:
-            return self.keyring.open_from_device(client_id, topic, data)
-        except UnknownKey:
-            if trio.current_time() - self._last_refresh < 1.0:
-                raise
-        await self.refresh()
+        """Decrypt an envelope (ingress). A key id this node does not know triggers one
+        refresh first (at most once a second), so a device provisioned a moment ago by the
+        CLI is accepted at once; the rejection, if any, is counted and logged once."""
+        if len(data) >= HEADER_SIZE:
+            kid = Keyring.key_id_of(data)
+            now = trio.current_time()
+            if kid not in self.keyring.records and now - self._last_miss >= 1.0:
+                self._last_miss = now
+                await self.refresh()
         return self.keyring.open_from_device(client_id, topic, data)
 
     async def seal_for_device(self, client_id: str, topic: str, payload: bytes) -> bytes:

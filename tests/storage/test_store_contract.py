@@ -203,3 +203,12 @@ async def test_migrations_recorded(store):
     assert [s.version for s in states] == [1, 2, 3]
     assert all(s.applied_at is not None for s in states)
     assert states[0].done and states[1].done
+
+
+async def test_errors_in_the_block_propagate_unwrapped(cfg, master):
+    from kefu.storage import open_store
+
+    with pytest.raises(KeyError, match="mine"):
+        async with open_store(cfg, master=master) as s:  # background tasks running
+            assert s.health().ready
+            raise KeyError("mine")
