@@ -241,6 +241,9 @@ class BrokerStore(Protocol):
         Raises StorageUnavailable when the database cannot commit (nothing acknowledged).
         """
 
+    async def persist_many(self, items: Sequence[tuple]) -> list[int]:
+        """Several (message, recipients, inbound, replay) tuples in one commit, in order."""
+
     async def mark_sent(self, client_id: str, message_id: int, packet_id: int) -> None:
         """No wait. The queued message went out with ``packet_id`` (now inflight)."""
 

@@ -131,7 +131,7 @@ class SqlStore:
 
     def handlers(self) -> dict[str, Callable]:
         return {
-            "publish": self._h_publish, "mark_sent": self._h_mark_sent, "pubrec": self._h_pubrec,
+            "publish": self._h_publish, "publish_many": self._h_publish_many, "mark_sent": self._h_mark_sent, "pubrec": self._h_pubrec,
             "ack": self._h_ack, "release": self._h_release, "session": self._h_session,
             "del_session": self._h_del_session, "expire": self._h_expire, "conversation": self._h_conversation,
             "chat": self._h_chat, "ticket": self._h_ticket, "contact": self._h_contact, "audit": self._h_audit,
@@ -237,6 +237,20 @@ class SqlStore:
         if replays:
             conn.executemany(self.q("UPDATE keys SET rx_high = GREATEST(rx_high, ?) WHERE key_id = ?"), replays)
         return results
+
+    async def persist_many(self, items: Sequence[tuple]) -> list[int]:
+        """Several ``(message, recipients, inbound, replay)`` as one operation (same commit),
+        in order: what one persister task in the broker submits per wake-up."""
+        return await self._submit("publish_many", [(m, tuple(r), i, rp) for m, r, i, rp in items])
+
+    def _h_publish_many(self, conn, batch: list[list]) -> list:
+        flat = [x for items in batch for x in items]
+        ids = self._h_publish(conn, flat) if flat else []
+        out, k = [], 0
+        for items in batch:
+            out.append(ids[k:k + len(items)])
+            k += len(items)
+        return out
 
     async def mark_sent(self, client_id: str, message_id: int, packet_id: int) -> None:
         await self._submit("mark_sent", (packet_id, client_id, message_id), wait=False)

@@ -212,3 +212,11 @@ async def test_errors_in_the_block_propagate_unwrapped(cfg, master):
         async with open_store(cfg, master=master) as s:  # background tasks running
             assert s.health().ready
             raise KeyError("mine")
+
+
+async def test_persist_many_is_one_ordered_commit(store):
+    before = store._w.committed_batches
+    ids = await store.persist_many([(StoredMessage("t", bytes([i])), [("c", 1)], None, None) for i in range(50)])
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    assert store._w.committed_batches - before == 1
+    assert [q.message.payload for q in await store.load_queue("c")] == [bytes([i]) for i in range(50)]
