@@ -405,3 +405,71 @@ def test_broken_plugin_is_an_error_naming_it(tmp_path, monkeypatch):
     )
     with pytest.raises(HookError, match=r"plugin 'conv'.*unknown broker hook 'on_publish'"):
         load_plugins(HookRegistry())
+
+
+# ----------------------------------------------------------------- hooks on the live broker
+
+
+async def _read_packet(stream, buf: bytearray) -> bytes:
+    while True:
+        if len(buf) >= 2:
+            n, mult, i = 0, 1, 1
+            while i < len(buf) and i <= 4:
+                n += (buf[i] & 0x7F) * mult
+                mult *= 128
+                if not buf[i] & 0x80:
+                    end = i + 1 + n
+                    if len(buf) >= end:
+                        pkt = bytes(buf[:end])
+                        del buf[:end]
+                        return pkt
+                    break
+                i += 1
+        data = await stream.receive_some(65536)
+        assert data, "broker closed the connection"
+        buf += data
+
+
+async def test_hooks_decide_on_the_live_broker():
+    """A registered on_authorize hook denies over the wire (SUBACK/PUBACK 0x87) and
+    notification hooks see the connection and the accepted message."""
+    import trio
+
+    from kefu.broker.hooks import MessagePublishedEvent
+    from kefu.broker.server import Broker
+    from kefu.config.load import from_dict
+
+    seen = []
+    hooks = HookRegistry()
+    hooks.register(
+        "on_authorize",
+        lambda e: (DENY if e.topic.startswith("conv/") and e.client_id != "agent" else None),
+    )
+    hooks.register("on_connected", seen.append)
+    hooks.register("on_message_published", seen.append)
+    cfg = from_dict({"listeners": {"mqtt": {"host": "127.0.0.1", "port": 0},
+                                   "ws": {"enabled": False}, "http": {"enabled": False}}})
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            addrs = await nursery.start(Broker(cfg, hooks).serve)
+            stream = await trio.open_tcp_stream("127.0.0.1", addrs[0].port)
+            buf = bytearray()
+            await stream.send_all(bytes.fromhex("10 11 0004 4d515454 05 02 003c 00 0004 63757374"))  # 'cust'
+            connack = await _read_packet(stream, buf)
+            assert connack[0] == 0x20 and connack[3] == 0x00
+            # SUBSCRIBE pid 1: 'conv/1/#' and 'news', QoS 1 each
+            await stream.send_all(bytes.fromhex("82 15 0001 00 0008") + b"conv/1/#" + b"\x01\x00\x04news\x01")
+            assert await _read_packet(stream, buf) == bytes.fromhex("90 05 0001 00 87 01")
+            # PUBLISH QoS 1 to conv/1/msg: refused; to news: accepted (no subscriber but itself)
+            await stream.send_all(bytes.fromhex("32 10 000a") + b"conv/1/msg" + bytes.fromhex("0002 00") + b"x")
+            ack = await _read_packet(stream, buf)
+            assert ack[:2] == b"\x40\x03" or ack[:2] == b"\x40\x04"
+            assert ack[2:5] == bytes.fromhex("0002 87")
+            await stream.send_all(bytes.fromhex("32 0a 0004") + b"news" + bytes.fromhex("0003 00") + b"y")
+            got = {(await _read_packet(stream, buf))[0] for _ in range(2)}  # PUBACK and our own PUBLISH
+            assert got == {0x40, 0x32}
+            nursery.cancel_scope.cancel()
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds[0] == "ConnectedEvent" and seen[0].client_id == "cust"
+    published = [e for e in seen if isinstance(e, MessagePublishedEvent)]
+    assert [(e.topic, e.payload) for e in published] == [("news", b"y")]
