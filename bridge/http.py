@@ -486,7 +486,9 @@ def _endpoint(r: ApiRoute, st: BridgeState):
             return _error(e.status, e.code, str(e) or e.code)
         if r.status == 204:
             return Response(status_code=204)
-        return JSONResponse(result, status_code=r.status)
+        # The widget's endpoints are read from the shops' own origins: public, no credentials.
+        headers = {"Access-Control-Allow-Origin": "*"} if r.auth == "site" else None
+        return JSONResponse(result, status_code=r.status, headers=headers)
 
     endpoint.__name__ = r.handler.__name__
     return endpoint
@@ -530,7 +532,7 @@ def build_app(st: BridgeState) -> Starlette:
 
     async def widget_js(req: Request) -> Response:
         return Response(_page("widget.js"), media_type="text/javascript; charset=utf-8",
-                        headers={"Cache-Control": "no-cache"})
+                        headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"})
 
     async def not_found(req: Request, exc: HTTPException) -> Response:
         return _error(exc.status_code, "not_found" if exc.status_code == 404 else "error", str(exc.detail))

@@ -127,7 +127,7 @@
         scheduleReload();
         break;
       case "conversation":
-        if (S.current && f.conversation.id === S.current.id) { S.current = Object.assign({}, S.current, f.conversation, { customer_id: f.conversation.customer }); renderHeader(); renderLabels(); }
+        if (S.current && f.conversation.id === S.current.id) { S.current = Object.assign({}, S.current, f.conversation); renderHeader(); renderLabels(); }
         scheduleReload();
         break;
       case "typing":
@@ -165,7 +165,7 @@
       var li = el("li", (S.current && S.current.id === c.id ? "sel " : "") + (S.unread[c.id] ? "unread" : ""));
       li.dataset.id = c.id;
       var top = el("div", "top");
-      top.appendChild(el("span", "cust", c.customer_id));
+      top.appendChild(el("span", "cust", c.customer));
       var pills = el("span");
       if (c.priority && c.priority !== "normal") pills.appendChild(el("span", "pill " + c.priority, c.priority));
       pills.appendChild(el("span", "pill " + c.status, c.status === "assigned" && c.assignee ? (c.assignee === S.me.id ? "mine" : c.assignee) : c.status));
@@ -196,27 +196,23 @@
       renderHeader(); renderLabels(); renderList();
       return Promise.all([
         api("GET", "/conversations/" + encodeURIComponent(id) + "/messages?limit=100").then(function (d) {
-          S.messages = d.payload.map(toFrameMsg); renderMessages(); markRead();
+          S.messages = d.payload; renderMessages(); markRead();
         }),
-        api("GET", "/contacts/" + encodeURIComponent(c.customer_id)).then(function (ct) { S.contact = ct; renderProfile(); },
-          function () { S.contact = { id: c.customer_id }; renderProfile(); }),
-        api("GET", "/contacts/" + encodeURIComponent(c.customer_id) + "/conversations").then(function (d) { renderPast(d.payload); })
+        api("GET", "/contacts/" + encodeURIComponent(c.customer)).then(function (ct) { S.contact = ct; renderProfile(); },
+          function () { S.contact = { id: c.customer }; renderProfile(); }),
+        api("GET", "/contacts/" + encodeURIComponent(c.customer) + "/conversations").then(function (d) { renderPast(d.payload); })
       ]);
     });
   }
-  function toFrameMsg(m) {
-    return { id: String(m.seq), conversation: m.conv_id, author: { kind: m.sender, id: m.sender_id || m.sender, name: (m.meta || {}).sender_name },
-      text: m.text, private: !!m.private, ts: m.at };
-  }
   function renderHeader() {
     var c = S.current;
-    $("t-title").textContent = c.customer_id || c.customer;
+    $("t-title").textContent = c.customer;
     var bits = [c.status, c.channel, c.team ? "team " + c.team : "", c.assignee ? "assignee " + c.assignee : "unassigned", c.priority || ""];
     $("t-sub").textContent = bits.filter(Boolean).join(" · ");
     var mine = c.assignee === S.me.id;
-    $("a-accept").hidden = !((c.status === "queued") || (c.status === "assigned" && mine && c.accepted === false) || c.status === "bot");
+    $("a-accept").hidden = !((c.status === "queued") || (c.status === "assigned" && mine && c.accepted === false));
     $("a-accept").textContent = c.status === "assigned" ? "Accept" : "Pick up";
-    $("a-resolve").hidden = !(c.status === "assigned" || c.status === "queued" || c.status === "bot");
+    $("a-resolve").hidden = !(c.status === "assigned" && mine);
     $("a-reopen").hidden = !(c.status === "resolved" || c.status === "closed");
     $("a-transfer").disabled = !(c.status === "assigned" || c.status === "queued");
     renderConvInfo();
@@ -271,7 +267,7 @@
   }
   function fillCanned() {
     var sel = $("canned");
-    S.canned.forEach(function (c) { var o = el("option", null, "/" + c.short_code + " — " + c.content.slice(0, 40)); o.value = c.content; sel.appendChild(o); });
+    S.canned.forEach(function (c) { var o = el("option", null, "/" + c.code + " — " + c.text.slice(0, 40)); o.value = c.text; sel.appendChild(o); });
   }
   $("canned").addEventListener("change", function () {
     var v = $("canned").value; if (!v) return;
@@ -281,10 +277,10 @@
   // ------------------------------------------------------------------ actions
   function act(action, extra) {
     var f = Object.assign({ type: "action", action: action, conversation: S.current.id }, extra || {});
-    return send(f).then(function (ack) { if (ack.conversation) { S.current = Object.assign({}, S.current, ack.conversation, { customer_id: ack.conversation.customer }); renderHeader(); renderLabels(); } loadList(); })
+    return send(f).then(function (ack) { if (ack.conversation) { S.current = Object.assign({}, S.current, ack.conversation); renderHeader(); renderLabels(); } loadList(); })
       .catch(function (e) { alert(action + " failed: " + e.message); });
   }
-  $("a-accept").addEventListener("click", function () { act("accept"); });
+  $("a-accept").addEventListener("click", function () { act(S.current.status === "queued" ? "pickup" : "accept"); });
   $("a-resolve").addEventListener("click", function () { act("resolve"); });
   $("a-reopen").addEventListener("click", function () { act("reopen"); });
   $("a-transfer").addEventListener("change", function () {
@@ -327,16 +323,20 @@
     if (!any) { box.appendChild(el("dt", null, "—")); box.appendChild(el("dd", null, "")); }
   }
   function renderProfile() {
-    var c = S.contact || {}, a = c.attributes || {};
-    var pairs = [["id", c.id], ["name", c.name], ["email", c.email], ["phone", c.phone], ["tier", c.tier], ["site", a.site], ["page", a.page]];
-    Object.keys(a).forEach(function (k) { if (["site", "page", "user_agent", "device", "identified", "channel"].indexOf(k) < 0 && k.indexOf("device") !== 0) pairs.push([k, a[k]]); });
-    if (c.crm) Object.keys(c.crm).forEach(function (k) { pairs.push(["crm." + k, c.crm[k]]); });
+    var c = S.contact || {}, a = c.attributes || {}, side = c.sidebar || {}, crm = side.crm || {};
+    var pairs = [["id", c.id], ["name", c.name], ["email", c.email], ["phone", c.phone], ["tier", c.tier], ["kind", c.kind], ["site", a.site]];
+    Object.keys(a).forEach(function (k) {
+      if (["site", "page", "user_agent", "locale", "identified", "device"].indexOf(k) < 0 && k.indexOf("device") !== 0) pairs.push([k, a[k]]);
+    });
+    Object.keys(crm).forEach(function (k) { pairs.push(["crm " + k, crm[k]]); });
     dl("profile", pairs);
-    var dev = a.device || {};
+    var dev = typeof a.device === "object" && a.device ? a.device : {};
     var dpairs = [];
-    if (typeof dev === "object") Object.keys(dev).forEach(function (k) { dpairs.push([k, dev[k]]); });
+    Object.keys(dev).forEach(function (k) { dpairs.push([k, dev[k]]); });
     Object.keys(a).forEach(function (k) { if (k.indexOf("device_") === 0) dpairs.push([k.slice(7), a[k]]); });
     dpairs.push(["channel", S.current.channel]);
+    if (a.page) dpairs.push(["page", a.page]);
+    if (a.locale) dpairs.push(["locale", a.locale]);
     if (a.user_agent) dpairs.push(["browser", a.user_agent]);
     dl("device", dpairs);
   }
@@ -355,7 +355,7 @@
   }
   function fillLabelList() {
     var dlist = $("label-list"); dlist.textContent = "";
-    S.labels.forEach(function (l) { var o = el("option"); o.value = l.title; dlist.appendChild(o); });
+    S.labels.forEach(function (l) { var o = el("option"); o.value = l.name; dlist.appendChild(o); });
   }
   $("label-form").addEventListener("submit", function (e) {
     e.preventDefault();

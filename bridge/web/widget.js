@@ -100,10 +100,10 @@
     g.className = "msg greet";
     g.textContent = (state.cfg && state.cfg.greeting) || "Hi! How can we help?";
     list.appendChild(g);
-    var lastMine = null;
+    var lastMine = null, lastMineEl = null;
     state.messages.forEach(function (m) {
       var mine = m.author.kind === "customer";
-      if (!mine) {
+      if (!mine && m.author.kind !== "system") {
         var who = document.createElement("div");
         who.className = "who";
         who.textContent = m.author.name || (m.author.kind === "bot" ? "Assistant" : m.author.kind === "agent" ? "Agent" : "");
@@ -114,7 +114,7 @@
       el.textContent = m.text;
       el.dataset.id = m.id;
       list.appendChild(el);
-      if (mine) lastMine = m;
+      if (mine) { lastMine = m; lastMineEl = el; }
     });
     Object.keys(state.pending).forEach(function (ref) {
       var el = document.createElement("div");
@@ -122,15 +122,16 @@
       el.textContent = state.pending[ref];
       list.appendChild(el);
     });
-    if (lastMine && state.readUpTo !== null && Number(state.readUpTo) >= Number(lastMine.id)) {
+    if (lastMine && state.readUpTo !== null && seqOf(state.readUpTo) >= seqOf(lastMine.id)) {
       var r = document.createElement("div");
       r.className = "meta read";
       r.textContent = "Read";
-      list.appendChild(r);
+      lastMineEl.insertAdjacentElement("afterend", r);  // under the visitor's last message
     }
     scrollDown();
   }
 
+  function seqOf(id) { var s = String(id); return Number(s.slice(s.lastIndexOf(":") + 1)) || 0; }
   function remember() { store.set("history", state.messages.slice(-50)); }
 
   function addMessage(m) {
@@ -147,7 +148,7 @@
       if (!state.open || document.hidden) { state.unread++; badge(); }
     }
     state.messages.push(m);
-    state.messages.sort(function (a, b) { return Number(a.id) - Number(b.id); });
+    state.messages.sort(function (a, b) { return seqOf(a.id) - seqOf(b.id); });
     remember();
     render();
     if (m.author.kind !== "customer") sendRead();
@@ -242,6 +243,10 @@
         remember();
         render();
         sendRead();
+        break;
+      case "ack":
+        // our own message as stored (customer messages are not echoed on the out topic)
+        if (f.message) { delete state.pending[f.ref]; addMessage(f.message); }
         break;
       case "message":
         addMessage(f.message);
