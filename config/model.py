@@ -223,6 +223,12 @@ class Widget:
     greeting: str = opt("Hi! How can we help?", "First line a visitor sees before writing.")
     color: str = opt("#1f6feb", "Accent colour of the bubble and the visitor's messages (CSS colour).")
     sites: list = opt([], "Sites that embed the widget: [[widget.sites]] tables.")
+    visitor_secret: str = opt(
+        "",
+        "Key that signs anonymous visitors' tokens; empty: a random key per run, so anonymous visitors "
+        "start over after a restart.",
+    )
+    thread: str = opt("web", "Thread name widget conversations use (a device of the same customer may share it).")
 
 
 @dataclass
