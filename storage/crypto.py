@@ -542,6 +542,8 @@ class Keyring:
             if rec.device_id != client_id:
                 raise UnknownKey(f"key {env.key_id} does not belong to client {client_id!r}")
             counter = env.counter
+            if counter > MAX_COUNTER:
+                raise MalformedEnvelope("counter above 2**63-1")
             st.window.check(counter)
             payload = open_envelope(st.key, env, client_id, topic)
             st.window.accept(counter)
