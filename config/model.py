@@ -524,6 +524,49 @@ class Storage:
     redis_prefix: str = opt("kefu:", "Prefix of every Redis key kefu uses (one kefu cluster per prefix).")
 
 
+# --- metrics, dashboard, alerts (kefu/metrics.py, kefu/timeseries.py, kefu/alerts.py) ------
+
+
+@dataclass
+class Metrics:
+    enabled: bool = opt(
+        True, "Collect kefu's metrics: Prometheus /metrics and the dashboard on listeners.http (which must be "
+        "enabled to serve them), stored history and alerts.",
+    )
+    sample_interval: float = opt(10.0, "Seconds between stored samples and between alert evaluations.", positive)
+    history: bool = opt(
+        True, "Store samples and 1-minute roll-ups through [storage] (needed by the dashboard's ranges and "
+        "`kefu stats`); raw samples are kept storage.metrics_retention_days.",
+    )
+    rollup_retention_days: float = opt(
+        400.0, "Delete 1-minute roll-ups older than this many days; 0: keep forever.", non_negative
+    )
+    access: str = opt(
+        "open", "Who may read /metrics, /dashboard and /ops/*: open (anyone who reaches listeners.http) or "
+        "operator (an operator API token as Bearer, or ?token= on the dashboard page).",
+        one_of("open", "operator"),
+    )
+
+
+def alert_op(v) -> str | None:
+    return None if v in (">", ">=", "<", "<=", "==", "!=") else 'expected one of ">", ">=", "<", "<=", "==", "!="'
+
+
+@dataclass
+class AlertRule:
+    name: str = opt("", "Alert name, sent in the webhook and logged; default: metric op value.")
+    metric: str = opt("", "Stored series it watches, e.g. \"queue_wait_seconds\" (docs/metrics.md lists them).")
+    labels: dict = opt({}, "Only these label values, e.g. { team = \"vip\" }; empty: every label set, each on its own.")
+    op: str = opt(">", "Comparison of the series' latest value with value.", alert_op)
+    value: float = opt(0.0, "Threshold.")
+    for_seconds: float = opt(60.0, "How long the condition must hold before the alert fires.", non_negative)
+    webhook: str = opt("", "http:// or https:// URL that receives the alert (POSTed JSON, signed like desk webhooks).")
+    secret: str = opt("", "HMAC-SHA256 key for the X-Kefu-Signature header; required.")
+    repeat_seconds: float = opt(
+        0.0, "While firing, send it again this often; 0: only when it fires and when it resolves.", non_negative
+    )
+
+
 @dataclass
 class Config:
     listeners: Listeners = field(default_factory=Listeners)
@@ -544,6 +587,8 @@ class Config:
     business_hours: BusinessHours = field(default_factory=BusinessHours)
     crm: Crm = field(default_factory=Crm)
     storage: Storage = field(default_factory=Storage)
+    metrics: Metrics = field(default_factory=Metrics)
+    alerts: list = opt([], "Threshold alerts on stored series: [[alerts]] tables (docs/metrics.md).")
 
 
 # Tables that are lists of typed entries: key path -> entry type.
@@ -553,3 +598,4 @@ LIST_ENTRIES.update({
     "desk.canned": CannedResponse, "routing.rules": RoutingRule, "teams": TeamEntry, "agents": AgentEntry,
     "webhooks.endpoints": WebhookEndpoint, "alarms.severities": AlarmSeverity,
 })
+LIST_ENTRIES["alerts"] = AlertRule
