@@ -453,6 +453,52 @@ class Crm:
     tier_field: str = opt("tier", "Field of the CRM answer copied to the contact's tier (used by routing).")
 
 
+# --- intent engine (nlp/) -------------------------------------------------------------
+
+
+def oos_threshold(v) -> str | None:
+    return None if v == -1 or 0 <= v <= 1 else "expected -1 (use the model's own) or a number 0-1"
+
+
+@dataclass
+class FewShotIntent:
+    name: str = opt("", "Intent reported for messages like the examples.")
+    examples: list = opt([], "Example phrases, as strings (3-10 varied ones work well).")
+
+
+@dataclass
+class Nlp:
+    enabled: bool = opt(True, "Classify customer messages (intent, confidence, out-of-scope, sentiment).")
+    model: str = opt(
+        "", "Model folder (model.onnx, tokenizer.json, labels.json) made by `kefu nlp train`; empty: the "
+        "shipped BANKING77 model.",
+    )
+    threads: int = opt(1, "onnxruntime threads for inference; 1 is fastest on a small busy server.", positive)
+    batch_size: int = opt(32, "Most messages classified in one micro-batch.", positive)
+    max_wait_ms: float = opt(2.0, "Longest a message waits for others to share its batch, in milliseconds.", non_negative)
+    queue_size: int = opt(256, "Messages waiting for the classifier before senders are slowed down.", positive)
+    oos_threshold: float = opt(
+        -1.0, "Calibrated confidence below which a message is out of scope (goes to a human); -1: the "
+        "threshold chosen on held-out data when the model was trained.", oos_threshold,
+    )
+    sentiment: str = opt("vader", "Sentiment analyser: vader (English lexicon and rules) or off.", one_of("vader", "off"))
+    intents: list = opt(
+        [], "Extra intents from example phrases: [[nlp.intents]] tables (name, examples); built at start-up "
+        "on the model's encoder, no training needed.",
+    )
+    few_shot_head: str = opt(
+        "logistic", "Classifier for [[nlp.intents]]: logistic (regression on the examples) or prototype "
+        "(nearest mean).", one_of("logistic", "prototype"),
+    )
+    few_shot_min_similarity: float = opt(
+        0.6, "A message matches an [[nlp.intents]] intent only if an example of it is at least this "
+        "similar (cosine, -1..1).",
+    )
+    use_model_intents: bool = opt(
+        True, "Also report the model's own intents; false: only [[nlp.intents]], anything else is out of scope.",
+    )
+
+
 @dataclass
 class Storage:
     backend: str = opt(
@@ -586,6 +632,7 @@ class Config:
     alarms: Alarms = field(default_factory=Alarms)
     business_hours: BusinessHours = field(default_factory=BusinessHours)
     crm: Crm = field(default_factory=Crm)
+    nlp: Nlp = field(default_factory=Nlp)
     storage: Storage = field(default_factory=Storage)
     metrics: Metrics = field(default_factory=Metrics)
     alerts: list = opt([], "Threshold alerts on stored series: [[alerts]] tables (docs/metrics.md).")
@@ -598,4 +645,5 @@ LIST_ENTRIES.update({
     "desk.canned": CannedResponse, "routing.rules": RoutingRule, "teams": TeamEntry, "agents": AgentEntry,
     "webhooks.endpoints": WebhookEndpoint, "alarms.severities": AlarmSeverity,
 })
+LIST_ENTRIES["nlp.intents"] = FewShotIntent
 LIST_ENTRIES["alerts"] = AlertRule

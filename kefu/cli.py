@@ -14,7 +14,7 @@ import sys
 from . import __version__
 
 # Subsystem command groups: module path, each with register(subparsers).
-COMMAND_MODULES: list[str] = ["kefu.cli_storage", "kefu.bridge.cli"]
+COMMAND_MODULES: list[str] = ["kefu.cli_storage", "kefu.bridge.cli", "kefu.cli_nlp"]
 
 EPILOG = """\
 examples:

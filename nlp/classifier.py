@@ -1,0 +1,137 @@
+"""Text in, ``Prediction`` out: encoder + intent head + few-shot head + sentiment (synchronous).
+
+This is what the trio service runs in its worker thread, and what ``kefu nlp classify``
+and ``kefu nlp eval`` call directly. The rules that turn scores into a decision:
+
+- The model head gives the best of its labels and a calibrated confidence.
+- Few-shot intents from config (example phrases) are checked first: if the few-shot
+  head's choice has an example within ``few_shot_min_similarity`` (cosine) of the
+  message, that intent wins, because the operator named it explicitly. With
+  ``use_model_intents = false`` the model's own labels are never reported.
+- ``out_of_scope`` is set when the winning confidence is below the threshold (the
+  model's own, chosen on held-out data at training time, unless config overrides it),
+  or when only few-shot intents are in use and none matched. ``intent`` still carries
+  the best guess, so a human sees what the bot would have said.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .encoder import Encoder
+from .heads import FewShotHead, IntentHead
+from .sentiment import Sentiment
+
+NO_INTENT = "out_of_scope"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    intent: str
+    confidence: float  # calibrated probability of ``intent`` (0..1)
+    out_of_scope: bool  # true: hand the message to a human
+    sentiment: str  # negative | neutral | positive
+    sentiment_score: float  # -1..1
+    latency_ms: float  # time to classify this message (queue wait included in the service)
+    source: str = "model"  # "model" or "few_shot"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConfigProblem(Exception):
+    """An [nlp] setting that cannot be used; the message names the key."""
+
+
+class IntentClassifier:
+    def __init__(self, encoder: Encoder, *, sentiment: Sentiment | None = None,
+                 few_shot: dict[str, list[str]] | None = None, few_shot_head: str = "logistic",
+                 few_shot_min_similarity: float = 0.6, use_model_intents: bool = True,
+                 oos_threshold: float | None = None) -> None:
+        self.encoder = encoder
+        info = encoder.info
+        self.head = IntentHead(info.labels, info.temperature, info.oos_threshold)
+        self.threshold = info.oos_threshold if oos_threshold is None else float(oos_threshold)
+        self.sentiment = sentiment or Sentiment("off")
+        self.use_model_intents = use_model_intents
+        self.few_shot: FewShotHead | None = None
+        if few_shot:
+            names = list(few_shot)
+            phrases = [p for n in names for p in few_shot[n]]
+            which = np.array([i for i, n in enumerate(names) for _ in few_shot[n]])
+            _, emb = encoder.run(phrases)
+            self.few_shot = FewShotHead(names, emb, which, kind=few_shot_head,
+                                        min_similarity=few_shot_min_similarity)
+        elif not use_model_intents:
+            raise ConfigProblem("nlp.use_model_intents = false needs at least one [[nlp.intents]] entry")
+
+    @property
+    def intents(self) -> list[str]:
+        out = list(self.few_shot.labels) if self.few_shot else []
+        return out + (self.head.labels if self.use_model_intents else [])
+
+    def classify_batch(self, texts: list[str]) -> list[Prediction]:
+        if not texts:
+            return []
+        t0 = time.perf_counter()
+        logits, emb = self.encoder.run(texts)
+        res = self.head(logits)
+        fs = self.few_shot(emb) if self.few_shot else None
+        out = []
+        for r, text in enumerate(texts):
+            intent = self.head.labels[res.index[r]]
+            conf = float(res.confidence[r])
+            source = "model"
+            oos = conf < self.threshold
+            if fs is not None:
+                fres, best_sim = fs
+                matched = best_sim[r] >= self.few_shot.min_similarity
+                if matched or not self.use_model_intents:
+                    intent = self.few_shot.labels[fres.index[r]]
+                    conf = float(fres.confidence[r])
+                    source = "few_shot"
+                    oos = not matched
+            s = self.sentiment(text)
+            out.append((intent, conf, oos, s, source))
+        ms = (time.perf_counter() - t0) * 1000.0
+        return [Prediction(i, c, bool(o), s.label, s.score, ms, src) for i, c, o, s, src in out]
+
+    def classify(self, text: str) -> Prediction:
+        return self.classify_batch([text])[0]
+
+
+def few_shot_from_config(entries: list) -> dict[str, list[str]]:
+    """[[nlp.intents]] entries (objects with name/examples, or dicts) -> {name: phrases}."""
+    out: dict[str, list[str]] = {}
+    for i, e in enumerate(entries):
+        name = e["name"] if isinstance(e, dict) else e.name
+        examples = e["examples"] if isinstance(e, dict) else e.examples
+        where = f"nlp.intents[{i}]"
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigProblem(f"{where}.name: must be a non-empty string")
+        if name in out:
+            raise ConfigProblem(f"{where}.name: intent {name!r} is defined twice")
+        if not isinstance(examples, list) or not examples:
+            raise ConfigProblem(f"{where}.examples: needs at least one example phrase")
+        for j, x in enumerate(examples):
+            if not isinstance(x, str) or not x.strip():
+                raise ConfigProblem(f"{where}.examples[{j}]: must be a non-empty string")
+        out[name] = [x.strip() for x in examples]
+    return out
+
+
+def from_config(nlp) -> IntentClassifier:
+    """An IntentClassifier from a ``kefu.config.model.Nlp`` section (raises ModelError/ConfigProblem)."""
+    encoder = Encoder(nlp.model or None, threads=nlp.threads)
+    return IntentClassifier(
+        encoder,
+        sentiment=Sentiment(nlp.sentiment),
+        few_shot=few_shot_from_config(nlp.intents),
+        few_shot_head=nlp.few_shot_head,
+        few_shot_min_similarity=nlp.few_shot_min_similarity,
+        use_model_intents=nlp.use_model_intents,
+        oos_threshold=None if nlp.oos_threshold < 0 else nlp.oos_threshold,
+    )

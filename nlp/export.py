@@ -1,0 +1,187 @@
+"""Export a trained classifier to ONNX, quantise it to int8 and write a kefu model folder.
+
+Why these choices (measured on a 2-core development machine, all-MiniLM-L6-v2):
+- The forward pass is exported with the TorchScript exporter from ``kefu.nlp.bert``'s
+  eager attention, so onnxruntime's own graph optimiser fuses LayerNorm, GELU and the
+  quantised MatMuls at session start; nothing hardware-specific is baked into the file.
+- Dynamic int8 quantisation with *per-channel* weight scales keeps the pooled embedding
+  within cosine 0.99 of fp32, where per-tensor scales fell to about 0.94. Word
+  embeddings (Gather) are quantised too, which shrinks the file about four times.
+- The quantised model is checked against the fp32 export on held-out text before it is
+  written: mean cosine of the embeddings below ``MIN_COSINE`` is an error, not a warning.
+
+A model folder holds ``model.onnx``, ``tokenizer.json`` (truncation set, padding off),
+``labels.json`` (labels, temperature, out-of-scope threshold, limits) and
+``MODEL_CARD.md``. Only ``kefu.nlp.encoder`` reads it at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+MIN_COSINE = 0.99
+FORMAT_VERSION = 1
+
+
+def export_onnx(model, path: Path, opset: int = 17) -> None:
+    """The torch model -> fp32 ONNX with dynamic batch and sequence axes."""
+    import torch
+
+    model.eval()
+    top = model.cfg.vocab_size - 1  # any in-vocabulary ids trace the same graph
+    ids = torch.tensor([[1, 2, 3, 4], [1, 5, 4, 0]], dtype=torch.long).clamp(max=top)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
+    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+           "logits": {0: "batch"}, "embedding": {0: "batch"}}
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+            output_names=["logits", "embedding"], dynamic_axes=dyn, opset_version=opset, dynamo=False,
+        )
+
+
+def quantize(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation, per-channel weights (MatMul and the embedding Gather)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gather"],
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+def run_onnx(path: Path, tokenizer, texts: list[str], batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embeddings) for texts, batched by length: used to verify and calibrate."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    enc = tokenizer.encode_batch(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(enc[i].ids))
+    logits = [None] * len(texts)
+    embs = [None] * len(texts)
+    for s in range(0, len(order), batch):
+        idx = order[s:s + batch]
+        width = max(len(enc[i].ids) for i in idx)
+        ids = np.zeros((len(idx), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for r, i in enumerate(idx):
+            n = len(enc[i].ids)
+            ids[r, :n] = enc[i].ids
+            mask[r, :n] = 1
+        lo, em = sess.run(None, {"input_ids": ids, "attention_mask": mask})
+        for r, i in enumerate(idx):
+            logits[i], embs[i] = lo[r], em[r]
+    return np.stack(logits), np.stack(embs)
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Row-wise cosine between two output matrices."""
+    na = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-9)
+    nb = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-9)
+    cos = (na * nb).sum(1)
+    return {"mean": float(cos.mean()), "min": float(cos.min())}
+
+
+class QuantisationError(Exception):
+    pass
+
+
+def export_and_quantize(model, tokenizer, texts: list[str], out_onnx: Path, log=print) -> dict:
+    """fp32 export, int8 quantisation and the cosine check; writes ``out_onnx`` (int8)."""
+    with tempfile.TemporaryDirectory(prefix="kefu-export-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        int8 = Path(tmp) / "int8.onnx"
+        log("exporting to ONNX (fp32)")
+        export_onnx(model, fp32)
+        log("quantising to int8 (dynamic, per-channel)")
+        quantize(fp32, int8)
+        sample = texts[:2000]
+        lf, ef = run_onnx(fp32, tokenizer, sample)
+        lq, eq = run_onnx(int8, tokenizer, sample)
+        check = {
+            "embedding_cosine": compare(ef, eq),
+            "logits_cosine": compare(lf, lq),
+            "prediction_agreement": float((lf.argmax(1) == lq.argmax(1)).mean()),
+            "texts": len(sample),
+        }
+        log(f"int8 vs fp32 on {len(sample)} held-out texts: embedding cosine mean "
+            f"{check['embedding_cosine']['mean']:.4f} (min {check['embedding_cosine']['min']:.4f}), "
+            f"same prediction {100 * check['prediction_agreement']:.2f}%")
+        if check["embedding_cosine"]["mean"] < MIN_COSINE:
+            raise QuantisationError(
+                f"int8 model drifted from fp32: mean embedding cosine "
+                f"{check['embedding_cosine']['mean']:.4f} < {MIN_COSINE}"
+            )
+        out_onnx.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(int8, out_onnx)
+        check["fp32_bytes"] = fp32.stat().st_size
+        check["int8_bytes"] = out_onnx.stat().st_size
+    return check
+
+
+def write_labels(out: Path, labels: list[str], *, temperature: float, oos_threshold: float,
+                 max_length: int, extra: dict) -> None:
+    data = {
+        "format": FORMAT_VERSION,
+        "labels": labels,
+        "temperature": temperature,
+        "oos_threshold": oos_threshold,
+        "max_length": max_length,
+        **extra,
+    }
+    (out / "labels.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def write_model_card(out: Path, info: dict) -> None:
+    """A Markdown model card: what it is, where its data and weights come from, what it scored."""
+    m = info["metrics"]
+    lines = [
+        f"# kefu intent model: {info['name']}",
+        "",
+        "Intent classifier for kefu: a BERT-family encoder fine-tuned with a linear head on mean-pooled",
+        "token vectors, exported to ONNX and quantised to int8 (dynamic, per-channel weights).",
+        "Runs with onnxruntime and tokenizers only.",
+        "",
+        "## Files",
+        "- `model.onnx`: inputs `input_ids`, `attention_mask` (int64, [batch, seq]); outputs `logits`",
+        "  [batch, labels] and `embedding` [batch, hidden] (L2-normalised mean-pooled vector).",
+        "- `tokenizer.json`: truncation to `max_length` tokens, no padding (batches pad to their longest).",
+        "- `labels.json`: label order, softmax temperature, out-of-scope threshold.",
+        "",
+        "## Provenance",
+        f"- Training data: {info['data']}",
+        f"- Base encoder: {info['base']}",
+        f"- Training: {info['training']}",
+        f"- Built with: `{info['command']}`",
+        "",
+        "## Measured",
+        f"Held-out split: {info['split']}",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| accuracy (held-out, int8 ONNX) | {_pct(m['accuracy'])} |",
+        f"| macro-F1 (held-out, int8 ONNX) | {_pct(m['macro_f1'])} |",
+        f"| accuracy, torch fp32 before export | {_pct(m['accuracy_fp32'])} |",
+        f"| int8 vs fp32 embedding cosine (mean / min) | {m['cosine_mean']:.4f} / {m['cosine_min']:.4f} |",
+        f"| softmax temperature (fitted on held-out NLL) | {m['temperature']:.3f} |",
+        f"| expected calibration error before / after | {_pct(m['ece_raw'])} / {_pct(m['ece'])} |",
+        f"| out-of-scope threshold (calibrated confidence) | {m['oos_threshold']:.3f} |",
+    ]
+    if m.get("oos_recall") is not None:
+        lines.append(f"| out-of-scope recall at the threshold ({m['oos_count']} examples) | {_pct(m['oos_recall'])} |")
+    lines.append(f"| in-scope accuracy at the threshold | {_pct(m['in_scope_accuracy'])} |")
+    lines += ["", info.get("notes", "").strip(), ""]
+    (out / "MODEL_CARD.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,163 @@
+"""Classifier heads on top of the encoder's outputs (numpy only; no torch at run time).
+
+- ``IntentHead``: the trained head. Softmax over ``logits / temperature``; the temperature
+  is fitted on held-out data at training time (minimum negative log-likelihood), so the
+  confidence reads as a probability and one out-of-scope threshold means the same thing
+  for every label.
+- ``FewShotHead``: intents defined in config by a handful of example phrases. At start-up
+  the phrases are embedded with the shipped encoder (its L2-normalised ``embedding``
+  output) and a multinomial logistic regression is fitted on them in a few hundred
+  full-batch gradient steps (milliseconds). ``kind="prototype"`` uses cosine similarity
+  to each intent's mean vector instead. Either way a message whose best cosine to any
+  example of the chosen intent is below ``min_similarity`` does not match.
+
+Also here: temperature fitting, calibration error and the out-of-scope threshold rule,
+shared by training, ``kefu nlp eval`` and the benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def nll(logits: np.ndarray, gold: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    logz = np.log(np.exp(z).sum(axis=1))
+    return float((logz - z[np.arange(len(gold)), gold]).mean())
+
+
+def fit_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
+    """The T > 0 minimising held-out NLL of softmax(logits / T): log grid, then refinement."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 80))
+    best = min(grid, key=lambda t: nll(logits, gold, t))
+    lo, hi = best / 1.2, best * 1.2
+    for _ in range(40):  # golden-section on a unimodal neighbourhood
+        a = hi - (hi - lo) / 1.618
+        b = lo + (hi - lo) / 1.618
+        if nll(logits, gold, a) < nll(logits, gold, b):
+            hi = b
+        else:
+            lo = a
+    return float((lo + hi) / 2)
+
+
+def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    edges = np.linspace(0, 1, bins + 1)
+    err = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            err += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
+    return float(err)
+
+
+def choose_threshold(conf_in: np.ndarray, correct_in: np.ndarray, conf_oos: np.ndarray | None,
+                     max_accuracy_drop: float = 0.02) -> dict:
+    """The out-of-scope threshold on calibrated confidence.
+
+    Rule: the highest threshold whose in-scope accuracy (a correct prediction above the
+    threshold) is at most ``max_accuracy_drop`` below the accuracy with no threshold.
+    A higher threshold only ever catches more out-of-scope messages, so this is the most
+    out-of-scope recall the accuracy budget buys; with out-of-scope examples the recall
+    at that threshold is reported too.
+    """
+    base = float(correct_in.mean())
+    cands = np.unique(np.concatenate([conf_in, [0.0]]))
+    best = 0.0
+    for t in cands:  # ascending
+        acc = float((correct_in & (conf_in >= t)).mean())
+        if acc >= base - max_accuracy_drop - 1e-12:
+            best = float(t)
+        else:
+            break
+    acc = float((correct_in & (conf_in >= best)).mean())
+    out = {"threshold": best, "in_scope_accuracy": acc, "accuracy_no_threshold": base}
+    if conf_oos is not None and len(conf_oos):
+        out["oos_recall"] = float((conf_oos < best).mean())
+        out["oos_count"] = int(len(conf_oos))
+    return out
+
+
+@dataclass
+class HeadResult:
+    index: np.ndarray  # best label index per row
+    confidence: np.ndarray  # calibrated probability of that label
+    probs: np.ndarray
+
+
+class IntentHead:
+    """The trained intent head: temperature-scaled softmax over the model's logits."""
+
+    def __init__(self, labels: list[str], temperature: float = 1.0, oos_threshold: float = 0.0) -> None:
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        self.labels = list(labels)
+        self.temperature = float(temperature)
+        self.oos_threshold = float(oos_threshold)
+
+    def __call__(self, logits: np.ndarray) -> HeadResult:
+        p = softmax(logits.astype(np.float64) / self.temperature)
+        idx = p.argmax(axis=1)
+        return HeadResult(idx, p[np.arange(len(idx)), idx], p)
+
+
+class FewShotHead:
+    """Intents from example phrases, fitted at start-up on the encoder's embeddings."""
+
+    def __init__(self, labels: list[str], examples: np.ndarray, example_labels: np.ndarray, *,
+                 kind: str = "logistic", min_similarity: float = 0.5, steps: int = 300) -> None:
+        if kind not in ("logistic", "prototype"):
+            raise ValueError(f"few-shot head kind must be 'logistic' or 'prototype', not {kind!r}")
+        if len(labels) < 1 or len(examples) == 0:
+            raise ValueError("a few-shot head needs at least one intent with example phrases")
+        self.labels = list(labels)
+        self.kind = kind
+        self.min_similarity = float(min_similarity)
+        self.examples = examples.astype(np.float32)
+        self.example_labels = example_labels.astype(np.int64)
+        k = len(labels)
+        protos = np.zeros((k, examples.shape[1]), dtype=np.float64)
+        np.add.at(protos, self.example_labels, examples)
+        protos /= np.linalg.norm(protos, axis=1, keepdims=True).clip(1e-9)
+        self.prototypes = protos.astype(np.float32)
+        if kind == "logistic" and k > 1:
+            self.W, self.b = self._fit_logistic(examples.astype(np.float64), self.example_labels, k, steps)
+        else:
+            # Prototype scoring: cosine to each mean vector, sharpened.
+            self.W, self.b = (self.prototypes.T.astype(np.float64) * 20.0), np.zeros(k)
+
+    @staticmethod
+    def _fit_logistic(x: np.ndarray, y: np.ndarray, k: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Full-batch gradient descent on L2-regularised softmax regression."""
+        n, d = x.shape
+        w = np.zeros((d, k))
+        b = np.zeros(k)
+        onehot = np.eye(k)[y]
+        lr, lam = 2.0, 1e-3
+        for _ in range(steps):
+            p = softmax(x @ w * 10.0 + b)
+            g = (p - onehot) / n
+            w -= lr * (10.0 * x.T @ g + lam * w)
+            b -= lr * g.sum(0)
+        return w * 10.0, b
+
+    def __call__(self, embeddings: np.ndarray) -> tuple[HeadResult, np.ndarray]:
+        """(head result, best cosine to an example of the chosen intent) per row."""
+        e = embeddings.astype(np.float64)
+        p = softmax(e @ self.W + self.b)
+        idx = p.argmax(axis=1)
+        sims = e @ self.examples.T.astype(np.float64)  # [rows, examples]
+        best = np.full(len(idx), -1.0)
+        for r, c in enumerate(idx):
+            sel = self.example_labels == c
+            best[r] = sims[r, sel].max()
+        return HeadResult(idx, p[np.arange(len(idx)), idx], p), best
