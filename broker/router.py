@@ -160,6 +160,7 @@ class Router:
         self.trie = TopicTrie(cache_size=0)  # the router caches whole plans instead
         self.retained = RetainedStore()
         self.subscription_count = 0
+        self.acl_denied = 0  # PUBLISHes and subscriptions refused by the ACL (kefu_messages_rejected_total)
         self._plans: dict[str, tuple] = {}
         self._timers: list = []
         self._seq = itertools.count()
@@ -345,6 +346,7 @@ class Router:
                     cache.clear()
                 cache[topic] = ok
         if not ok:
+            self.acl_denied += 1
             return RC.NOT_AUTHORIZED
         exp = props.message_expiry_interval
         msg = Message(topic, payload, qos, retain, props, None if exp is None else now + exp, proto.client_id)
@@ -426,6 +428,7 @@ class Router:
                 raise ProtocolError(RC.PROTOCOL_ERROR, f"no local on the shared subscription {f!r}")
             if not self.auth.authorize(proto.client_id, proto.username, "subscribe", f):
                 codes.append(RC.NOT_AUTHORIZED)
+                self.acl_denied += 1
                 continue
             qos = sub.qos if sub.qos < max_qos else max_qos
             existed = f in s.subscriptions
