@@ -148,6 +148,7 @@ class Broker:
                         for addr, listener in opened:
                             accept.start_soon(self._accept_loop, addr, listener)
                         task_status.started(list(self.addresses))
+                        await trio.sleep_forever()  # until stop(); also with no listeners
                 await self._drain()
                 nursery.cancel_scope.cancel()
         finally:
