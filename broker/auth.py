@@ -69,8 +69,8 @@ from typing import Any
 from .hooks import AuthenticateEvent, AuthorizeEvent, HookRegistry
 from .topics import (
     filter_covers,
-    filter_matches,
     filters_overlap,
+    levels_match,
     parse_shared,
     validate_topic_filter,
 )
@@ -177,6 +177,7 @@ class _Rule:
     levels: tuple[str, ...]  # topic template split on '/'
     templated: bool  # contains %c or %u
     topic: str  # the template as configured
+    first: str | None  # the first level when it is a plain literal: a cheap pre-check
 
     def filter_for(self, client_id: str, username: str | None) -> str | None:
         """The rule's filter for this client, or None when the rule cannot apply."""
@@ -195,6 +196,13 @@ class _Rule:
                 level = level.replace("%c", client_id).replace("%u", username or "")
             out.append(level)
         return "/".join(out)
+
+
+def _literal_first(topic: str) -> str | None:
+    first = topic.split("/", 1)[0]
+    if first in ("+", "#") or "%c" in first or "%u" in first:
+        return None
+    return first
 
 
 def _field(entry: Any, name: str) -> Any:
@@ -232,6 +240,7 @@ def compile_rules(acl: Iterable[Any]) -> list[_Rule]:
                 levels=tuple(topic.split("/")),
                 templated="%c" in topic or "%u" in topic,
                 topic=topic,
+                first=_literal_first(topic),
             )
         )
     return rules
@@ -373,8 +382,15 @@ class Authenticator:
 
     def _first_rule(self, client_id: str, username: str | None, action: str, topic: str):
         """The first rule that applies and its substituted filter, or None."""
+        t_levels = topic.split("/") if action == PUBLISH else None
+        t0 = topic.split("/", 1)[0]
+        if t0 in ("+", "#"):
+            t0 = None  # a subscription starting with a wildcard may meet any rule
         for rule in self.rules:
             if action not in rule.actions:
+                continue
+            # Different literal first levels: the rule cannot match, cover or overlap.
+            if t0 is not None and rule.first is not None and rule.first != t0:
                 continue
             if rule.username and rule.username != username:
                 continue
@@ -383,8 +399,8 @@ class Authenticator:
             filt = rule.filter_for(client_id, username)
             if filt is None:
                 continue
-            if action == PUBLISH:
-                applies = filter_matches(filt, topic)
+            if t_levels is not None:
+                applies = levels_match(rule.levels if not rule.templated else filt.split("/"), t_levels)
             elif rule.allow:
                 applies = filter_covers(filt, topic)
             else:

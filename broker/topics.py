@@ -70,6 +70,7 @@ __all__ = [
     "filter_covers",
     "filter_matches",
     "filters_overlap",
+    "levels_match",
     "parse_shared",
     "validate_topic_filter",
     "validate_topic_name",
@@ -173,18 +174,23 @@ def filter_matches(filt: str, topic: str) -> bool:
     The reference semantics the trie is tested against; fine for one-off checks,
     use ``TopicTrie`` for many filters.
     """
-    f = filt.split("/")
-    t = topic.split("/")
-    if topic.startswith("$") and f[0] in ("+", "#"):
+    return levels_match(filt.split("/"), topic.split("/"))
+
+
+def levels_match(f: list[str] | tuple[str, ...], t: list[str] | tuple[str, ...]) -> bool:
+    """``filter_matches`` on filter and topic already split on ``/`` (no re-splitting
+    when one topic is checked against many filters, as the ACL does)."""
+    if t[0][:1] == "$" and f[0] in ("+", "#"):
         return False
+    n = len(t)
     for i, level in enumerate(f):
         if level == "#":
             return True
-        if i >= len(t):
+        if i >= n:
             return False
         if level != "+" and level != t[i]:
             return False
-    return len(f) == len(t)
+    return len(f) == n
 
 
 def filter_covers(outer: str, inner: str) -> bool:
@@ -299,7 +305,7 @@ class _Node:
     __slots__ = ("children", "subs", "shared")
 
     def __init__(self) -> None:
-        self.children: dict[str, _Node] = {}
+        self.children: dict[str, _Node] | None = None  # allocated on the first child (most nodes are leaves)
         self.subs: dict[Hashable, tuple[Hashable, Any, str]] | None = None
         self.shared: dict[str, SharedGroup] | None = None
 
@@ -343,9 +349,12 @@ class TopicTrie:
         group, topic_filter = parse_shared(filt)
         node = self._root
         for level in topic_filter.split("/"):
-            child = node.children.get(level)
+            children = node.children
+            if children is None:
+                children = node.children = {}
+            child = children.get(level)
             if child is None:
-                child = node.children[level] = _Node()
+                child = children[level] = _Node()
             node = child
         self._invalidate(topic_filter)
         if group is None:
@@ -375,7 +384,7 @@ class TopicTrie:
         path: list[tuple[_Node, str]] = []
         node = self._root
         for level in topic_filter.split("/"):
-            child = node.children.get(level)
+            child = node.children.get(level) if node.children else None
             if child is None:
                 return False
             path.append((node, level))
@@ -407,7 +416,9 @@ class TopicTrie:
         for parent, level in reversed(path):
             if node.subs or node.shared or node.children:
                 break
-            del parent.children[level]
+            del parent.children[level]  # type: ignore[union-attr]
+            if not parent.children:
+                parent.children = None
             node = parent
         return True
 
@@ -416,7 +427,7 @@ class TopicTrie:
         group, topic_filter = parse_shared(filt)
         node = self._root
         for level in topic_filter.split("/"):
-            node = node.children.get(level)  # type: ignore[assignment]
+            node = node.children.get(level) if node.children else None  # type: ignore[assignment]
             if node is None:
                 return default
         if group is None:
@@ -468,7 +479,7 @@ class TopicTrie:
                     subs.extend(node.subs.values())
                 if node.shared:
                     groups.extend(node.shared.values())
-                hash_node = node.children.get("#")
+                hash_node = node.children.get("#") if node.children else None
                 if hash_node is not None:
                     if hash_node.subs:
                         subs.extend(hash_node.subs.values())
@@ -517,7 +528,8 @@ class TopicTrie:
                 for g in node.shared.values():
                     for key, value in g.members.items():
                         yield g.filter, key, value
-            stack.extend(node.children.values())
+            if node.children:
+                stack.extend(node.children.values())
 
     def node_count(self) -> int:
         """Trie nodes below the root (for tests and $SYS: proves pruning)."""
@@ -525,6 +537,7 @@ class TopicTrie:
         stack = [self._root]
         while stack:
             node = stack.pop()
-            n += len(node.children)
-            stack.extend(node.children.values())
+            if node.children:
+                n += len(node.children)
+                stack.extend(node.children.values())
         return n

@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kefu.broker import auth as auth_mod
 from kefu.broker.auth import Authenticator, hash_password, parse_password_hash, verify_password
@@ -278,6 +280,67 @@ def test_cache_follows_username_and_forget():
     assert a.authorize("c", "eve", "publish", "u/eve/x")
     a.forget("c")
     assert "c" not in a._acl_cache
+
+
+def _reference_decision(rules, default, client_id, username, action, topic):
+    from kefu.broker.topics import filter_covers, filter_matches, filters_overlap, parse_shared
+
+    if action == "subscribe":
+        topic = parse_shared(topic)[1]
+    for r in rules:
+        if r.action not in ("all", action):
+            continue
+        if (r.username and r.username != username) or (r.clientid and r.clientid != client_id):
+            continue
+        f = r.topic
+        if action == "publish":
+            hit = filter_matches(f, topic)
+        elif r.permission == "allow":
+            hit = filter_covers(f, topic)
+        else:
+            hit = filters_overlap(f, topic)
+        if hit:
+            return r.permission == "allow"
+    return default == "allow"
+
+
+
+@st.composite
+def _filter(draw):
+    levels = draw(st.lists(st.sampled_from(["a", "b", "$s", "+"]), min_size=1, max_size=3))
+    if draw(st.booleans()):
+        levels.append("#")
+    return "/".join(levels)
+
+
+_topic = st.lists(st.sampled_from(["a", "b", "c", "$s"]), min_size=1, max_size=4).map("/".join)
+_rule = st.builds(
+    AclRule,
+    action=st.sampled_from(["publish", "subscribe", "all"]),
+    topic=_filter(),
+    permission=st.sampled_from(["allow", "deny"]),
+    username=st.sampled_from(["", "u1"]),
+    clientid=st.sampled_from(["", "c1"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_rule, max_size=6),
+    st.sampled_from(["allow", "deny"]),
+    st.lists(
+        st.tuples(st.sampled_from(["c1", "c2"]), st.sampled_from([None, "u1"]),
+                  st.one_of(st.tuples(st.just("publish"), _topic), st.tuples(st.just("subscribe"), _filter()))),
+        min_size=1, max_size=10,
+    ),
+)
+def test_acl_equals_reference(rules, default, queries):
+    """The compiled, cached ACL decides exactly like the rules read top to bottom."""
+    a = make(acl=rules, acl_default=default)
+    for client_id, username, (action, topic) in queries:
+        want = _reference_decision(rules, default, client_id, username, action, topic)
+        assert a.authorize(client_id, username, action, topic) is want, (client_id, username, action, topic)
+        assert a.authorize(client_id, username, action, topic) is want  # cached answer too
 
 
 # ----------------------------------------------------------------- hooks
