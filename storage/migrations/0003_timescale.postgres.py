@@ -29,7 +29,7 @@ def upgrade(conn) -> tuple[bool, str]:
     if row[1] is None:
         try:
             with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb WITH SCHEMA public")
         except Exception as e:  # noqa: BLE001
             return False, (f"timescaledb {row[0]} available but not creatable ({str(e).strip()}); "
                     "plain tables. Add timescaledb to shared_preload_libraries and run `kefu db upgrade` again")

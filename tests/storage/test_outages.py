@@ -82,11 +82,11 @@ async def test_buffer_is_bounded_while_unavailable(sqlite_cfg, master):
 
 
 async def test_commit_timeout_then_late_commit(sqlite_cfg, master):
-    cfg = replace(sqlite_cfg, sqlite_busy_timeout_ms=20, commit_timeout=0.2)
+    cfg = replace(sqlite_cfg, sqlite_busy_timeout_ms=20, commit_timeout=1.0)
     async with open_store(cfg, master=master, background=False) as store:
         blocker = sqlite3.connect(cfg.path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
-        with pytest.raises(StorageUnavailable, match=r"not committed within 0.2 s: sqlite: .*locked"):
+        with pytest.raises(StorageUnavailable, match=r"not committed within 1 s: sqlite: .*locked"):
             await store.persist_publish(StoredMessage("t", b"late"))
         blocker.execute("COMMIT")
         await store.wait_ready(True)
