@@ -86,6 +86,9 @@ def _status(s):
 
     from .storage.postgres import conn_kwargs, detect_features
 
+    if not s.dsn:
+        raise ValueError('storage.dsn: required when storage.backend = "postgres"')
+
     with psycopg.connect(s.dsn, **conn_kwargs(s.pg_schema)) as conn:
         states = migrate.status(conn, "postgres")
         features, _ = detect_features(conn)

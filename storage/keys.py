@@ -23,7 +23,7 @@ from typing import Callable
 
 import trio
 
-from .crypto import HEADER_SIZE, CryptoError, KeyRecord, Keyring, Opened, UnknownKey
+from .crypto import HEADER_SIZE, KeyRecord, Keyring, Opened, UnknownKey
 
 log = logging.getLogger("kefu.storage.keys")
 
@@ -153,5 +153,3 @@ class KeyService:
                 await self.store.save_tx_next(kid, limit)
                 self.keyring.reserved(kid, limit)
 
-
-__all__ = ["KeyService", "CryptoError"]

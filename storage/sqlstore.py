@@ -26,8 +26,6 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
-import trio
-
 from .base import (
     AuditEntry, ChatMessage, Contact, Conversation, Health, MetricBucket, MetricSample, QueuedMessage,
     SearchHit, SearchUnavailable, SessionRecord, StaleFence, StorageUnavailable, StoredMessage,
@@ -152,6 +150,13 @@ class SqlStore:
         if self._w is None:
             return Health(False, self.backend, "not open")
         return self._w.health(self.backend, self.features)
+
+    def stats(self) -> dict[str, int]:
+        """Writer counters for metrics: commits, operations committed, operations waiting."""
+        w = self._w
+        if w is None:
+            return {"commits": 0, "committed_ops": 0, "pending": 0}
+        return {"commits": w.committed_batches, "committed_ops": w.committed_ops, "pending": w.pending}
 
     async def wait_ready(self, ready: bool = True) -> None:
         """Return once ``health().ready`` equals ``ready``."""
