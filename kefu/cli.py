@@ -29,8 +29,13 @@ examples:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, load
 
+    from .checks import deep_check
+
     try:
         cfg = load(args.config)
+        problems = deep_check(cfg)
+        if problems:
+            raise ConfigError(problems, args.config or "")
     except ConfigError as e:
         print(f"kefu: bad config\n{e}", file=sys.stderr)
         return 2
@@ -42,8 +47,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from .config import ConfigError, load
 
+    from .checks import deep_check
+
     try:
-        load(args.file)
+        problems = deep_check(load(args.file))
+        if problems:
+            raise ConfigError(problems, args.file)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -97,3 +97,12 @@ def test_version_and_help():
     assert out.stdout.strip().startswith("kefu ")
     out = subprocess.run([sys.executable, "-m", "kefu.cli", "serve", "--help"], capture_output=True, text=True)
     assert "--config" in out.stdout and "SIGTERM" in out.stdout
+
+
+def test_config_check_runs_subsystem_checks(tmp_path):
+    bad = tmp_path / "acl.toml"
+    bad.write_text('[[auth.acl]]\ntopic = "a/#/b"\n')
+    out = subprocess.run([sys.executable, "-m", "kefu.cli", "config", "check", str(bad)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "auth.acl[0].topic:" in out.stderr and "Traceback" not in out.stderr
