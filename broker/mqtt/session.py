@@ -167,13 +167,14 @@ class Message:
     def expired(self, now) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def encoded(self, v5: bool, qos: int, retain: bool, sub_ids, now):
+    def encoded(self, v5: bool, qos: int, retain: bool, sub_ids, now, alias: int = 0, new_alias: bool = False):
         """QoS 0: the packet bytes. QoS 1/2: ``(prefix, suffix)`` around the packet id.
 
-        None when the message has expired (it must not be delivered).
+        None when the message has expired (it must not be delivered). With ``alias``
+        (5.0 outbound topic alias) the topic is sent only when ``new_alias``.
         """
         exp = self.expires_at
-        if exp is None and not (v5 and sub_ids):
+        if exp is None and not (v5 and (sub_ids or alias)):
             key = (8 if v5 else 0) | (qos << 1) | (1 if retain else 0)
             remaining = None
         else:
@@ -186,7 +187,7 @@ class Message:
             if not v5:
                 key = (qos << 1) | (1 if retain else 0)
             else:
-                key = (qos, retain, remaining, sub_ids)
+                key = (qos, retain, remaining, sub_ids, alias, new_alias)
         cache = self._cache
         if cache is None:
             cache = self._cache = {}
@@ -194,23 +195,28 @@ class Message:
             hit = cache.get(key)
             if hit is not None:
                 return hit
+        topic = self.topic
         if v5:
             props = self.properties
-            if remaining is not None or sub_ids:
+            if remaining is not None or sub_ids or alias:
                 changes = {}
                 if remaining is not None:
                     changes["message_expiry_interval"] = remaining
                 if sub_ids:
                     changes["subscription_identifiers"] = tuple(sub_ids)
+                if alias:
+                    changes["topic_alias"] = alias
+                    if not new_alias:
+                        topic = ""
                 props = replace(props, **changes)
             version = MQTT_5
         else:
             props = NO_PROPERTIES
             version = 4
         if qos == 0:
-            out = encode_publish(self.topic, self.payload, version, 0, None, retain, False, props)
+            out = encode_publish(topic, self.payload, version, 0, None, retain, False, props)
         else:
-            out = publish_template(Publish(self.topic, self.payload, qos, retain, False, 1, props), version)
+            out = publish_template(Publish(topic, self.payload, qos, retain, False, 1, props), version)
         cache[key] = out
         return out
 
@@ -330,7 +336,10 @@ class Protocol:
         self.will_delay = 0
         self.send_quota = limits.receive_maximum
         self.client_max_packet = 1 << 28
-        self.aliases: dict[int, str] = {}
+        self.aliases: dict[int, str] = {}  # inbound: alias -> topic
+        self.alias_out_max = 0  # the client's topic alias maximum (5.0); 0: none sent
+        self.aliases_out: dict[str, int] = {}
+        self._pinned: set[int] = set()
         self.deadline: float | None = None
         self._ka_window: float | None = None
         # Output: chunks not yet taken by the writer, their size, and bytes being written.
@@ -489,6 +498,7 @@ class Protocol:
             self.send_quota = min(rm, lim.receive_maximum) if rm else lim.receive_maximum
             if props.maximum_packet_size:
                 self.client_max_packet = props.maximum_packet_size
+            self.alias_out_max = props.topic_alias_maximum or 0
         self._ka_window = self.keep_alive * 1.5 if self.keep_alive else None
         self.deadline = now + self._ka_window if self._ka_window else None
         session, present = self.broker.attach(self, now)
@@ -599,8 +609,23 @@ class Protocol:
             self._write(_ack(0x70, pid, RC.PACKET_IDENTIFIER_NOT_FOUND, self.v5))
 
     # ------------------------------------------------------------------ PUBLISH out
+    def _alias_for(self, topic: str) -> tuple[int, bool]:
+        """Outbound topic alias for ``topic``: (alias or 0, newly assigned?)."""
+        alias = self.aliases_out.get(topic)
+        if alias is not None:
+            return alias, False
+        n = len(self.aliases_out)
+        if n >= self.alias_out_max:
+            return 0, False
+        return n + 1, True
+
     def send0(self, msg: Message, retain: bool, sub_ids, now) -> None:
-        data = msg.encoded(self.v5, 0, retain, sub_ids, now)
+        if self.alias_out_max:
+            alias, new = self._alias_for(msg.topic)
+            data = msg.encoded(True, 0, retain, sub_ids, now, alias, new)
+        else:
+            new = False
+            data = msg.encoded(self.v5, 0, retain, sub_ids, now)
         if data is None:
             return
         n = len(data)
@@ -610,6 +635,9 @@ class Protocol:
             self.dropped += 1
             self.stats.dropped += 1
             return
+        if new:  # the alias exists for the client only once this packet is on its way
+            self.aliases_out[msg.topic] = alias
+            self._pinned.add(id(data))
         self.stats.messages_sent += 1
         out = self.out
         out.append(data)
@@ -619,7 +647,12 @@ class Protocol:
 
     def send_qos(self, msg: Message, qos: int, retain: bool, sub_ids, now) -> bool:
         """Write a QoS 1/2 delivery with a fresh packet id (the caller checked the window)."""
-        tmpl = msg.encoded(self.v5, qos, retain, sub_ids, now)
+        if self.alias_out_max:
+            alias, new = self._alias_for(msg.topic)
+            tmpl = msg.encoded(True, qos, retain, sub_ids, now, alias, new)
+        else:
+            alias = 0
+            tmpl = msg.encoded(self.v5, qos, retain, sub_ids, now)
         if tmpl is None:
             return False
         s = self.session
@@ -627,7 +660,11 @@ class Protocol:
         packet = tmpl[0] + pid.to_bytes(2, "big") + tmpl[1]
         if len(packet) > self.client_max_packet:
             return False
-        s.inflight[pid] = (msg, qos, retain, sub_ids, packet, self.v5)
+        if alias and new:
+            self.aliases_out[msg.topic] = alias
+        # The tag says how it was encoded: an aliased packet is re-encoded on resume,
+        # aliases do not survive the connection [MQTT-3.3.2-7].
+        s.inflight[pid] = (msg, qos, retain, sub_ids, packet, "alias" if alias else self.v5)
         self.stats.messages_sent += 1
         out = self.out
         out.append(packet)
@@ -782,8 +819,10 @@ class Protocol:
         keep = []
         size = self.queued
         evicted = 0
+        pinned = self._pinned
         for chunk in self.out:
-            if size > target and (chunk[0] & 0xF6) == 0x30:  # a QoS 0 PUBLISH
+            # A QoS 0 PUBLISH, unless it sets up an outbound topic alias others rely on.
+            if size > target and (chunk[0] & 0xF6) == 0x30 and id(chunk) not in pinned:
                 size -= len(chunk)
                 evicted += 1
                 continue
@@ -802,6 +841,8 @@ class Protocol:
         if self.queued <= MAX_WRITE_BATCH:
             data = b"".join(out) if len(out) > 1 else out[0]
             out.clear()
+            if self._pinned:
+                self._pinned.clear()
         else:
             size = 0
             i = 0

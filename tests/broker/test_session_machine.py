@@ -773,3 +773,33 @@ def test_5_0_client_maximum_packet_size_respected():
     p.publish("t", b"small")
     assert [m.payload for m in s.received()] == [b"small"]
     assert MQTT_5 == 5
+
+
+def test_outbound_topic_aliases_up_to_the_client_maximum():
+    r = make_router()
+    s = Peer(r, V5)
+    s.connect("s", topic_alias_maximum=1)
+    s.subscribe("t/+", qos=1)
+    p = Peer(r, V5)
+    p.connect("p")
+    for topic in ("t/a", "t/a", "t/b", "t/a"):
+        p.publish(topic, topic.encode(), qos=1, pid=1)
+    got = s.received()
+    assert [(m.topic, m.properties.topic_alias) for m in got] == [
+        ("t/a", 1), ("", 1), ("t/b", None), ("", 1)]
+
+
+def test_outbound_aliases_not_carried_into_a_resumed_session():
+    r = make_router()
+    s = Peer(r, V5)
+    s.connect("s", clean=False, session_expiry_interval=60, topic_alias_maximum=4)
+    s.subscribe("t", qos=1)
+    p = Peer(r, V5)
+    p.connect("p")
+    p.publish("t", b"1", qos=1, pid=1)
+    p.publish("t", b"2", qos=1, pid=2)
+    assert [m.topic for m in s.received()] == ["t", ""]
+    s.proto.connection_lost(1.0)
+    back = Peer(r, V5)
+    back.connect("s", clean=False, session_expiry_interval=60)
+    assert [(m.topic, m.dup, m.properties.topic_alias) for m in back.pending] == [("t", True, None), ("t", True, None)]
