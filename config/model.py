@@ -138,7 +138,7 @@ class Auth:
     users: list = opt([], "Users allowed to connect: [[auth.users]] tables with username and password_hash.")
     acl: list = opt(
         [],
-        "Ordered [[auth.acl]] rules; the first match decides. With no rules everything is allowed.",
+        "Ordered [[auth.acl]] rules; the first match decides. When no rule matches (or there are none), acl_default decides.",
     )
     acl_default: str = opt("allow", "Outcome when no ACL rule matches.", one_of("allow", "deny"))
 
