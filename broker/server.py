@@ -32,7 +32,6 @@ from .router import Router
 log = logging.getLogger("kefu.broker")
 
 SHUTDOWN_GRACE = 1.5
-TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class Broker:
         if peer is None:
             peer = peer_of(stream)
         if tls:
-            with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as cs:
+            with trio.move_on_after(self.router.limits.connect_timeout) as cs:
                 try:
                     await stream.do_handshake()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as e:

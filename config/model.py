@@ -152,7 +152,10 @@ class Mqtt:
         0, "Upper bound on a client's keep alive in seconds (sent back as server keep alive); 0: none.", non_negative
     )
     receive_maximum: int = opt(
-        32, "QoS 1/2 messages in flight to one client before further ones wait.", positive
+        32,
+        "QoS 1/2 messages in flight to one client before further ones wait (capped by the client's own "
+        "receive maximum); also the receive maximum kefu announces: more unacknowledged QoS 2 from a client is 0x93.",
+        positive,
     )
     max_offline_messages: int = opt(
         1000, "Messages kept for one persistent session while its client is away.", non_negative
@@ -171,6 +174,9 @@ class Mqtt:
     retain_available: bool = opt(True, "Accept retained messages.")
     max_topic_levels: int = opt(32, "Deepest topic or filter accepted.", positive)
     sys_interval: int = opt(10, "Seconds between $SYS/ statistics updates; 0 disables them.", non_negative)
+    connect_timeout: float = opt(
+        10.0, "Seconds a new connection has to send CONNECT (and finish TLS) before it is closed.", positive
+    )
 
 
 @dataclass

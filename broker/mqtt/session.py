@@ -124,7 +124,7 @@ class Limits:
             topic_alias_maximum=min(mqtt.topic_alias_maximum, 65535),
             maximum_qos=mqtt.maximum_qos,
             retain_available=mqtt.retain_available,
-            connect_timeout=float(getattr(mqtt, "connect_timeout", 10)),
+            connect_timeout=float(mqtt.connect_timeout),
         )
 
 
