@@ -14,7 +14,7 @@ import sys
 from . import __version__
 
 # Subsystem command groups: module path, each with register(subparsers).
-COMMAND_MODULES: list[str] = ["kefu.cli_storage", "kefu.bridge.cli", "kefu.cli_nlp"]
+COMMAND_MODULES: list[str] = ["kefu.cli_storage", "kefu.bridge.cli", "kefu.cli_nlp", "kefu.cli_desk"]
 
 EPILOG = """\
 examples:
