@@ -545,7 +545,8 @@ class Storage:
         positive,
     )
     commit_timeout: float = opt(
-        10.0, "Seconds a write waits for its commit before it fails as storage unavailable (nothing acknowledged).",
+        10.0, "Seconds a write waits for its commit while the database is unavailable before it fails as storage "
+        "unavailable (nothing acknowledged; the write stays queued).",
         positive,
     )
     retention_days: float = opt(0.0, "Delete transcripts and audit entries older than this many days; 0: keep forever.",

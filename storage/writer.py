@@ -20,12 +20,18 @@ Mechanics:
   new ops are buffered up to ``buffer_limit`` and refused with StorageUnavailable
   beyond it. A waiting caller gives up after ``commit_timeout`` with StorageUnavailable;
   its op stays queued and may still commit later (an unacknowledged duplicate at worst).
+  The timeout is enforced by the retrying thread (it sees every waiting op: the failing
+  batch plus the queue, drained into a backlog while it retries), not by a trio cancel
+  scope per op: that scope was the largest cost per write on the fast path, and the
+  wait can only outlast ``commit_timeout`` while the database is failing (a hung call
+  ends through the drivers' own timeouts, e.g. PostgreSQL's tcp_user_timeout).
 * Any other error belongs to one op (a constraint, a bad value): the batch is rolled
   back and its ops re-run one transaction each, so only the faulty op fails.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import queue
@@ -44,7 +50,7 @@ _STOP = object()
 
 
 class Op:
-    __slots__ = ("kind", "args", "task", "result", "error", "abandoned")
+    __slots__ = ("kind", "args", "task", "result", "error", "abandoned", "t0", "timed_out")
 
     def __init__(self, kind: str, args: Any) -> None:
         self.kind = kind
@@ -53,6 +59,8 @@ class Op:
         self.result = None
         self.error: BaseException | None = None
         self.abandoned = False
+        self.t0 = 0.0  # time.monotonic() when a caller started waiting for it
+        self.timed_out = False
 
 
 class Writer:
@@ -93,6 +101,7 @@ class Writer:
         self.buffer_limit = buffer_limit
         self.commit_timeout = commit_timeout
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._backlog: collections.deque = collections.deque()  # writer thread only: drained while retrying
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stopping = threading.Event()
@@ -107,6 +116,7 @@ class Writer:
         self.committed_ops = 0
         self._outage_started = 0.0
         self._thread_state = (True, "")  # touched only by the writer thread
+        self._giving_up = ""  # writer thread: set when stopping during an outage
 
     # ------------------------------------------------------------------ trio side
 
@@ -146,19 +156,22 @@ class Writer:
             self._q.put(op)
             return None
         op.task = trio.lowlevel.current_task()
+        op.t0 = time.monotonic()
         self._q.put(op)
 
         def abort(_raise_cancel):
             op.abandoned = True
             return trio.lowlevel.Abort.SUCCEEDED
 
-        try:
-            with trio.fail_after(self.commit_timeout):
-                return await trio.lowlevel.wait_task_rescheduled(abort)
-        except trio.TooSlowError:
-            raise StorageUnavailable(
-                f"not committed within {self.commit_timeout:g} s"
-                + (f": {self.reason}" if self.reason else " (database too slow)")) from None
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _time_out(self, ops: list[Op], reason: str) -> None:
+        """Trio side: fail callers whose op waited ``commit_timeout`` (the op stays queued)."""
+        err = f"not committed within {self.commit_timeout:g} s: {reason}"
+        for op in ops:
+            if op.task is not None and not op.abandoned:
+                op.abandoned = True
+                trio.lowlevel.reschedule(op.task, outcome.Error(StorageUnavailable(err)))
 
     def _complete(self, batch: list[Op]) -> None:
         self.pending -= len(batch)
@@ -207,25 +220,25 @@ class Writer:
 
     def _main(self, conn) -> None:
         stop_seen = False
+        backlog = self._backlog
         while True:
-            try:
-                first = self._q.get(timeout=self._probe_interval if self._probe else None)
-            except queue.Empty:
-                conn = self._idle_probe(conn)
-                continue
+            if backlog:
+                first = backlog.popleft()
+            else:
+                try:
+                    first = self._q.get(timeout=self._probe_interval if self._probe else None)
+                except queue.Empty:
+                    conn = self._idle_probe(conn)
+                    continue
             if first is _STOP:
                 stop_seen = True
-                try:
-                    first = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if first is _STOP:
+                first = self._next_nowait()
+                if first is None or first is _STOP:
                     break
             batch = [first]
             while len(batch) < self.max_batch:
-                try:
-                    op = self._q.get_nowait()
-                except queue.Empty:
+                op = self._next_nowait()
+                if op is None:
                     break
                 if op is _STOP:
                     stop_seen = True
@@ -233,13 +246,39 @@ class Writer:
                 batch.append(op)
             conn = self._commit_batch(conn, batch)
             self._to_trio(self._complete, batch)
-            if stop_seen and self._q.empty():
+            if stop_seen and not backlog and self._q.empty():
                 break
         if conn is not None:
             try:
                 self._close(conn)
             except Exception:  # noqa: BLE001
                 pass
+
+    def _next_nowait(self):
+        if self._backlog:
+            return self._backlog.popleft()
+        try:
+            return self._q.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _expire(self, batch: list[Op], reason: str) -> None:
+        """While retrying: move queued ops into the backlog, time out every op that waited
+        ``commit_timeout`` (in the failing batch or behind it)."""
+        backlog = self._backlog
+        while True:
+            try:
+                backlog.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        now = time.monotonic()
+        limit = self.commit_timeout
+        late = [op for op in itertools.chain(batch, backlog)
+                if op is not _STOP and op.t0 and not op.timed_out and now - op.t0 >= limit]
+        for op in late:
+            op.timed_out = True
+        if late:
+            self._to_trio(self._time_out, late, reason)
 
     def _idle_probe(self, conn):
         try:
@@ -278,7 +317,12 @@ class Writer:
 
     def _commit_batch(self, conn, batch: list[Op]):
         delay = 0.05
+        stop_since = 0.0
         while True:
+            if self._giving_up:  # stopping while the database is away: fail the rest at once
+                for op in batch:
+                    op.error = StorageUnavailable(f"{self._giving_up}; shutting down before it could commit")
+                return conn
             try:
                 if conn is None:
                     conn = self._connect()
@@ -298,12 +342,14 @@ class Writer:
                     self._rollback(conn)
                 except Exception:  # noqa: BLE001
                     conn = self._drop(conn)
-                if self._stopping.is_set() and delay > 1.0:
-                    for op in batch:
-                        op.error = StorageUnavailable(f"{reason}; shutting down before it could commit")
-                    return conn
+                if self._stopping.is_set():  # one more second of retries, then give up
+                    stop_since = stop_since or time.monotonic()
+                    if time.monotonic() - stop_since > 1.0:
+                        self._giving_up = reason
+                        continue
+                self._expire(batch, reason)
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 2.0, max(self.commit_timeout / 4, 0.05))
 
     def _isolate(self, conn, batch: list[Op]):
         for op in batch:

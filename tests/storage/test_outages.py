@@ -173,3 +173,34 @@ async def test_postgres_backend_killed_reconnects_without_losing_the_write(pg_cf
         mid = await store.persist_publish(StoredMessage("t", b"after-kill"), [("sub", 1)])
         assert [q.message.id for q in await store.load_queue("sub")] == [mid]
         assert store.health().ready
+
+
+async def test_closing_during_an_outage_fails_the_buffered_writes_promptly(sqlite_cfg):
+    from kefu.storage import make_store
+
+    cfg = replace(sqlite_cfg, sqlite_busy_timeout_ms=20, encrypt_at_rest=False, commit_timeout=0.4)
+    store = make_store(cfg)
+    await store.open()
+    blocker = sqlite3.connect(cfg.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    errors: list = []
+
+    async def publish(i):
+        try:
+            await store.persist_publish(StoredMessage("t", bytes([i])))
+        except StorageUnavailable as e:
+            errors.append(e)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(publish, i)
+            await store.wait_ready(False)
+            await trio.testing.wait_all_tasks_blocked()
+            await store.close()  # shutdown while the file stays locked
+    # every caller is told (by its commit timeout or by the shutdown), and close() returned
+    assert len(errors) == 30
+    assert all("shutting down" in str(e) or "not committed within 0.4 s" in str(e) for e in errors)
+    assert store.stats()["committed_ops"] == 0
+    blocker.execute("ROLLBACK")
+    blocker.close()
