@@ -73,7 +73,7 @@ class Answers:
         return VAR_RE.sub(sub, template)
 
 
-def _check_template(where: str, text: str, variables: Mapping[str, str]) -> None:
+def check_template(where: str, text: str, variables: Mapping[str, str]) -> None:
     for m in VAR_RE.finditer(text):
         name = m.group(1)
         if not name.startswith("contact.") and name not in variables:
@@ -104,8 +104,8 @@ def parse_answers(doc: dict, source: str = "answers", known_intents: frozenset[s
         retry = entry.get("retry", "")
         if not isinstance(retry, str):
             raise AnswersError(f"{where}.retry: expected a string")
-        _check_template(f"{where}.text", entry["text"], variables)
-        _check_template(f"{where}.retry", retry, variables)
+        check_template(f"{where}.text", entry["text"], variables)
+        check_template(f"{where}.retry", retry, variables)
         out[intent] = Answer(entry["text"], retry)
     return Answers({k: str(v) for k, v in variables.items()}, out)
 
@@ -200,16 +200,17 @@ def decide(
 ) -> Reply:
     """One bot turn. ``pred`` is the classifier's output for ``text`` (None when the
     message asked for a human before classification was needed)."""
-    if wants_human(text, settings) or pred is None:
-        return Reply("handoff", settings.handoff_message, "human_requested")
     intent = getattr(pred, "intent", None)
     conf = float(getattr(pred, "confidence", 0.0) or 0.0)
     senti = sentiment_label(getattr(pred, "sentiment", None))
     oos = bool(getattr(pred, "out_of_scope", False))
-    base = dict(intent=intent, confidence=conf, sentiment=senti)
+    base = dict(intent=intent, confidence=conf if pred is not None else None, sentiment=senti)
 
     def handoff(reason: str, failed: bool = False) -> Reply:
         return Reply("handoff", settings.handoff_message, reason, failed=failed, **base)
+
+    if wants_human(text, settings) or pred is None:
+        return handoff("human_requested")
 
     if intent in settings.human_intents:
         return handoff("human_requested")

@@ -328,7 +328,7 @@ class Desk(DeskQueries):
             await self._crm_lookup(customer_id)
         if conv.status == Status.BOT:
             await self._bot_turn(conv.id, msg.text)
-            conv = await self.store.conversation(conv.id)
+        conv = await self.store.conversation(conv.id)
         return {"conversation": conv.summary(), "message": message_view(msg, conv, self.names)}
 
     async def _crm_lookup(self, customer_id: str) -> None:
@@ -386,8 +386,10 @@ class Desk(DeskQueries):
                 )
             if self.hooks.active("bot_reply"):
                 reply = (await self.hooks.filter("bot_reply", BotReplied(conv.id, text, reply))).reply
-            conv = replace(conv, intent=reply.intent or conv.intent, confidence=reply.confidence,
-                           sentiment=reply.sentiment or conv.sentiment)
+            if reply.intent and (reply.confidence or 0) >= self.s.bot.confidence or conv.intent is None:
+                # the agent sees the last intent the classifier was sure of (with its confidence)
+                conv = replace(conv, intent=reply.intent or conv.intent, confidence=reply.confidence)
+            conv = replace(conv, sentiment=reply.sentiment or conv.sentiment)
             conv = C.record_bot_turn(conv, reply.intent, reply.failed, now)
             if reply.action == "answer":
                 (conv,) = await self._commit([conv])

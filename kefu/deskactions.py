@@ -34,13 +34,16 @@ AGENT_ACTIONS = (
 )
 
 
-def _text(d: "Desk", data: dict) -> str:
+async def _text(d: "Desk", data: dict, conv: Conversation) -> str:
+    """The message text, or a canned response rendered with the answers' variables and the contact."""
     text = data.get("text")
     code = data.get("canned")
     if code is not None:
         if code not in d.s.canned:
             raise Invalid(f"canned: no canned response {code!r}; known: {', '.join(sorted(d.s.canned)) or 'none'}")
-        text = d.s.canned[code]
+        from .desk import _contact_vars
+
+        text = d.s.answers.render(d.s.canned[code], _contact_vars(await d.store.contact(conv.customer_id)))
     if not isinstance(text, str) or not text.strip():
         raise Invalid("text: must not be empty (or name a canned response)")
     if len(text) > d.s.max_text_chars:
@@ -99,7 +102,7 @@ async def run_action(d: "Desk", agent_id: str | None, action: str, conv_id: str 
             await d._joined(new)
             return new.summary()
         if action in ("reply", "note"):
-            text = _text(d, data)
+            text = await _text(d, data, conv)
             (holder if action == "reply" else teammate)()
             return await _reply(d, conv, agent_id, text, private=action == "note", now=now)
         if action == "typing":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .agents import Agent
 from .agents import from_config as agent_from_config
-from .bot import Answers, AnswersError, BotSettings, load_answers
+from .bot import Answers, AnswersError, BotSettings, check_template, load_answers
 from .contacts import CrmSettings
 from .conversations import priority_rank
 from .events import WEBHOOK_EVENTS
@@ -147,6 +147,7 @@ def from_config(cfg, *, base_dir: str | Path | None = None) -> DeskSettings:
         elif c.code in canned:
             problems.append(f"desk.canned[{i}].code: {c.code!r} is defined twice")
         else:
+            attempt(check_template, f"desk.canned[{i}].text", c.text, answers.variables)
             canned[c.code] = c.text
 
     al = cfg.alarms

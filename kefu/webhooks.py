@@ -163,7 +163,9 @@ class Dispatcher:
                 ).encode("utf-8")
             if len(lane.q) == lane.q.maxlen:
                 lane.stats.dropped += 1
-                log.warning("webhook %s: queue full, dropping the oldest event", lane.ep.id)
+                n = lane.stats.dropped
+                if n & (n - 1) == 0:  # 1, 2, 4, 8...: visible without flooding the log
+                    log.warning("webhook %s: queue full, dropped %d events so far (oldest first)", lane.ep.id, n)
             lane.q.append((delivery, event.type, body))
             lane.wake.set()
 
