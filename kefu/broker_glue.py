@@ -1,0 +1,175 @@
+"""The desk on the embedded broker: ACL, presence, message intake and publishing.
+
+The desk itself knows no broker. This module is the thin adapter:
+
+* ``on_authenticate``: a username naming an agent (``agent:<id>``) or a service must be
+  a configured ``[[auth.users]]`` entry with a verified password -- otherwise anyone
+  could claim to be an agent on an anonymous broker;
+* ``on_authorize``: kefu's topic ACL (``kefu.topics.Acl``) decides every publish and
+  subscription in kefu's namespace; outside it the broker's own ``[auth]`` ACL decides;
+* ``on_connected`` / ``on_disconnected``: an agent's MQTT connection keeps it online;
+  the last one closing (or the broker's keepalive timeout) sets it offline, which
+  requeues its conversations at the front;
+* intake: the bus's consumer for ``topics.desk_filters()`` feeds ``Desk.ingest``
+  through ordered lanes -- messages of one sender keep their order, different
+  senders are handled concurrently (one slow classification never stalls the rest);
+* the desk publishes through the bus (``RouterBus.publish``: into the router as the
+  broker itself).
+
+Broker hooks are synchronous and run on the broker's hot path, so presence changes
+are queued to a task here; the ACL decides from memory (the desk's assignment map).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from .broker.hooks import ALLOW, DENY, Decision, HookRegistry
+from .desk import Desk
+from .settings import DeskSettings
+from .settings import from_config as settings_from_config
+from .topics import Verdict, identify
+
+log = logging.getLogger("kefu.desk.glue")
+
+BAD_USER_NAME_OR_PASSWORD = 0x86
+
+
+class DeskGlue:
+    def __init__(self, desk: Desk, hooks: HookRegistry, *, users: frozenset[str], lanes: int = 64,
+                 lane_queue: int = 256) -> None:
+        self.desk = desk
+        self.hooks = hooks
+        self.users = users
+        s = desk.s
+        self._agents = {a.id: a.teams for a in s.agents}
+        self._prefix = s.agent_username_prefix
+        self._services = s.service_users
+        self._presence_send, self._presence_recv = trio.open_memory_channel(10_000)
+        self._lanes = [trio.open_memory_channel(lane_queue) for _ in range(lanes)]
+        self.refused_logins = 0
+        self.presence_dropped = 0
+
+    # --- broker hooks (synchronous, hot path) -------------------------------------------------
+    def install(self) -> None:
+        self.hooks.register("on_authenticate", self.on_authenticate)
+        self.hooks.register("on_authorize", self.on_authorize)
+        self.hooks.register("on_connected", self.on_connected)
+        self.hooks.register("on_disconnected", self.on_disconnected)
+
+    def _privileged(self, username: str | None) -> bool:
+        return bool(username) and (username.startswith(self._prefix) or username in self._services)
+
+    def on_authenticate(self, ev) -> Decision | None:
+        if self._privileged(ev.username) and ev.username not in self.users:
+            self.refused_logins += 1
+            log.warning("refused %r from %s: agent and service names must be [[auth.users]] entries",
+                        ev.username, ev.peer or "?")
+            return Decision(False, BAD_USER_NAME_OR_PASSWORD)
+        return None  # the broker's users/anonymous rules decide (and verify the password)
+
+    def principal(self, username: str | None, client_id: str):
+        return identify(username, client_id, agents=self._agents, service_users=self._services,
+                        agent_prefix=self._prefix)
+
+    def on_authorize(self, ev) -> Decision | None:
+        who = self.principal(ev.username, ev.client_id)
+        acl = self.desk.acl
+        v = acl.subscribe(who, ev.topic) if ev.action == "subscribe" else acl.publish(who, ev.topic)
+        if v == Verdict.ALLOW:
+            return ALLOW
+        if v == Verdict.DENY:
+            return DENY
+        return None
+
+    def _agent_of(self, username: str | None) -> str | None:
+        if username and username.startswith(self._prefix):
+            aid = username[len(self._prefix):]
+            if aid in self._agents:
+                return aid
+        return None
+
+    def on_connected(self, ev) -> None:
+        aid = self._agent_of(ev.username)
+        if aid is not None:
+            self._queue_presence(aid, ev.client_id, True)
+
+    def on_disconnected(self, ev) -> None:
+        aid = self._agent_of(ev.username)
+        if aid is not None:
+            self._queue_presence(aid, ev.client_id, False)
+
+    def _queue_presence(self, aid: str, client_id: str, up: bool) -> None:
+        try:
+            self._presence_send.send_nowait((aid, client_id, up))
+        except trio.WouldBlock:
+            self.presence_dropped += 1
+            log.error("presence queue full: lost %s %s", "connect" if up else "disconnect", aid)
+
+    # --- tasks --------------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(self._presence_loop)
+            for _, recv in self._lanes:
+                n.start_soon(self._lane, recv)
+            task_status.started(self)
+
+    async def _presence_loop(self) -> None:
+        # Connections are counted by client id: a session taken over by a new connection
+        # with the same client id is one connection, whatever order the broker reports in.
+        conns: dict[str, set[str]] = {}
+        async for aid, client_id, up in self._presence_recv:
+            mine = conns.setdefault(aid, set())
+            was = bool(mine)
+            (mine.add if up else mine.discard)(client_id)
+            try:
+                if mine and not was:
+                    await self.desk.agent_connected(aid)
+                elif was and not mine:
+                    await self.desk.agent_disconnected(aid)
+            except Exception:  # noqa: BLE001 - one agent's trouble must not stop presence for all
+                log.exception("presence update for %s failed", aid)
+
+    async def ingest(self, topic: str, payload: bytes) -> None:
+        """Bus consumer: hand the message to its sender's lane (order kept per sender)."""
+        key = topic.rsplit("/", 1)[0] if "/conv/" not in topic else topic.split("/conv/")[0]
+        send, _ = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)]
+        await send.send((topic, payload))
+
+    async def _lane(self, recv) -> None:
+        async for topic, payload in recv:
+            try:
+                await self.desk.ingest(topic, payload)
+            except Exception:  # noqa: BLE001 - logged; the sender got an error frame where possible
+                log.exception("desk failed on %s", topic)
+
+
+async def run(
+    cfg,
+    *,
+    broker,
+    bus,
+    classify: Callable[[str], Any] | None = None,
+    settings: DeskSettings | None = None,
+    base_dir: str | Path | None = None,
+    store=None,
+    desk_hooks=None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start the desk on ``broker`` (publishing and consuming through ``bus``, a
+    ``kefu.bridge.bus.RouterBus``); ``started(desk)``. Runs until cancelled."""
+    s = settings or settings_from_config(cfg, base_dir=base_dir)
+    desk = Desk(s, classify=classify, publish=bus.publish, store=store, hooks=desk_hooks)
+    glue = DeskGlue(desk, broker.hooks, users=frozenset(u.username for u in cfg.auth.users))
+    glue.install()
+    desk.glue = glue
+    async with trio.open_nursery() as n:
+        await n.start(desk.run)
+        await n.start(glue.run)
+        await n.start(bus.consume, s.topics.desk_filters(), glue.ingest)
+        task_status.started(desk)
