@@ -5,24 +5,28 @@ Two tasks per connection, in one nursery:
 * the reader receives up to 64 KiB at a time and hands it to the machine, which
   decodes every complete packet in it and routes synchronously (no trio checkpoint
   per message: a flood of small PUBLISHes costs one ``receive_some`` per buffer);
-  the keepalive deadline (1.5x keep alive, or the CONNECT timeout) is a
-  ``move_on_at`` around the receive;
-* the writer sleeps until the machine has output, then writes everything queued as
-  one ``send_all`` (many packets per syscall under load). It is woken through
-  ``Protocol.wake`` by whoever queued output: this connection's reader, or the
-  router while another client's PUBLISH fans out. Waking is a bare
-  ``trio.lowlevel.reschedule`` of the parked writer, no Event per message.
+* the writer exists only while there is output: ``Protocol.wake`` (called by whoever
+  queued output first into an empty buffer: this connection's reader, or the router
+  while another client's PUBLISH fans out) starts it, it writes everything queued as
+  one ``send_all`` per round (many packets per syscall under load) and ends when the
+  buffer is empty. An idle connection is then one parked reader task; nothing is
+  allocated per message to wake anybody.
+
+Keepalive (1.5x keep alive, or the CONNECT timeout before CONNECT) is not a cancel
+scope per receive: ``Protocol.deadline`` is checked for every connection by one
+sweeper task in the server (``check_deadline``), which keeps an idle connection
+down to two parked tasks and their frames (memory per connection matters at 10k+).
 
 Closing: when the machine closes (DISCONNECT, protocol error, keepalive, takeover,
-shutdown) the reader stops, the writer flushes what is queued (bounded by
-``FLUSH_TIMEOUT``) and the stream is closed. A malformed packet, a broken transport or
-even a bug in the machine ends this connection only, logged once.
+shutdown) the writer flushes what is queued, bounded by ``FLUSH_TIMEOUT`` set on the
+connection's nursery at that moment, and the nursery is cancelled, which stops the
+reader. A malformed packet, a broken transport or even a bug in the machine ends
+this connection only, logged once.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
 import trio
 
@@ -33,32 +37,38 @@ log = logging.getLogger("kefu.broker")
 RECEIVE_SIZE = 65536
 FLUSH_TIMEOUT = 2.0
 
-_ABORT = trio.lowlevel.Abort.SUCCEEDED
-
-
-def _abort(_raise_cancel):
-    return _ABORT
-
-
 class Connection:
     """One client connection: the machine plus its reader and writer tasks."""
 
-    __slots__ = ("stream", "proto", "router", "_parked", "_writer_scope", "_done")
+    __slots__ = ("stream", "proto", "router", "_nursery", "_writing", "_closing")
 
     def __init__(self, stream: trio.abc.Stream, router, peer: str = "") -> None:
         self.stream = stream
         self.router = router
         self.proto = Protocol(router, router.limits, peer)
         self.proto.wake = self._wake
-        self._parked = None
-        self._writer_scope: trio.CancelScope | None = None
-        self._done = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._writing = False
+        self._closing = False
 
     def _wake(self) -> None:
-        task = self._parked
-        if task is not None:
-            self._parked = None
-            trio.lowlevel.reschedule(task)
+        """Output was queued, or the machine closed: make sure a writer runs."""
+        nursery = self._nursery
+        if nursery is None:
+            return
+        if not self._writing:
+            self._writing = True
+            nursery.start_soon(self._writer)
+        if not self._closing and self.proto.closed:
+            # Closed (by the peer, the server or a protocol error): flush, but not forever.
+            self._closing = True
+            nursery.cancel_scope.deadline = trio.current_time() + FLUSH_TIMEOUT
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the server's sweeper: close when the keepalive/CONNECT deadline passed."""
+        deadline = self.proto.deadline
+        if deadline is not None and now >= deadline:
+            self.proto.keepalive_expired(now)
 
     async def run(self) -> None:
         """Serve until the connection ends. Never raises for anything the peer does."""
@@ -66,19 +76,18 @@ class Connection:
         try:
             proto.start(trio.current_time())
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, nursery.cancel_scope)
+                self._nursery = nursery
                 await self._reader()
-                # The reader is done: let the writer flush, but not forever.
-                if self._writer_scope is not None:
-                    self._writer_scope.deadline = trio.current_time() + FLUSH_TIMEOUT
+                proto.connection_lost(trio.current_time())  # no-op unless still open
                 self._wake()
+            self._nursery = None
         except Exception:  # a bug must not take the broker down: this client only
             log.exception("client %r (%s): internal error; connection closed", proto.client_id, proto.peer)
         finally:
+            self._nursery = None
             proto.connection_lost(trio.current_time())
             await trio.aclose_forcefully(self.stream)
             self._log_end()
-            self._done.set()
 
     def _log_end(self) -> None:
         proto = self.proto
@@ -100,21 +109,12 @@ class Connection:
         router = self.router
         stats = router.stats
         current_time = trio.current_time
+        # Plain TCP: read the trio socket directly. SocketStream.receive_some would keep a
+        # conflict detector and an error-translating generator alive in every idle reader.
+        receive = stream.socket.recv if type(stream) is trio.SocketStream else stream.receive_some
         try:
             while not proto.closed:
-                deadline = proto.deadline
-                if deadline is None:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                else:
-                    data = None
-                    with trio.move_on_at(deadline):
-                        data = await stream.receive_some(RECEIVE_SIZE)
-                    if data is None:
-                        now = current_time()
-                        if proto.deadline is not None and now >= proto.deadline:
-                            proto.keepalive_expired(now)
-                            return
-                        continue
+                data = await receive(RECEIVE_SIZE)
                 if not data:
                     proto.connection_lost(current_time())
                     return
@@ -124,34 +124,23 @@ class Connection:
                 if connect is not None:
                     rc = await trio.to_thread.run_sync(router.authenticate_blocking, proto, connect)
                     proto.auth_result(rc, current_time())
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             proto.connection_lost(current_time())
 
-    async def _writer(self, nursery_scope: trio.CancelScope) -> None:
+    async def _writer(self) -> None:
         proto = self.proto
         stream = self.stream
-        with trio.CancelScope() as scope:
-            self._writer_scope = scope
-            try:
-                while True:
-                    if proto.out:
-                        data = proto.take_output()
-                        await stream.send_all(data)
-                        proto.output_sent(len(data))
-                    elif proto.closed:
-                        break
-                    else:
-                        self._parked = trio.lowlevel.current_task()
-                        try:
-                            await trio.lowlevel.wait_task_rescheduled(_abort)
-                        finally:
-                            self._parked = None
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                proto.connection_lost(trio.current_time())
-        nursery_scope.cancel()
-
-    async def wait_closed(self) -> None:
-        await self._done.wait()
+        try:
+            while proto.out:
+                data = proto.take_output()
+                await stream.send_all(data)
+                proto.output_sent(len(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            proto.connection_lost(trio.current_time())
+        finally:
+            self._writing = False
+        if proto.closed and self._nursery is not None:
+            self._nursery.cancel_scope.cancel()  # flushed (or broken): stop the reader too
 
 
 def peer_of(stream) -> str:
@@ -178,5 +167,3 @@ async def serve_stream(stream: trio.abc.Stream, router, peer: str | None = None)
     """Serve one MQTT client on ``stream`` until it disconnects (for WebSocket adapters too)."""
     await Connection(stream, router, peer_of(stream) if peer is None else peer).run()
 
-
-INF = math.inf

@@ -260,7 +260,7 @@ class Router:
         if s.subscriptions:
             self._plans.clear()
         s.subscriptions = {}
-        s.pending.clear()
+        s.pending = None
         s.inflight.clear()
         if self.sessions.get(s.client_id) is s:
             del self.sessions[s.client_id]

@@ -32,6 +32,7 @@ from .router import Router
 log = logging.getLogger("kefu.broker")
 
 SHUTDOWN_GRACE = 1.5
+KEEPALIVE_SWEEP = 0.5  # seconds between keepalive/CONNECT-timeout checks of every connection
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Broker:
             async with trio.open_nursery() as nursery:
                 self._conn_nursery = nursery
                 nursery.start_soon(self._timers)
+                nursery.start_soon(self._sweep_keepalives)
                 router.start(trio.current_time())
                 with trio.CancelScope() as self._accept_scope:
                     if self._stop_requested:
@@ -203,6 +205,14 @@ class Broker:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
+
+    async def _sweep_keepalives(self) -> None:
+        """One task checks every connection's deadline (no cancel scope per connection)."""
+        while True:
+            await trio.sleep(KEEPALIVE_SWEEP)
+            now = trio.current_time()
+            for conn in list(self.connections):
+                conn.check_deadline(now)
 
     def _timer_changed(self, when: float) -> None:
         scope = self._timer_scope

@@ -240,8 +240,9 @@ class SessionState:
         self.subscriptions: dict = {}
         # packet id -> (msg, qos, retain, sub_ids, packet bytes) or RELEASED
         self.inflight: dict = {}
-        self.pending: deque = deque()  # (msg, qos, retain, sub_ids) waiting for a slot
-        self.qos2_in: set[int] = set()
+        # Created on first use (most sessions never need them: memory per connection).
+        self.pending: deque | None = None  # (msg, qos, retain, sub_ids) waiting for a slot
+        self.qos2_in: set[int] | None = None
         self.expiry = 0  # session expiry interval in seconds (NEVER_EXPIRES: never)
         self.next_pid = 1
         self.proto: Protocol | None = None
@@ -274,6 +275,8 @@ class SessionState:
             proto.send_qos(msg, qos, retain, sub_ids, now)
             return
         pending = self.pending
+        if pending is None:
+            pending = self.pending = deque()
         if len(pending) >= self.limits.max_offline_messages:
             self.dropped += 1
             self.stats.dropped += 1
@@ -315,6 +318,15 @@ class BrokerPort:
 class Protocol:
     """One client connection's protocol machine. See the module docstring."""
 
+    __slots__ = (
+        "broker", "limits", "stats", "peer", "decoder", "state", "_handlers", "version", "v5",
+        "session", "client_id", "username", "clean_start", "keep_alive", "session_expiry",
+        "connect_expiry", "will", "will_delay", "send_quota", "client_max_packet", "aliases",
+        "alias_out_max", "aliases_out", "_pinned", "deadline", "_ka_window", "out", "queued",
+        "writing", "wake", "dropped", "error", "close_reason", "disconnect_code", "auth_request",
+        "pub_acl", "_pending", "__weakref__",
+    )
+
     def __init__(self, broker, limits: Limits, peer: str = "") -> None:
         self.broker = broker
         self.limits = limits
@@ -336,10 +348,10 @@ class Protocol:
         self.will_delay = 0
         self.send_quota = limits.receive_maximum
         self.client_max_packet = 1 << 28
-        self.aliases: dict[int, str] = {}  # inbound: alias -> topic
+        self.aliases: dict[int, str] | None = None  # inbound: alias -> topic
         self.alias_out_max = 0  # the client's topic alias maximum (5.0); 0: none sent
-        self.aliases_out: dict[str, int] = {}
-        self._pinned: set[int] = set()
+        self.aliases_out: dict[str, int] | None = None  # a dict when alias_out_max > 0
+        self._pinned: set[int] | None = None
         self.deadline: float | None = None
         self._ka_window: float | None = None
         # Output: chunks not yet taken by the writer, their size, and bytes being written.
@@ -354,6 +366,7 @@ class Protocol:
         self.disconnect_code: int | None = None
         self.auth_request: Connect | None = None
         self.pub_acl = None  # per-connection cache of publish decisions: topic -> bool
+        self._pending = None
 
     def __repr__(self) -> str:
         return f"Protocol({self.client_id!r}, {self.state}, peer={self.peer!r})"
@@ -499,6 +512,8 @@ class Protocol:
             if props.maximum_packet_size:
                 self.client_max_packet = props.maximum_packet_size
             self.alias_out_max = props.topic_alias_maximum or 0
+            if self.alias_out_max:
+                self.aliases_out = {}
         self._ka_window = self.keep_alive * 1.5 if self.keep_alive else None
         self.deadline = now + self._ka_window if self._ka_window else None
         session, present = self.broker.attach(self, now)
@@ -569,10 +584,13 @@ class Protocol:
                 if alias > self.limits.topic_alias_maximum:  # 0 is rejected by the codec
                     raise ProtocolError(RC.TOPIC_ALIAS_INVALID,
                                         f"topic alias {alias} above our maximum {self.limits.topic_alias_maximum}")
+                aliases = self.aliases
+                if aliases is None:
+                    aliases = self.aliases = {}
                 if topic:
-                    self.aliases[alias] = topic
+                    aliases[alias] = topic
                 else:
-                    topic = self.aliases.get(alias)
+                    topic = aliases.get(alias)
                     if topic is None:
                         raise ProtocolError(RC.PROTOCOL_ERROR, f"topic alias {alias} was never set")
                 props = replace(props, topic_alias=None)
@@ -582,6 +600,8 @@ class Protocol:
             pid = p.packet_id
             if qos == 2:
                 s = self.session
+                if s.qos2_in is None:
+                    s.qos2_in = set()
                 if pid in s.qos2_in:  # a redelivery before PUBREL: do not route twice
                     self._write(bytes((0x50, 2, pid >> 8, pid & 0xFF)))
                     return
@@ -602,7 +622,7 @@ class Protocol:
     def _on_pubrel(self, p: PubRel, now: float) -> None:
         pid = p.packet_id
         s = self.session.qos2_in
-        if pid in s:
+        if s and pid in s:
             s.discard(pid)
             self._write(bytes((0x70, 2, pid >> 8, pid & 0xFF)))
         else:
@@ -637,6 +657,8 @@ class Protocol:
             return
         if new:  # the alias exists for the client only once this packet is on its way
             self.aliases_out[msg.topic] = alias
+            if self._pinned is None:
+                self._pinned = set()
             self._pinned.add(id(data))
         self.stats.messages_sent += 1
         out = self.out
@@ -819,7 +841,7 @@ class Protocol:
         keep = []
         size = self.queued
         evicted = 0
-        pinned = self._pinned
+        pinned = self._pinned or ()
         for chunk in self.out:
             # A QoS 0 PUBLISH, unless it sets up an outbound topic alias others rely on.
             if size > target and (chunk[0] & 0xF6) == 0x30 and id(chunk) not in pinned:
