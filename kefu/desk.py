@@ -50,6 +50,7 @@ from .webhooks import Dispatcher
 log = logging.getLogger("kefu.desk")
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
+LEASE_TTL = 30.0  # seconds the assignment lease lasts; renewed every LEASE_TTL / 3
 
 
 async def _discard(topic: str, payload: bytes) -> None:
@@ -125,7 +126,7 @@ class Desk(DeskQueries):
                     break
                 except Conflict:
                     continue
-        self._token = await self.store.acquire_lease("desk", self.node, 3600.0, self.now())
+        self._token = await self.store.acquire_lease("desk", self.node, LEASE_TTL, self.now())
         for c in await self.store.conversations(status=Status.ASSIGNED):
             self._assignee[c.id] = c.assignee
             if c.accept_deadline is not None:
@@ -147,7 +148,20 @@ class Desk(DeskQueries):
             n.start_soon(self._position_loop)
             if self.s.agent_keepalive > 0:
                 n.start_soon(self._keepalive_loop)
+            n.start_soon(self._lease_loop)
             task_status.started(self)
+
+    async def _lease_loop(self) -> None:
+        """Keep the assignment lease. Without it this node still takes messages and
+        commands, but leaves assignment to the node that holds it (its commits would
+        be refused as stale anyway)."""
+        while True:
+            await trio.sleep(LEASE_TTL / 3)
+            async with self._lock:
+                token = await self.store.acquire_lease("desk", self.node, LEASE_TTL, self.now())
+                if token is None and self._token is not None:
+                    log.warning("desk %s: another node holds the assignment lease", self.node)
+                self._token = token
 
     async def _timer_loop(self) -> None:
         while True:
@@ -462,6 +476,8 @@ class Desk(DeskQueries):
     async def _assign_pass(self) -> int:
         """Offer every waiting conversation that has an eligible agent. Returns how many."""
         done = 0
+        if self._token is None:
+            return 0  # another node holds the assignment lease
         for _ in range(4):
             waiting = await self.store.waiting()
             if not waiting:
