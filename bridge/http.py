@@ -51,6 +51,7 @@ class BridgeState:
     ids: Identities
     ws_url: str = ""  # base ws:// URL of listeners.ws once it is up ("" when disabled)
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    extra_routes: list = field(default_factory=list)  # added by other parts: kefu/ops_web.py (/metrics, /dashboard)
 
 
 # ---------------------------------------------------------------------------------------
@@ -548,6 +549,7 @@ def build_app(st: BridgeState) -> Starlette:
     ]
     for r in ROUTES:
         routes.append(Route("/api/v1" + r.path, _endpoint(r, st), methods=[r.method]))
+    routes.extend(st.extra_routes)
     routes.append(Mount("/static", StaticFiles(directory=str(WEB)), name="static"))
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import trio
 
 from .broker.server import Address, Broker, ListenError
+from .config import ConfigError
+from .ops import Ops
 
 log = logging.getLogger("kefu")
 
@@ -55,6 +57,7 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
     Raises ``ListenError`` (before ``started``) when a listener cannot be opened.
     """
     broker = Broker(cfg)
+    ops = Ops(cfg)  # metrics, history, alerts (kefu/ops.py); raises ConfigError for bad [[alerts]]
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             addresses = await nursery.start(broker.serve)
@@ -64,9 +67,12 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
             # The bridge: MQTT over WebSocket (/mqtt), the browser chat protocol, HTTP API and pages.
             from .bridge.service import run as run_bridge
 
-            bridge = await nursery.start(functools.partial(run_bridge, cfg, broker=broker, announce=announce))
+            bridge = await nursery.start(functools.partial(run_bridge, cfg, broker=broker, announce=announce,
+                                                           extra_routes=ops.routes()))
             app = App(broker, scope)
             app.bridge = bridge
+            # /metrics, /dashboard, sampling and alerts; pass desk= and store= here once they run in this nursery
+            app.ops = await ops.start(nursery, broker=broker, bridge=bridge, announce=announce)
             task_status.started(app)
 
 
@@ -110,6 +116,10 @@ def serve_main(cfg) -> int:
         if err is not None:
             print(f"kefu: {err}", file=sys.stderr, flush=True)
             return 1
+        bad = _find(e, ConfigError)
+        if bad is not None:
+            print(f"kefu: bad config\n{bad}", file=sys.stderr, flush=True)
+            return 2
         if _find(e, KeyboardInterrupt) is not None:
             return 0
         raise
