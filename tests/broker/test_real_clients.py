@@ -329,3 +329,38 @@ def test_gmqtt_will_and_user_properties(kefu):
         await watch.disconnect()
 
     _gmqtt_run(scenario)
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+@pytest.fixture(scope="module")
+def kefu_users():
+    from kefu.broker.auth import hash_password
+    from kefu.config.model import User
+
+    cfg = broker_config()
+    cfg.auth.allow_anonymous = False
+    cfg.auth.users = [User(username="alice", password_hash=hash_password("wonderland"))]
+    k = KefuThread(cfg).start()
+    yield k
+    k.stop()
+
+
+@pytest.mark.parametrize("version", V)
+def test_username_password_checked_off_the_event_loop(kefu_users, version):
+    """scrypt runs in a worker thread; the CONNECT completes afterwards, packets sent
+    right behind it (here a SUBSCRIBE and a PUBLISH) are processed in order."""
+    ok = Paho(kefu_users.port, _ids("alice", version), version, username="alice", password="wonderland")
+    flags, rc = ok.connect()
+    assert rc == 0
+    assert ok.subscribe("auth/t", qos=1) == [1]
+    ok.publish("auth/t", b"hi", qos=1)
+    assert ok.get().payload == b"hi"
+    ok.disconnect()
+    bad = Paho(kefu_users.port, _ids("mallory", version), version, username="alice", password="guess", loop=False)
+    flags, rc = bad.connect()
+    assert rc.value == 0x86  # 3.1.1 return code 4, which paho reports as 0x86
+    anon = Paho(kefu_users.port, _ids("anon", version), version, loop=False)
+    flags, rc = anon.connect()
+    assert rc.value == 0x87  # 3.1.1 return code 5
