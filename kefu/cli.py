@@ -14,7 +14,7 @@ import sys
 from . import __version__
 
 # Subsystem command groups: module path, each with register(subparsers).
-COMMAND_MODULES: list[str] = ["kefu.cli_storage", "kefu.bridge.cli", "kefu.cli_nlp", "kefu.cli_desk"]
+COMMAND_MODULES: list[str] = ["kefu.cli_storage", "kefu.bridge.cli", "kefu.cli_nlp", "kefu.cli_desk", "kefu.cli_ops"]
 
 EPILOG = """\
 examples:

@@ -137,7 +137,7 @@ class Metrics:
         self.extra_rejects: dict[str, int] = {reason: 0 for reason in REJECT_REASONS}
         self._created = 0
         self._handoffs = 0
-        self._live: dict[str, Any] = {"teams": {}, "agents": {}, "occupancy": None, "at": None}
+        self._live: dict[str, Any] = {"teams": {}, "agents": {}, "occupancy": None, "roster": {}, "at": None}
         self._teams_seen: set[str] = set()
         self._last_refresh = -1e18
         # per-conversation timers, keyed by conversation id
@@ -145,6 +145,7 @@ class Metrics:
         self._queued_at: dict[str, float] = {}
         self._handling: dict[str, tuple[float, str]] = {}
         self._awaiting_reply: dict[str, tuple[float, str]] = {}
+        self._children: dict[tuple, Any] = {}
         r.register(_LiveCollector(self))
 
     # ------------------------------------------------------------------ attaching parts
@@ -215,6 +216,14 @@ class Metrics:
         _bounded_set(self._t_in, payload.conv_id, time.perf_counter())
         return None  # a filter that changes nothing
 
+    def _child(self, metric, *labels):
+        """A bound child, cached: ``labels()`` costs more than the ``inc()`` itself (one per message here)."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
     def _on_message_created(self, payload) -> None:
         d = payload.event.data
         msg = d.get("message") or {}
@@ -225,12 +234,12 @@ class Metrics:
         kind = (msg.get("author") or {}).get("kind", "")
         cid = conv.get("id", "")
         if kind == "customer":
-            self.messages_received.labels(channel).inc()
+            self._child(self.messages_received, channel).inc()
             t0 = self._t_in.pop(cid, None)
             if t0 is not None:
-                self.message_latency.labels(channel).observe(time.perf_counter() - t0)
+                self._child(self.message_latency, channel).observe(time.perf_counter() - t0)
             return
-        self.messages_sent.labels(channel, kind or "unknown").inc()
+        self._child(self.messages_sent, channel, kind or "unknown").inc()
         if kind == "agent":
             waiting = self._awaiting_reply.pop(cid, None)
             if waiting is not None:
@@ -317,9 +326,11 @@ class Metrics:
                 slot[1] = max(slot[1], now - c.queued_at)
         status_counts = {"online": 0, "away": 0, "offline": 0}
         cap = busy = 0
+        roster = {}
         for a in agents:
             st = getattr(a.status, "value", a.status)
             status_counts[st] = status_counts.get(st, 0) + 1
+            roster[a.id] = {"status": st, "load": loads.get(a.id, 0), "capacity": a.capacity}
             self._teams_seen.update(a.teams)
             if st == "online":
                 cap += a.capacity
@@ -329,6 +340,7 @@ class Metrics:
             "teams": {t: tuple(teams.get(t, (0, 0.0))) for t in sorted(self._teams_seen)},
             "agents": status_counts,
             "occupancy": (busy / cap) if cap else None,
+            "roster": roster,
             "at": now,
         }
 
@@ -472,6 +484,13 @@ class _LiveCollector:
                                         value=1 if h.ready else 0)
                 yield GaugeMetricFamily("kefu_storage_pending_writes", "Writes waiting for their commit.",
                                         value=h.pending)
+            stats = getattr(store, "stats", None)
+            if stats is not None:
+                st = stats()
+                yield CounterMetricFamily("kefu_storage_commits", "Transactions committed by the storage writer "
+                                          "(group commit: many writes each).", value=st.get("commits", 0))
+                yield CounterMetricFamily("kefu_storage_committed_writes", "Write operations committed.",
+                                          value=st.get("committed_ops", 0))
             kr = m._keyring()
             if kr is not None:
                 fam = CounterMetricFamily("kefu_sm4_rejected", "SM4 envelopes refused, by reason.", labels=["reason"])

@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from .alerts import Alerts
+from .alerts import Alerts, rule_problems
 from .metrics import Metrics
 from .timeseries import RATIOS, SERIES_BY_NAME, Sampler, range_plan, ratio_points
 
@@ -43,6 +43,12 @@ class OpsError(Exception):
 
 class Ops:
     def __init__(self, cfg, *, metrics: Metrics | None = None, clock=time.time) -> None:
+        """Raises ``ConfigError`` (key paths) for bad [[alerts]] rules."""
+        problems = rule_problems(cfg.alerts)
+        if problems:
+            from .config import ConfigError
+
+            raise ConfigError(problems)
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -51,6 +57,7 @@ class Ops:
         self.sampler: Sampler | None = None
         self.alerts: Alerts | None = None
         self.lines: list[str] = []
+        self.http_url: str | None = None  # where /metrics is served (the bridge's listener, or our own)
 
     # ------------------------------------------------------------------ wiring
 
@@ -67,6 +74,41 @@ class Ops:
             self.store = store
             return m.attach_store(store)
         return None
+
+    def routes(self) -> list:
+        """/metrics, /dashboard, /ops/* for the bridge's HTTP app (``extra_routes``)."""
+        if not self.cfg.metrics.enabled:
+            return []
+        from .ops_web import routes
+
+        return routes(self)
+
+    async def start(self, nursery, *, broker=None, bridge=None, desk=None, store=None,
+                    announce=None) -> "Ops":
+        """What kefu/app.py calls once the broker and bridge run: attach them, start sampling and
+        alerts, and serve the routes on listeners.http when the bridge does not (no desk).
+        Says in ``announce`` lines where /metrics is, or why it is not served."""
+        say = announce or (lambda line: None)
+        if not self.cfg.metrics.enabled:
+            say("kefu: metrics off (metrics.enabled = false): no /metrics, dashboard, history or alerts")
+            return self
+        self.attach(broker=broker, bridge=bridge, desk=desk, store=store)
+        await nursery.start(self.run)
+        for line in self.lines:
+            say(line)
+        lc = self.cfg.listeners.http
+        if not lc.enabled:
+            say("kefu: /metrics and /dashboard not served: listeners.http is disabled (metrics are still sampled"
+                + (" and stored)" if self.sampler and self.sampler.history else ")"))
+            return self
+        if bridge is not None and getattr(bridge, "http_url", ""):
+            self.http_url = bridge.http_url
+        else:
+            from .ops_web import serve_alone
+
+            self.http_url = await nursery.start(serve_alone, self)
+        say(f"kefu: metrics on {self.http_url}/metrics, dashboard on {self.http_url}/dashboard")
+        return self
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Sampler (history) and alerts until cancelled; ``started(self)``."""
@@ -98,8 +140,9 @@ class Ops:
         lc = self.cfg.listeners
         if b is not None and getattr(b, "ws_url", ""):
             out.append({"name": "listeners.ws", "url": b.ws_url + lc.ws.mqtt_path + " " + lc.ws.chat_path})
-        if b is not None and getattr(b, "http_url", ""):
-            out.append({"name": "listeners.http", "url": b.http_url})
+        http = self.http_url or (getattr(b, "http_url", "") if b is not None else "")
+        if http:
+            out.append({"name": "listeners.http", "url": http})
         return out
 
     def storage_status(self) -> dict[str, Any]:
@@ -127,6 +170,7 @@ class Ops:
         live = m.live()
         now = self.clock()
         sampler = self.sampler
+        http = self.http_url or (getattr(m.bridge, "http_url", "") if m.bridge is not None else "")
         return {
             "node": os.uname().nodename,
             "version": __version__,
@@ -134,12 +178,13 @@ class Ops:
             "started_at": self.started_at,
             "uptime_s": now - self.started_at,
             "listeners": self.listeners(),
-            "metrics_url": (m.bridge.http_url + "/metrics") if m.bridge is not None and getattr(m.bridge, "http_url", "") else None,
+            "metrics_url": http + "/metrics" if http else None,
             "storage": self.storage_status(),
             "connections": {f"{c}/{p}": n for (c, p), n in sorted(m.connections().items())},
             "desk": m.desk is not None,
             "queues": {t: {"waiting": n, "oldest_wait_s": w} for t, (n, w) in live["teams"].items()},
             "agents": dict(live["agents"]),
+            "agent_roster": dict(live["roster"]),
             "occupancy": live["occupancy"],
             "rejected": m.rejected(),
             "alerts_firing": self.alerts.firing() if self.alerts else [],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from importlib import resources
 
+import trio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -89,10 +90,42 @@ def routes(ops: Ops) -> list:
         data["alerts_firing"] = ops.alerts.firing() if ops.alerts else []
         return JSONResponse(data)
 
+    async def healthz(req: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
     return [
+        Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/dashboard", dashboard),
         Route("/ops/status", status),
         Route("/ops/series", series),
         Mount("/ops/static", StaticFiles(directory=str(WEB)), name="ops-static"),
     ]
+
+
+async def serve_alone(ops: Ops, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve only these routes on listeners.http: for a node whose bridge serves no HTTP (no desk).
+
+    Started with the base URL, like the bridge's listener."""
+    from hypercorn.config import Config as HyperConfig
+    from hypercorn.trio import serve
+    from starlette.applications import Starlette
+
+    lc = ops.cfg.listeners.http
+    hc = HyperConfig()
+    host = lc.host if ":" not in lc.host else f"[{lc.host}]"
+    hc.bind = [f"{host}:{lc.port}"]
+    if lc.certfile and lc.keyfile:
+        hc.certfile, hc.keyfile = lc.certfile, lc.keyfile
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("kefu.ops.http.server")
+    hc.graceful_timeout = 1.0
+    app = Starlette(routes=routes(ops))
+
+    async def _serve(task_status):
+        await serve(app, hc, shutdown_trigger=trio.sleep_forever, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(_serve)
+        url = binds[0].replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+        task_status.started(url)
