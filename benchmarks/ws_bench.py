@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -186,8 +187,38 @@ def kefu_config(tmp: Path, *, mqtt: int, ws: int, http: int, chat: bool, agents:
     return p
 
 
-def start_kefu(cfg: Path) -> Proc:
-    return Proc([PY, "-m", "kefu.cli", "serve", "--config", str(cfg)], cwd=str(ROOT))
+def start_kefu(cfg: Path, *, desk: bool = False, agents: int = 0) -> Proc:
+    if not desk:
+        return Proc([PY, "-m", "kefu.cli", "serve", "--config", str(cfg)], cwd=str(ROOT))
+    return Proc([PY, str(Path(__file__).resolve()), "--serve-stack", str(cfg), "--agents", str(agents)], cwd=str(ROOT))
+
+
+async def serve_stack(cfg_path: str, agents: int) -> None:
+    """kefu with the desk, wired as kefu/app.py wires it (broker -> RouterBus -> Desk ->
+    bridge), for the /chat measurement; runs until SIGTERM."""
+    from kefu.agents import Agent
+    from kefu.bridge import service
+    from kefu.bridge.bus import RouterBus
+    from kefu.broker.server import Broker
+    from kefu.config import load
+    from kefu.desk import Desk
+    from kefu.settings import DeskSettings
+
+    cfg = load(cfg_path)
+    team = [Agent(f"agent-{i}", f"Agent {i}", teams=frozenset({"general"}), capacity=10) for i in range(agents)]
+    async with trio.open_nursery() as nursery:
+        broker = Broker(cfg)
+        await nursery.start(broker.serve)
+        bus = RouterBus(broker)
+        desk = Desk(DeskSettings(agents=tuple(team)), publish=bus.publish)
+        await nursery.start(desk.run)
+        await nursery.start(bus.consume, desk.s.topics.desk_filters(), desk.ingest)
+        await nursery.start(lambda task_status: service.run(cfg, broker=broker, desk=desk, bus=bus,
+                                                            task_status=task_status))
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+            async for _ in sigs:
+                break
+        nursery.cancel_scope.cancel()
 
 
 def mosquitto_bin() -> str | None:
@@ -233,10 +264,10 @@ async def start_amqtt(tmp: Path, port: int) -> tuple[Proc | None, str]:
 # --------------------------------------------------------------------------- /chat
 
 
-async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float) -> dict:
+async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, interval: float) -> dict:
     url = f"ws://127.0.0.1:{ws_port}/chat"
     ack_rtts: list[float] = []
-    echo_rtts: list[float] = []
+    echo_rtts: list[float] = []  # first message -> the desk's first answer on the out topic
     ready = 0
     held = 0
     failures: list[str] = []
@@ -260,26 +291,27 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float) -
                 if ready == clients:
                     all_ready.set()
                 await go.wait()
+                await trio.sleep(random.uniform(0, interval))  # spread: a steady rate, not one burst
                 for r in range(rounds):
+                    if r:
+                        await trio.sleep(interval)
                     ref = f"r{r}"
-                    text = f"bench {i} {r}"
                     t0 = time.perf_counter()
-                    await ws.send_message(json.dumps({"type": "message", "text": text, "ref": ref}))
-                    acked = echoed = False
-                    with trio.move_on_after(10):
-                        while not (acked and echoed):
+                    await ws.send_message(json.dumps({"type": "message", "text": f"bench {i} {r}", "ref": ref}))
+                    acked = False
+                    replied = r > 0  # the desk answers the first message (bot handoff + queue notice)
+                    with trio.move_on_after(20):
+                        while not (acked and replied):
                             f = json.loads(await ws.get_message())
                             now = time.perf_counter()
                             if f["type"] == "ack" and f.get("ref") == ref:
                                 ack_rtts.append(now - t0)
                                 acked = True
-                            elif f["type"] == "message" and f["message"]["text"] == text:
+                            elif f["type"] == "message" and not replied and f["message"]["author"]["kind"] != "customer":
                                 echo_rtts.append(now - t0)
-                                echoed = True
+                                replied = True
                             elif f["type"] == "error":
                                 raise RuntimeError(f["message"])
-                            if acked and r == rounds - 1 and not echo_rtts and i > 0:
-                                break  # the desk does not echo: do not wait 10 s per client
                 finished += 1
                 if finished == clients:
                     all_done.set()
@@ -309,6 +341,21 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float) -
             "echo": echo_rtts, "failures": failures}
 
 
+async def node_chat_bench(node: str, ws_port: int, args) -> dict:
+    """The same /chat workload from Node's built-in WebSocket (benchmarks/chat_clients.mjs)."""
+    script = Path(__file__).with_name("chat_clients.mjs")
+    argv = [node, "--experimental-websocket", str(script), f"ws://127.0.0.1:{ws_port}/chat",
+            str(args.clients), str(args.rounds), str(args.interval), str(args.hold)]
+    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit("ws_bench: the node client failed:\n" + done.stderr.decode(errors="replace")[-2000:])
+    r = json.loads(done.stdout)
+    r["ack"] = [x / 1000 for x in r["ack"]]
+    r["echo"] = [x / 1000 for x in r.pop("answer")]
+    r["client"] = f"node {subprocess.run([node, '--version'], capture_output=True, text=True).stdout.strip()} WebSocket"
+    return r
+
+
 def pct(xs: list[float], p: float) -> float:
     if not xs:
         return float("nan")
@@ -331,7 +378,7 @@ async def main(args) -> None:
         mqtt_port, ws_port, http_port = free_port(), free_port(), free_port()
         chat = not args.skip_chat
         cfg = kefu_config(tmp, mqtt=mqtt_port, ws=ws_port, http=http_port, chat=chat)
-        kefu = start_kefu(cfg)
+        kefu = start_kefu(cfg, desk=chat, agents=args.agents)
         try:
             await wait_port(ws_port)
             print(f"# ws_bench: python {sys.version.split()[0]}, {os.cpu_count()} CPUs; kefu pid {kefu.p.pid}")
@@ -341,15 +388,25 @@ async def main(args) -> None:
 
                 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
                 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-                r = await chat_bench(ws_port, args.clients, args.rounds, args.hold)
+                node = shutil.which("node")
+                if args.client in ("auto", "node") and node:
+                    r = await node_chat_bench(node, ws_port, args)
+                elif args.client == "node":
+                    raise SystemExit("ws_bench: --client node, but node is not installed")
+                else:
+                    r = await chat_bench(ws_port, args.clients, args.rounds, args.hold, args.interval)
+                    r["client"] = "python (trio-websocket)"
                 echo = r["echo"]
                 rows = [[r["clients"], r["ready"], r["held"], f"{r['connect_s']:.1f}",
                          len(r["ack"]), f"{pct(r['ack'], 50):.2f}", f"{pct(r['ack'], 99):.2f}",
                          len(echo), f"{pct(echo, 50):.2f}" if echo else "-", f"{pct(echo, 99):.2f}" if echo else "-",
                          len(r["failures"])]]
-                print("\n/chat: browser-side clients against kefu (round trips in ms)\n")
+                print(f"# /chat client: {r['client']}")
+                rate = args.clients / args.interval
+                print(f"\n/chat: browser-side clients against kefu; each sends {args.rounds} messages, one every "
+                      f"{args.interval:g} s (about {rate:.0f} msgs/s in all); round trips in ms\n")
                 print(table(rows, ["clients", "authenticated", "held to end", "connect s", "acks", "ack p50",
-                                   "ack p99", "echoes", "echo p50", "echo p99", "failures"]))
+                                   "ack p99", "answers", "answer p50", "answer p99", "failures"]))
                 if r["failures"]:
                     print("  first failures:", "; ".join(sorted(set(r["failures"]))[:3]))
         finally:
@@ -403,13 +460,21 @@ if __name__ == "__main__":
     ap.add_argument("--clients", type=int, default=2000, help="/chat connections (default 2000)")
     ap.add_argument("--rounds", type=int, default=5, help="messages each /chat client sends")
     ap.add_argument("--hold", type=float, default=2.0, help="seconds each client stays connected after its last message")
+    ap.add_argument("--interval", type=float, default=5.0, help="seconds between one client's messages (random start)")
     ap.add_argument("--publishers", type=int, default=4)
     ap.add_argument("--messages", type=int, default=50000, help="messages per publisher")
     ap.add_argument("--batch", type=int, default=50, help="MQTT packets per transport write")
     ap.add_argument("--quick", action="store_true", help="small numbers: a smoke run")
     ap.add_argument("--skip-chat", action="store_true")
     ap.add_argument("--skip-mqtt", action="store_true")
+    ap.add_argument("--client", choices=("auto", "node", "python"), default="auto",
+                    help="/chat load generator: Node's WebSocket (cheap; default when node exists) or Python")
+    ap.add_argument("--agents", type=int, default=0, help="configured agents (none online: chats wait in the queue)")
+    ap.add_argument("--serve-stack", metavar="CONFIG", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.serve_stack:
+        trio.run(serve_stack, a.serve_stack, a.agents)
+        sys.exit(0)
     if a.quick:
-        a.clients, a.rounds, a.messages, a.hold = 50, 2, 5000, 0.5
+        a.clients, a.rounds, a.messages, a.hold, a.interval = 50, 2, 5000, 0.5, 1.0
     trio.run(main, a)

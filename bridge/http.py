@@ -578,8 +578,31 @@ async def run(st: BridgeState, *, task_status: trio.TaskStatus[HttpListener] = t
     async def _serve(task_status):
         await serve(app, hc, shutdown_trigger=trio.sleep_forever, task_status=task_status)
 
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(_serve)
-        url = binds[0]
-        url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
-        task_status.started(HttpListener(url))
+    from kefu.broker.server import ListenError, _why
+
+    started = False
+    try:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serve)
+            started = True
+            url = binds[0]
+            url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+            task_status.started(HttpListener(url))
+    except (OSError, BaseExceptionGroup) as e:
+        err = None if started else _os_error_in(e)
+        if err is None:
+            raise
+        # A busy port: one clear line naming the key to change (like the broker's listeners).
+        raise ListenError("listeners.http", lc.host or "*", lc.port, _why(err)) from None
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """``e`` or the first OSError inside (nested) exception groups (Hypercorn nests its nurseries)."""
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            found = _os_error_in(sub)
+            if found is not None:
+                return found
+    return None

@@ -24,7 +24,7 @@ from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 log = logging.getLogger("kefu.bridge.ws")
 
@@ -261,19 +261,25 @@ async def run(
     # the larger of an MQTT packet plus framing slack and the /chat close limit. /chat
     # applies its own, smaller limits on top.
     max_message = max(cfg.mqtt.max_packet_size + 16, cfg.chat.close_frame_bytes + 1)
+    # Bind first, so a busy port is one clear line naming the key to change (like the broker).
+    from kefu.broker.server import ListenError, _why
+
+    try:
+        if ctx is None:
+            listeners = await trio.open_tcp_listeners(lc.port, host=lc.host or None)
+        else:
+            listeners = await trio.open_ssl_over_tcp_listeners(lc.port, ctx, host=lc.host or None, https_compatible=True)
+    except OSError as e:
+        raise ListenError("listeners.ws", lc.host or "*", lc.port, _why(e)) from None
+    server = WebSocketServer(
+        gw.handle,
+        listeners,
+        max_message_size=max_message,
+        message_queue_size=4,
+        connect_timeout=10,
+        disconnect_timeout=2,
+    )
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            lambda task_status: serve_websocket(
-                gw.handle,
-                lc.host or None,
-                lc.port,
-                ctx,
-                max_message_size=max_message,
-                message_queue_size=4,
-                connect_timeout=10,
-                disconnect_timeout=2,
-                task_status=task_status,
-            )
-        )
-        port = server.port if len(server.listeners) == 1 else server.listeners[0].port
+        await nursery.start(server.run)
+        port = server.listeners[0].port
         task_status.started(WsListener(lc.host, port, tls, gw.stats))

@@ -112,3 +112,22 @@ def test_origin_rules():
     assert wsmod.origin_allowed("https://A.example/", ["https://a.example"])
     assert not wsmod.origin_allowed("https://a.example.evil", ["https://*.example"])
     assert not wsmod.origin_allowed("https://evilexample", ["https://*.example"])
+
+
+async def test_busy_ports_name_the_key_to_change(nursery):
+    from kefu.bridge import http as httpmod
+    from kefu.broker.server import ListenError
+
+    with trio.socket.socket() as busy:
+        await busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ListenError) as e:
+            await nursery.start(lambda task_status: wsmod.run(
+                _cfg(port=port), mqtt_handler=None, chat_handler=None, task_status=task_status))
+        assert str(e.value) == f"cannot listen on 127.0.0.1:{port} (address in use): set listeners.ws.port in your config"
+        cfg = from_dict({"listeners": {"http": {"enabled": True, "host": "127.0.0.1", "port": port}}})
+        with pytest.raises(ListenError) as e:
+            await nursery.start(lambda task_status: httpmod.run(
+                httpmod.BridgeState(cfg, desk=None, ids=None), task_status=task_status))
+        assert "set listeners.http.port in your config" in str(e.value)

@@ -107,8 +107,10 @@ async def test_every_operation_answers_as_documented():
         r = await api("POST", f"/api/v1/conversations/{conv}/toggle_status", "/api/v1/conversations/{id}/toggle_status",
                       body={"status": "open"})
         assert r["data"]["status"] in ("queued", "assigned")
-        await api("POST", f"/api/v1/conversations/{conv}/assignments", "/api/v1/conversations/{id}/assignments",
-                  token=OPERATOR_TOKEN, body={"assignee_id": "bob"})
+        await st.desk.agent_connected("bob")
+        moved = await api("POST", f"/api/v1/conversations/{conv}/assignments", "/api/v1/conversations/{id}/assignments",
+                          token=OPERATOR_TOKEN, body={"assignee_id": "bob"})
+        assert moved["data"]["assignee"] == "bob"
         await api("GET", "/api/v1/agents", "/api/v1/agents")
         a = await api("PUT", "/api/v1/agents/alice/status", "/api/v1/agents/{id}/status", body={"status": "away"})
         assert a["data"]["status"] == "away"
