@@ -30,7 +30,7 @@ DASHBOARD_SERIES = (
     "messages_in_per_s", "messages_out_per_s", "mqtt_messages_in_per_s", "mqtt_messages_out_per_s",
     "message_latency_p50_seconds", "message_latency_p95_seconds", "message_latency_p99_seconds",
     "connections", "queue_length", "queue_wait_seconds", "agents", "agent_occupancy_ratio",
-    "intents_per_s", "bot_containment_ratio", "sla_breaches_per_s", "csat_avg", "first_response_avg_seconds",
+    "intents_per_s", "bot_containment_ratio", "conversations_per_s", "handoffs_per_s", "sla_breaches_per_s", "csat_avg", "first_response_avg_seconds",
     "handle_time_avg_seconds", "rejected_per_s",
 )
 
@@ -234,7 +234,7 @@ async def query_history(hist, names: list[str], range_s: float, sample_interval:
     for n in names:
         if n in RATIOS:
             num, den, comp = RATIOS[n]
-            out_series[n] = [{"labels": {}, "points": [[t, v, v, v] for t, v in ratio_points(data[num], data[den], comp)]}]
+            out_series[n] = [{"labels": {}, "points": [[t, v, v, v, 1] for t, v in ratio_points(data[num], data[den], comp)]}]
         else:
             out_series[n] = data[n]
     units = {n: (SERIES_BY_NAME[n].unit if n in SERIES_BY_NAME else "1") for n in names}

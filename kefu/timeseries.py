@@ -308,7 +308,8 @@ class History:
 
     async def query(self, names: list[str], start: float, end: float, step: float, *,
                     source: str = "raw") -> dict[str, list[dict[str, Any]]]:
-        """{series: [{"labels": {...}, "points": [[t, avg, min, max], ...]}]} bucketed by ``step`` seconds.
+        """{series: [{"labels": {...}, "points": [[t, avg, min, max, n], ...]}]} bucketed by ``step`` seconds;
+        ``n`` is the number of samples in the bucket (a rate series' count in it is avg * n * interval).
 
         ``source`` "raw" reads samples, "rollup" the 1-minute roll-ups (counts weighted)."""
         q = self._sql
@@ -318,11 +319,12 @@ class History:
         else:
             b = "floor(extract(epoch from {col}) / ?) * ?"
         if source == "raw":
-            sql = (f"SELECT name, labels, {b.format(col='at')} AS b, avg(value), min(value), max(value) "
+            sql = (f"SELECT name, labels, {b.format(col='at')} AS b, avg(value), min(value), max(value), count(*) "
                    "FROM metric_samples WHERE name IN ({names}) AND at >= TS(?) AND at < TS(?) "
                    "GROUP BY name, labels, b ORDER BY name, labels, b")
         else:
-            sql = (f"SELECT name, labels, {b.format(col='bucket')} AS b, sum(n * avg) / sum(n), min(min), max(max) "
+            sql = (f"SELECT name, labels, {b.format(col='bucket')} AS b, sum(n * avg) / sum(n), min(min), max(max), "
+                   "sum(n) "
                    f"FROM {self.rollup_source} WHERE name IN ({{names}}) AND bucket >= TS(?) AND bucket < TS(?) "
                    "GROUP BY name, labels, b ORDER BY name, labels, b")
         sql = q(sql.replace("{names}", ", ".join("?" * len(names))))
@@ -330,11 +332,11 @@ class History:
         rows = await self._read(lambda c: c.execute(sql, params).fetchall()) if names else []
         out: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         cur_key = None
-        for name, labels, bt, avg, mn, mx in rows:
+        for name, labels, bt, avg, mn, mx, n in rows:
             if (name, labels) != cur_key:
                 cur_key = (name, labels)
                 out[name].append({"labels": parse_labels(labels), "points": []})
-            out[name][-1]["points"].append([float(bt), float(avg), float(mn), float(mx)])
+            out[name][-1]["points"].append([float(bt), float(avg), float(mn), float(mx), int(n)])
         return out
 
 
@@ -415,8 +417,8 @@ def ratio_points(num: list[dict], den: list[dict], complement: bool) -> list[lis
     def sums(series):
         acc: dict[float, float] = {}
         for s in series:
-            for t, avg, _mn, _mx in s["points"]:
-                acc[t] = acc.get(t, 0.0) + avg
+            for t, avg, _mn, _mx, n in s["points"]:
+                acc[t] = acc.get(t, 0.0) + avg * n
         return acc
 
     n, d = sums(num), sums(den)

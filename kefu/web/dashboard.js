@@ -25,6 +25,7 @@
   function num(v, digits) {
     if (v === null || v === undefined || isNaN(v)) return "–";
     var a = Math.abs(v);
+    if (digits === undefined && Number.isInteger(v) && a < 1e4) return String(v);
     if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
     if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
     return v.toFixed(digits === undefined ? (a >= 100 ? 0 : a >= 10 ? 1 : 2) : digits);
@@ -46,7 +47,7 @@
   // The x grid: one slot per step from the range start to its end.
   function grid(data) {
     var xs = [];
-    var t = Math.ceil(data.start / data.step) * data.step - data.step;
+    var t = Math.floor(data.start / data.step) * data.step;
     for (; t <= data.end; t += data.step) xs.push(t);
     return xs;
   }
@@ -64,7 +65,9 @@
     opts = opts || {};
     var out = [];
     (data.series[name] || []).forEach(function (s) {
-      out.push({ label: (opts.prefix || "") + (labelText(s.labels) || opts.label || name), points: s.points,
+      // count: a rate series shown as events per bucket (avg rate * samples * sample interval)
+      var points = opts.count ? s.points.map(function (p) { return [p[0], p[1] * p[4] * data.interval_s]; }) : s.points;
+      out.push({ label: (opts.prefix || "") + (labelText(s.labels) || opts.label || name), points: points,
                  scale: opts.scale || 1, fill: opts.fill === undefined ? null : opts.fill, axis: opts.axis || "y" });
     });
     return out;
@@ -73,10 +76,22 @@
   function sumPoints(data, name) {
     var acc = {};
     (data.series[name] || []).forEach(function (s) {
-      s.points.forEach(function (p) { acc[p[0]] = (acc[p[0]] || 0) + p[1]; });
+      s.points.forEach(function (p) { acc[p[0]] = (acc[p[0]] || 0) + p[1] * p[4]; });
     });
     return acc;
   }
+
+  // Width of a y axis: enough for its longest tick label (uPlot calls this with the labels it will draw).
+  function axisSize(u, values) {
+    if (!values) return 40;
+    var longest = 0;
+    values.forEach(function (v) { longest = Math.max(longest, String(v).length); });
+    return Math.ceil(longest * 7.2 + 18);
+  }
+
+  // Fixed colours where the label has a meaning of its own.
+  var NAMED = { online: "#2e7d32", away: "#f9a825", offline: "#9aa3ae", "occupancy %": "#1f6feb",
+                p50: "#2e7d32", p95: "#e8710a", p99: "#c62828" };
 
   function draw(id, xs, ls, step, opts) {
     opts = opts || {};
@@ -84,7 +99,7 @@
     var series = [{}];
     var ys = [];
     ls.forEach(function (l, i) {
-      var color = COLORS[i % COLORS.length];
+      var color = NAMED[l.label] || COLORS[i % COLORS.length];
       var s = { label: l.label, stroke: color, width: 2, scale: l.axis, spanGaps: false,
                 value: function (u, v) { return v === null ? "–" : num(v) + (opts.unit || ""); } };
       if (opts.bars) {
@@ -105,11 +120,11 @@
       if (existing) existing.plot.destroy();
       el.innerHTML = "";
       var axes = [{ stroke: "#66707f", grid: { stroke: "#eef1f5" } },
-                  { stroke: "#66707f", grid: { stroke: "#eef1f5" }, size: 56,
+                  { stroke: "#66707f", grid: { stroke: "#eef1f5" }, size: axisSize,
                     values: function (u, vals) { return vals.map(function (v) { return num(v) + (opts.unit || ""); }); } }];
       var scales = { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(max || 0, opts.min || 1) * 1.1]; } } };
       if (ls.some(function (l) { return l.axis === "pct"; })) {
-        axes.push({ side: 1, scale: "pct", stroke: "#66707f", grid: { show: false }, size: 48,
+        axes.push({ side: 1, scale: "pct", stroke: "#66707f", grid: { show: false }, size: axisSize,
                     values: function (u, vals) { return vals.map(function (v) { return v + "%"; }); } });
         scales.pct = { range: [0, 100] };
       }
@@ -173,10 +188,13 @@
       csat.points.forEach(function (p) { t += p[1]; });
       csatAvg = t / csat.points.length;
     }
-    var breaches = 0;
-    (data.series.sla_breaches_per_s || []).forEach(function (s) { s.points.forEach(function (p) { breaches += p[1] * data.step; }); });
-    var rejected = 0;
-    (data.series.rejected_per_s || []).forEach(function (s) { s.points.forEach(function (p) { rejected += p[1] * data.step; }); });
+    function total(name) {  // events in the range from a rate series
+      var t = 0;
+      (data.series[name] || []).forEach(function (s) { s.points.forEach(function (p) { t += p[1] * p[4] * data.interval_s; }); });
+      return t;
+    }
+    var breaches = total("sla_breaches_per_s");
+    var rejected = total("rejected_per_s");
     var items = [
       ["Messages in / s", num(inNow)],
       ["p99 latency", p99 && p99.points.length ? num(lastValue(p99.points) * 1000) + " ms" : "–"],
@@ -227,7 +245,7 @@
     draw("c-intents", xs, topIntents(data, 6), step, { unit: "/min" });
     draw("c-containment", xs, lines(data, "bot_containment_ratio", { label: "containment %", scale: 100, axis: "pct" })
       .concat(lines(data, "conversations_per_s", { label: "conversations / min", scale: 60 })), step, {});
-    draw("c-sla", xs, lines(data, "sla_breaches_per_s", { scale: step, fill: 0 }), step, { bars: true, min: 2 });
+    draw("c-sla", xs, lines(data, "sla_breaches_per_s", { count: true, fill: 0 }), step, { bars: true, min: 2 });
 
     var al = document.getElementById("alerts");
     var firing = data.alerts_firing || [];

@@ -201,7 +201,7 @@ def demo_history(now: float, *, seed: int = 7) -> list:
         for intent, share in intents.items():
             add("intents_per_s", 24 * load * share * n(0.2), f"intent={intent}")
         if rnd.random() < 0.04:
-            add("sla_breaches_per_s", 1 / (10 if t > now - 3600 else 300), "sla=first_response")
+            add("sla_breaches_per_s", 0.1, "sla=first_response")  # one breach in that 10-second interval
         add("csat_avg", 4.3 + rnd.uniform(-0.4, 0.4))
         add("first_response_avg_seconds", 25 + 40 * load * n(0.2))
         add("handle_time_avg_seconds", 280 * n(0.2))

@@ -121,9 +121,9 @@ async def test_rollups_equal_the_raw_aggregates_and_are_idempotent(storage_cfg):
         assert await hist.rollup(T0 + 170, lag=15) == 0  # nothing new
         got = await hist.query(["queue_length"], T0, T0 + 180, 60, source="rollup")
         general = next(s for s in got["queue_length"] if s["labels"] == {"team": "general"})
-        assert general["points"] == [[T0, 2.5, 0.0, 5.0], [T0 + 60, 8.5, 6.0, 11.0]]
+        assert general["points"] == [[T0, 2.5, 0.0, 5.0, 6], [T0 + 60, 8.5, 6.0, 11.0, 6]]
         vip = next(s for s in got["queue_length"] if s["labels"] == {"team": "vip"})
-        assert [p[1:] for p in vip["points"]] == [[101.0, 100.0, 102.0], [101.0, 100.0, 102.0]]
+        assert [p[1:] for p in vip["points"]] == [[101.0, 100.0, 102.0, 6], [101.0, 100.0, 102.0, 6]]
         # the third minute once it is complete; a second pass over the same minutes changes nothing
         assert await hist.rollup(T0 + 200, lag=15) == 2
         hist.watermark = T0  # as after a restart that lost its place: rewrite, do not duplicate
@@ -133,7 +133,7 @@ async def test_rollups_equal_the_raw_aggregates_and_are_idempotent(storage_cfg):
         # a 3-minute bucket over the roll-ups weighs each minute by its sample count
         got = await hist.query(["queue_length"], T0, T0 + 180, 180, source="rollup")
         general = next(s for s in got["queue_length"] if s["labels"] == {"team": "general"})
-        assert general["points"] == [[T0, 8.5, 0.0, 17.0]]
+        assert general["points"] == [[T0, 8.5, 0.0, 17.0, 18]]
         raw = await hist.query(["queue_length"], T0, T0 + 180, 180, source="raw")
         assert next(s for s in raw["queue_length"] if s["labels"] == {"team": "general"})["points"] == general["points"]
 
