@@ -52,7 +52,7 @@ from .hooks import (
 )
 from .mqtt.packets import NO_PROPERTIES, ProtocolError, ReasonCode as RC
 from .mqtt.session import NEVER_EXPIRES, Limits, Message, SessionState, Stats
-from .topics import TopicTrie, validate_topic_filter, validate_topic_name
+from .topics import TopicTrie, parse_shared, validate_topic_filter, validate_topic_name
 
 log = logging.getLogger("kefu.broker")
 
@@ -257,8 +257,7 @@ class Router:
         for f in s.subscriptions:
             self.trie.remove(f, s)
             self.subscription_count -= 1
-        if s.subscriptions:
-            self._plans.clear()
+            self._invalidate(f)
         s.subscriptions = {}
         s.pending = None
         s.inflight.clear()
@@ -383,6 +382,17 @@ class Router:
             return RC.SUCCESS
         return RC.NO_MATCHING_SUBSCRIBERS
 
+    def _invalidate(self, topic_filter: str) -> None:
+        """A subscription on ``topic_filter`` changed: forget the plans it can affect."""
+        plans = self._plans
+        if not plans:
+            return
+        inner = parse_shared(topic_filter)[1]
+        if "+" in inner or "#" in inner:
+            plans.clear()  # any cached topic may match
+        else:
+            plans.pop(inner, None)
+
     def _plan(self, topic: str) -> tuple:
         plain, groups = self.trie.match_all(topic)
         if len(plain) == 1:
@@ -436,6 +446,7 @@ class Router:
             s.subscriptions[f] = value
             if self.trie.add(f, s, value):
                 self.subscription_count += 1
+            self._invalidate(f)
             codes.append(qos)
             if hooks.active("on_subscribed"):
                 hooks.notify("on_subscribed", SubscribedEvent(proto.client_id, proto.username, f, qos))
@@ -448,7 +459,6 @@ class Router:
                     if sub.no_local and msg.origin == proto.client_id:
                         continue
                     retained.append((msg, msg.qos if msg.qos < qos else qos, sub_ids))
-        self._plans.clear()
         return codes, retained
 
     def unsubscribe(self, proto, filters, now) -> list:
@@ -459,12 +469,12 @@ class Router:
             if s.subscriptions.pop(f, None) is not None:
                 self.trie.remove(f, s)
                 self.subscription_count -= 1
+                self._invalidate(f)
                 codes.append(RC.SUCCESS)
                 if hooks.active("on_unsubscribed"):
                     hooks.notify("on_unsubscribed", UnsubscribedEvent(proto.client_id, proto.username, f))
             else:
                 codes.append(RC.NO_SUBSCRIPTION_EXISTED)
-        self._plans.clear()
         return codes
 
     # ------------------------------------------------------------------ $SYS

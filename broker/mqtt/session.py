@@ -468,10 +468,12 @@ class Protocol:
                 if len(s.qos2_in) >= self.limits.receive_maximum:
                     raise ProtocolError(RC.RECEIVE_MAXIMUM_EXCEEDED,
                                         f"more than {self.limits.receive_maximum} QoS 2 messages unacknowledged")
-        if p.retain and not self.limits.retain_available:
-            if self.v5:
+        retain = p.retain
+        if retain and not self.limits.retain_available:
+            if self.v5:  # [MQTT-3.3.1-14]
                 raise ProtocolError(RC.RETAIN_NOT_SUPPORTED, "retained PUBLISH but retain is off")
-        rc = self.broker.publish(self, topic, p.payload, qos, p.retain, props, now)
+            retain = False  # 3.1.1 cannot be told: deliver it, do not keep it
+        rc = self.broker.publish(self, topic, p.payload, qos, retain, props, now)
         if qos == 1:
             self._write(_ack(0x40, pid, rc, self.v5))
         elif qos == 2:

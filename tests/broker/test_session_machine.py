@@ -803,3 +803,43 @@ def test_outbound_aliases_not_carried_into_a_resumed_session():
     back = Peer(r, V5)
     back.connect("s", clean=False, session_expiry_interval=60)
     assert [(m.topic, m.dup, m.properties.topic_alias) for m in back.pending] == [("t", True, None), ("t", True, None)]
+
+
+def test_retain_off_3_1_1_delivers_but_does_not_keep():
+    r = make_router(retain_available=False)
+    s = Peer(r, V4)
+    s.connect("s")
+    s.subscribe("t")
+    p = Peer(r, V4)
+    p.connect("p")
+    assert [m.payload for m in p.publish("t", b"x", retain=True) + s.received()] == [b"x"]
+    assert r.retained.count == 0
+
+
+def test_plans_follow_subscription_changes():
+    """The cached subscriber list of a topic changes with (un)subscribes, plain or wildcard."""
+    r = make_router()
+    p = Peer(r, V4)
+    p.connect("p")
+    a = Peer(r, V4)
+    a.connect("a")
+    b = Peer(r, V4)
+    b.connect("b")
+    got = {"a": [], "b": []}
+
+    def publish(payload):
+        p.publish("x/y", payload)
+        got["a"] += a.received()
+        got["b"] += b.received()
+
+    publish(b"0")  # caches an empty plan for x/y
+    a.subscribe("x/y")
+    publish(b"1")
+    b.subscribe("x/+")
+    publish(b"2")
+    got["a"] += a.send(Unsubscribe(2, ("x/y",)))
+    publish(b"3")
+    got["b"] += b.send(Disconnect())
+    publish(b"4")
+    assert [m.payload for m in got["a"] if isinstance(m, Publish)] == [b"1", b"2"]
+    assert [m.payload for m in got["b"] if isinstance(m, Publish)] == [b"2", b"3"]
