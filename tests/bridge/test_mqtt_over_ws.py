@@ -72,3 +72,65 @@ async def test_paho_ws_and_tcp_clients_talk_through_one_broker(kefu, proto):
     got_ws, got_tcp = await trio.to_thread.run_sync(scenario)
     assert got_ws == ("room/1/ws", b"hello over tcp", 1)
     assert got_tcp[0] == "room/1/tcp" and got_tcp[1] == bytes(range(256)) * 600
+
+
+def _self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return str(certfile), str(keyfile)
+
+
+async def test_paho_over_wss(nursery, tmp_path):
+    certfile, keyfile = _self_signed(tmp_path)
+    cfg = from_dict({"listeners": {
+        "mqtt": {"host": "127.0.0.1", "port": 0},
+        "ws": {"enabled": True, "host": "127.0.0.1", "port": 0, "certfile": certfile, "keyfile": keyfile},
+    }})
+    broker = Broker(cfg)
+    await nursery.start(broker.serve)
+    lst = await nursery.start(lambda task_status: wsmod.run(
+        cfg, mqtt_handler=lambda stream, info: broker.handle_stream(stream, info.remote),
+        chat_handler=None, task_status=task_status))
+    assert lst.url.startswith("wss://")
+
+    def scenario():
+        inbox = queue.Queue()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wss-dev", transport="websockets")
+        c.ws_set_options(path="/mqtt")
+        c.tls_set(ca_certs=certfile)
+        subscribed = queue.Queue()
+        c.on_subscribe = lambda *a: subscribed.put(True)
+        c.on_message = lambda cl, ud, m: inbox.put((m.topic, m.payload))
+        c.connect("localhost", lst.port)
+        c.loop_start()
+        try:
+            c.subscribe("secure/#", qos=1)
+            subscribed.get(timeout=10)
+            c.publish("secure/1", b"over wss", qos=1).wait_for_publish(10)
+            return inbox.get(timeout=10)
+        finally:
+            c.disconnect()
+            c.loop_stop()
+
+    assert await trio.to_thread.run_sync(scenario) == ("secure/1", b"over wss")
+    await broker.stop()
