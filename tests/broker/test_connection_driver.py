@@ -220,3 +220,25 @@ async def test_sys_published_every_interval(nursery, autojump_clock):
     assert nxt.topic == "$SYS/broker/uptime" and not nxt.retain
     assert 0 < trio.current_time() - t0 <= 10.01
     await b.stop()
+
+
+async def test_flood_to_a_subscriber_that_never_reads_is_bounded_and_counted(nursery, autojump_clock):
+    b = Broker(_config(max_queued_bytes=50_000))
+    await nursery.start(b.serve)
+    client_end, server_end = trio.testing.lockstep_stream_pair()  # no buffering at all
+    nursery.start_soon(b.handle_stream, server_end, "stuck")
+    stuck = StreamClient(client_end, 4)
+    await stuck.connect("stuck")
+    await stuck.send(Subscribe(1, (Subscription("flood/#"),)))
+    assert await stuck.recv() == SubAck(1, (0,))
+    pub = open_client(b, nursery, 4)
+    await pub.connect("pub")
+    packet = encode(Publish("flood/x", b"x" * 1000), 4)
+    for _ in range(20):
+        await pub.stream.send_all(packet * 100)
+    await pub.send(PingReq())
+    assert await pub.recv() == PingResp()  # the publisher is never held up
+    [conn] = [c for c in b.connections if c.proto.client_id == "stuck"]
+    assert conn.proto.queued + conn.proto.writing <= 50_000
+    assert b.router.stats.dropped >= 2000 - 50
+    await b.stop()
