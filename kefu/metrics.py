@@ -131,6 +131,7 @@ class Metrics:
 
         # --- plain-int state read by the collector ---------------------------------------------
         self.broker = None
+        self.intent_service = None
         self.bridge = None
         self.desk = None
         self.store = None
@@ -177,6 +178,10 @@ class Metrics:
         """
         self.store = store
         return MeasuredStore(store, self.storage_write)
+
+    def attach_intent(self, service) -> None:
+        """The intent service (``kefu.nlp.service.IntentService``): its queue and batch counters."""
+        self.intent_service = service
 
     def instrument_classifier(self, classify: Callable[[str], Awaitable[Any]]) -> Callable[[str], Awaitable[Any]]:
         """Wrap the desk's ``classify(text)``: count intents, confidence and latency."""
@@ -439,6 +444,14 @@ class _LiveCollector:
                                     value=len(router.sessions))
             yield GaugeMetricFamily("kefu_mqtt_subscriptions", "MQTT subscriptions.", value=router.subscription_count)
             yield GaugeMetricFamily("kefu_mqtt_retained_messages", "Retained messages.", value=router.retained.count)
+
+        svc = m.intent_service
+        if svc is not None:
+            yield GaugeMetricFamily("kefu_intent_queue_length", "Messages waiting for the intent engine.",
+                                    value=svc.queued)
+            yield CounterMetricFamily("kefu_intent_batches", "Micro-batches the intent engine ran.", value=svc.batches)
+            yield CounterMetricFamily("kefu_intent_batched_messages", "Messages classified in those batches "
+                                      "(divided by batches: the mean batch size).", value=svc.messages)
 
         live = m._live
         if m.desk is not None:

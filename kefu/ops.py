@@ -61,9 +61,11 @@ class Ops:
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self, *, broker=None, bridge=None, desk=None, store=None):
+    def attach(self, *, broker=None, bridge=None, desk=None, store=None, intent=None):
         """Attach running parts. Returns the store proxy timing writes (or None without a store)."""
         m = self.metrics
+        if intent is not None:
+            m.attach_intent(intent)
         if broker is not None:
             m.attach_broker(broker)
         if bridge is not None:
@@ -83,7 +85,7 @@ class Ops:
 
         return routes(self)
 
-    async def start(self, nursery, *, broker=None, bridge=None, desk=None, store=None,
+    async def start(self, nursery, *, broker=None, bridge=None, desk=None, store=None, intent=None,
                     announce=None) -> "Ops":
         """What kefu/app.py calls once the broker and bridge run: attach them, start sampling and
         alerts, and serve the routes on listeners.http when the bridge does not (no desk).
@@ -92,7 +94,7 @@ class Ops:
         if not self.cfg.metrics.enabled:
             say("kefu: metrics off (metrics.enabled = false): no /metrics, dashboard, history or alerts")
             return self
-        self.attach(broker=broker, bridge=bridge, desk=desk, store=store)
+        self.attach(broker=broker, bridge=bridge, desk=desk, store=store, intent=intent)
         await nursery.start(self.run)
         for line in self.lines:
             say(line)

@@ -166,3 +166,15 @@ def test_reject_reasons_are_a_closed_set():
     assert m.rejected()["queue_overflow"] == 3
     with pytest.raises(ValueError, match="unknown rejection reason"):
         m.reject("cosmic_rays")
+
+
+def test_intent_service_counters_are_read_at_scrape_time():
+    class Service:  # the attributes kefu.nlp.service.IntentService keeps
+        queued, batches, messages = 3, 10, 42
+
+    m = Metrics(process=False)
+    m.attach_intent(Service())
+    fams = families(m.exposition()[0].decode())
+    assert value(fams, "kefu_intent_queue_length") == 3
+    assert value(fams, "kefu_intent_batches", "kefu_intent_batches_total") == 10
+    assert value(fams, "kefu_intent_batched_messages", "kefu_intent_batched_messages_total") == 42
