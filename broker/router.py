@@ -42,6 +42,7 @@ from dataclasses import replace
 from .. import __version__
 from .auth import Authenticator
 from .hooks import (
+    AuthenticateEvent,
     ConnectedEvent,
     DisconnectedEvent,
     HookRegistry,
@@ -153,7 +154,10 @@ class Router:
         self.stats = Stats()
         self.hooks = hooks if hooks is not None else HookRegistry()
         self.auth = auth if auth is not None else Authenticator(config.auth, self.hooks)
-        # scrypt takes tens of ms: with configured users the driver authenticates in a thread.
+        # CONNECT: on_authenticate hooks run here, on the event loop (hooks.py promises
+        # that); users/anonymous are then decided by a hook-less Authenticator, in a
+        # worker thread when users are configured (scrypt takes tens of ms).
+        self.password_auth = Authenticator(config.auth, HookRegistry())
         self.auth_in_thread = bool(config.auth.users)
         self.max_topic_levels = mq.max_topic_levels
         self.sessions: dict[str, SessionState] = {}
@@ -182,15 +186,21 @@ class Router:
         return f"kefu-{self._id_prefix}-{next(self._ids)}"
 
     def authenticate(self, proto, connect) -> int | None:
+        """0, a refusal code, or None: finish with ``authenticate_blocking`` in a thread."""
+        hooks = self.hooks
+        if hooks.active("on_authenticate"):
+            d = hooks.decide("on_authenticate", AuthenticateEvent(
+                proto.client_id, connect.username, connect.password, connect.protocol_level, proto.peer))
+            if d is not None:
+                return RC.SUCCESS if d.allow else d.reason_code
         if self.auth_in_thread:
             return None
-        return self.auth.authenticate(proto.client_id, connect.username, connect.password,
-                                      protocol_level=connect.protocol_level, peer=proto.peer)
+        return self.authenticate_blocking(proto, connect)
 
     def authenticate_blocking(self, proto, connect) -> int:
-        """For the driver's worker thread (``auth_in_thread``)."""
-        return self.auth.authenticate(proto.client_id, connect.username, connect.password,
-                                      protocol_level=connect.protocol_level, peer=proto.peer)
+        """Users and anonymous access (no hooks); thread safe, may run scrypt."""
+        return self.password_auth.authenticate(proto.client_id, connect.username, connect.password,
+                                               protocol_level=connect.protocol_level, peer=proto.peer)
 
     def attach(self, proto, now: float) -> tuple[SessionState, bool]:
         cid = proto.client_id

@@ -364,3 +364,35 @@ def test_username_password_checked_off_the_event_loop(kefu_users, version):
     anon = Paho(kefu_users.port, _ids("anon", version), version, loop=False)
     flags, rc = anon.connect()
     assert rc.value == 0x87  # 3.1.1 return code 5
+
+
+def test_authenticate_hooks_run_on_the_event_loop():
+    """on_authenticate handlers run on the broker's trio thread even when passwords are
+    checked in worker threads; a hook's denial wins, its abstention leaves it to the users."""
+    import threading
+
+    from kefu.broker.auth import hash_password
+    from kefu.broker.hooks import Decision
+    from kefu.config.model import User
+
+    cfg = broker_config()
+    cfg.auth.allow_anonymous = False
+    cfg.auth.users = [User(username="bob", password_hash=hash_password("pw")),
+                      User(username="banned", password_hash=hash_password("pw"))]
+    k = KefuThread(cfg).start()
+    seen = []
+
+    def hook(ev):
+        seen.append((ev.username, threading.current_thread().name))
+        return Decision(False, 0x8A) if ev.username == "banned" else None
+
+    try:
+        k.call(lambda: k.app.broker.hooks.register("on_authenticate", hook))
+        ok = Paho(k.port, "hook-bob", 5, username="bob", password="pw")
+        assert ok.connect()[1] == 0
+        ok.disconnect()
+        no = Paho(k.port, "hook-banned", 5, username="banned", password="pw", loop=False)
+        assert no.connect()[1].value == 0x8A
+        assert seen == [("bob", "kefu-broker"), ("banned", "kefu-broker")]
+    finally:
+        k.stop()
