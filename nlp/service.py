@@ -78,18 +78,20 @@ class IntentService:
         self._send = send
         try:
             task_status.started(self)
-            async with recv:
-                await self._batch_loop(recv)
+            await self._batch_loop(recv)
         finally:
+            # Stop taking requests (callers blocked on a full queue get ServiceClosed), then
+            # answer whatever is still queued: the service has stopped.
             self._send = None
-            # Whatever is still queued gets an answer: the service has stopped.
+            send.close()
             while True:
                 try:
                     req = recv.receive_nowait()
-                except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
                 req.error = ServiceClosed("intent service stopped")
                 req.done.set()
+            recv.close()
 
     async def _batch_loop(self, recv: trio.MemoryReceiveChannel) -> None:
         while True:

@@ -286,7 +286,8 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
         "training": f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr} (head {args.head_lr}), "
                     f"max {args.max_length} tokens, seed {args.seed}"
                     + (", distilled from a teacher model" if args.teacher else ""),
-        "command": "kefu nlp train " + " ".join(shlex.quote(a) for a in (args.argv or [])),
+        "command": getattr(args, "card_command", None)
+        or "kefu nlp train " + " ".join(shlex.quote(a) for a in (args.argv or [])),
         "split": f"stratified {args.holdout:.0%} of `{Path(args.data).name}` per label, seed {args.seed} "
                  f"({len(held)} rows; {len(train_set)} trained on)",
         "metrics": metrics,
@@ -365,6 +366,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--card-data", help="data provenance line for the model card")
     p.add_argument("--card-base", help="base model provenance line for the model card")
     p.add_argument("--card-notes", metavar="FILE", help="Markdown appended to the model card")
+    p.add_argument("--card-command", help="the rebuild command shown in the model card (default: this command)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Trains the CLINC150 model that benchmarks/nlp_bench.py uses for the out-of-scope target
+# (not shipped). Writes OUT/train.csv (train + oos_train), OUT/heldout.csv (val + oos_val,
+# never trained on) and the model folder OUT/model. Needs the train extra.
+# Usage: scripts/nlp/build_clinc150.sh [DATA_DIR] [OUT]   (default OUT: .cache/nlp/clinc150)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${1:-../shared/data}
+OUT=${2:-.cache/nlp/clinc150}
+LAYERS=${LAYERS:-6}
+EPOCHS=${EPOCHS:-3}
+mkdir -p "$OUT"
+.venv/bin/python - "$DATA/clinc150/train_val.json" "$OUT" <<'PY'
+import sys
+from kefu.nlp import data as D
+splits = D.read_clinc(sys.argv[1])
+def join(a, b):
+    return D.Labelled(a.texts + b.texts, a.labels + b.labels)
+D.write_csv(f"{sys.argv[2]}/train.csv", join(splits["train"], splits["oos_train"]))
+D.write_csv(f"{sys.argv[2]}/heldout.csv", join(splits["val"], splits["oos_val"]))
+PY
+HF_HUB_OFFLINE=1 .venv/bin/kefu nlp train "$OUT/train.csv" --out "$OUT/model" --layers "$LAYERS" \
+    --epochs "$EPOCHS" --lr 1.5e-4 --threads 1 --name "clinc150 (benchmark)" \
+    --card-data "CLINC150 (Larson et al., 2019, CC BY 3.0): train split plus its 100 out-of-scope training queries"
+echo "evaluate with: kefu nlp eval $OUT/heldout.csv --model $OUT/model"
