@@ -96,9 +96,10 @@ class SessionState:
     def __init__(self, client_id: str, limits: Limits, stats: Stats) -> None:
         self.client_id = client_id
         self.username: str | None = None
-        # filter as sent -> (Subscription, subscription identifier or None)
+        # filter as sent -> (granted qos, no local, retain as published, subscription ids)
         self.subscriptions: dict = {}
-        # packet id -> (msg, qos, retain, sub_ids, packet bytes) or RELEASED
+        # packet id -> (msg, qos, retain, sub_ids, packet bytes, encoding tag) or RELEASED;
+        # the tag (True: 5.0, False: 3.x, "alias") says whether a resume must re-encode.
         self.inflight: dict = {}
         # Created on first use (most sessions never need them: memory per connection).
         self.pending: deque | None = None  # (msg, qos, retain, sub_ids) waiting for a slot
@@ -109,7 +110,7 @@ class SessionState:
         self.dropped = 0
         self.limits = limits
         self.stats = stats
-        self.will: Message | None = None  # a will waiting for its delay (router's timers)
+        self.will: tuple | None = None  # (Will, username) waiting for its delay (router timers)
         self.will_at: float | None = None
         self.expires_at: float | None = None  # set while disconnected
 
