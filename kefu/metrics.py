@@ -160,7 +160,11 @@ class Metrics:
         self.bridge = bridge
 
     def attach_desk(self, desk) -> None:
-        """Observe a ``kefu.desk.Desk`` through its hooks; its store feeds the live gauges."""
+        """Observe a ``kefu.desk.Desk`` through its hooks; its store feeds the live gauges. Idempotent."""
+        if self.desk is desk:
+            return
+        if self.desk is not None:
+            raise ValueError("this Metrics already observes another desk")
         self.desk = desk
         hooks = desk.hooks
         hooks.register("message_received", self._on_message_received)
@@ -176,8 +180,12 @@ class Metrics:
         Give the proxy to the parts that write (broker persistence, desk) to get
         kefu_storage_write_seconds; the store itself is unchanged.
         """
-        self.store = store
-        return MeasuredStore(store, self.storage_write)
+        if isinstance(store, MeasuredStore):
+            store = store.wrapped
+        if self.store is not store:
+            self.store = store
+            self._measured = MeasuredStore(store, self.storage_write)
+        return self._measured
 
     def attach_intent(self, service) -> None:
         """The intent service (``kefu.nlp.service.IntentService``): its queue and batch counters."""

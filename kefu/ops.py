@@ -73,8 +73,9 @@ class Ops:
         if desk is not None:
             m.attach_desk(desk)
         if store is not None:
-            self.store = store
-            return m.attach_store(store)
+            proxy = m.attach_store(store)
+            self.store = proxy.wrapped
+            return proxy
         return None
 
     def routes(self) -> list:

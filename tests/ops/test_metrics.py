@@ -178,3 +178,19 @@ def test_intent_service_counters_are_read_at_scrape_time():
     assert value(fams, "kefu_intent_queue_length") == 3
     assert value(fams, "kefu_intent_batches", "kefu_intent_batches_total") == 10
     assert value(fams, "kefu_intent_batched_messages", "kefu_intent_batched_messages_total") == 42
+
+
+async def test_attaching_twice_counts_once(tmp_path):
+    from kefu.desk import Desk
+    from kefu.ops import Ops
+    from ops_stack import desk_settings
+
+    ops = Ops(config(tmp_path))
+    desk = Desk(desk_settings())
+    ops.attach(desk=desk)
+    ops.attach(desk=desk)  # as kefu/app.py may, once by itself and once through Ops.start
+    await desk.customer_message("chat", "cust-1", "hello")
+    fams = families(ops.metrics.exposition()[0].decode())
+    assert value(fams, "kefu_messages_received", "kefu_messages_received_total", channel="chat") == 1
+    with pytest.raises(ValueError, match="another desk"):
+        ops.attach(desk=Desk(desk_settings()))
