@@ -3,7 +3,6 @@ visitor's identity rules, and the abuse limits (error frames, 1008, 1009, idle c
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import trio
@@ -12,10 +11,6 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from bridge_stack import AGENT_TOKENS, SITE_SECRET, ChatClient, config, kefu_stack
 from kefu.bridge.frames import validate_server_frame
 from kefu.bridge.identity import sign_identity
-
-
-async def _open(stack, nursery_conn):
-    return ChatClient(nursery_conn)
 
 
 async def visitor_ready(c: ChatClient, **auth) -> dict:

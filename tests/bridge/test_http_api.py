@@ -7,7 +7,6 @@ import json
 import urllib.error
 import urllib.request
 
-import pytest
 import trio
 from jsonschema import Draft202012Validator
 from starlette.routing import Route
