@@ -21,7 +21,21 @@ def _auth(cfg) -> list[str]:
     return []
 
 
-CHECKS: list[Callable[[object], list[str]]] = [_auth]
+def _alerts(cfg) -> list[str]:
+    from .alerts import rule_problems
+
+    return rule_problems(cfg.alerts)
+
+
+def _storage(cfg) -> list[str]:
+    st = cfg.storage
+    if st.backend == "postgres" and not st.dsn:
+        return ['storage.dsn: required when storage.backend = "postgres" '
+                '(e.g. "postgresql://kefu@127.0.0.1:5432/kefu")']
+    return []
+
+
+CHECKS: list[Callable[[object], list[str]]] = [_auth, _alerts, _storage]
 
 
 def deep_check(cfg) -> list[str]:

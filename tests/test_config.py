@@ -106,3 +106,13 @@ def test_config_check_runs_subsystem_checks(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "auth.acl[0].topic:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_deep_checks_name_alert_and_storage_keys():
+    from kefu.checks import deep_check
+
+    cfg = from_dict({"storage": {"backend": "postgres"},
+                     "alerts": [{"metric": "no_such_series", "op": ">", "value": 1, "webhook": "http://127.0.0.1:9/x"}]})
+    got = deep_check(cfg)
+    assert any(p.startswith("storage.dsn: required") for p in got)
+    assert any(p.startswith("alerts[0].metric: unknown series") for p in got)
