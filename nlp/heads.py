@@ -130,7 +130,7 @@ class FewShotHead:
         protos /= np.linalg.norm(protos, axis=1, keepdims=True).clip(1e-9)
         self.prototypes = protos.astype(np.float32)
         if kind == "logistic" and k > 1:
-            self.W, self.b = self._fit_logistic(examples.astype(np.float64), self.example_labels, k, steps)
+            self.W, self.b = self._fit_logistic(examples.astype(np.float32), self.example_labels, k, steps)
         else:
             # Prototype scoring: cosine to each mean vector, sharpened.
             self.W, self.b = (self.prototypes.T.astype(np.float64) * 20.0), np.zeros(k)
@@ -139,9 +139,9 @@ class FewShotHead:
     def _fit_logistic(x: np.ndarray, y: np.ndarray, k: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """Full-batch gradient descent on L2-regularised softmax regression."""
         n, d = x.shape
-        w = np.zeros((d, k))
-        b = np.zeros(k)
-        onehot = np.eye(k)[y]
+        w = np.zeros((d, k), dtype=np.float32)
+        b = np.zeros(k, dtype=np.float32)
+        onehot = np.eye(k, dtype=np.float32)[y]
         lr, lam = 2.0, 1e-3
         for _ in range(steps):
             p = softmax(x @ w * 10.0 + b)
