@@ -382,12 +382,18 @@ class Router:
         for session, sqos, no_local, rap, sub_ids in targets:
             if no_local and session.client_id == origin:
                 continue
-            session.deliver(msg, qos if qos < sqos else sqos, rap and retain, sub_ids, now)
+            try:
+                session.deliver(msg, qos if qos < sqos else sqos, rap and retain, sub_ids, now)
+            except Exception:  # a bug for one subscriber must not cost the publisher or the others
+                _delivery_failed(session, msg)
         for group in groups:
             picked = group.pick(_online) or group.pick()
             if picked is not None:
                 session, (sqos, no_local, rap, sub_ids) = picked
-                session.deliver(msg, qos if qos < sqos else sqos, rap and retain, sub_ids, now)
+                try:
+                    session.deliver(msg, qos if qos < sqos else sqos, rap and retain, sub_ids, now)
+                except Exception:
+                    _delivery_failed(session, msg)
         if targets or groups:
             return RC.SUCCESS
         return RC.NO_MATCHING_SUBSCRIBERS
@@ -522,3 +528,7 @@ class Router:
 
 def _ignore(*_a) -> None:
     pass
+
+
+def _delivery_failed(session: SessionState, msg: Message) -> None:
+    log.exception("internal error delivering %r to client %r; message skipped for it", msg, session.client_id)
