@@ -328,9 +328,9 @@ class Desk(DeskQueries):
                 "message_received", MessageReceived(conv.id, customer_id, channel, text, dict(meta or {}))
             ) if self.hooks.active("message_received") else None
             body, meta2 = (filt.text, filt.meta) if filt else (text, meta)
-            res = await self._commit(recs + [conv])
-            conv = res[-1]
-            self._track(conv)
+            if evs or recs:  # a new, reopened or closed conversation, or a new contact
+                res = await self._commit(recs + [conv])
+                conv = res[-1]
             m, ev = await self._add_message(conv, "customer", body, sender_id=customer_id, meta=meta2)
             await self._emit(evs + [ev])
             if requeue:

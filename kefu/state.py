@@ -86,6 +86,7 @@ class MemoryStore:
         self._waiting: dict[str, set[str]] = {}
         self._assigned: dict[str, set[str]] = {}
         self._alarms: dict[tuple[str, str], str] = {}
+        self._by_customer: dict[str, set[str]] = {}
         self._msgs: dict[str, list[Message]] = {}
 
     # --- leases and counters --------------------------------------------------------
@@ -142,6 +143,7 @@ class MemoryStore:
                 self._waiting.setdefault(new.team or "", set()).add(new.id)
             if new.assignee and new.status == Status.ASSIGNED:
                 self._assigned.setdefault(new.assignee, set()).add(new.id)
+            self._by_customer.setdefault(new.customer_id, set()).add(new.id)
             key = (new.customer_id, new.thread)
             cur = self._threads.get(key)
             if cur is None or cur == new.id or self._recs[kind][cur].created_at <= new.created_at:
@@ -164,10 +166,13 @@ class MemoryStore:
 
     async def conversations(self, *, status: Status | None = None, customer_id: str | None = None) -> list[Conversation]:
         convs = self._recs["conversation"]
-        ids: Iterable[str] = self._by_status[status] if status is not None else convs.keys()
-        out = [convs[i] for i in ids]
         if customer_id is not None:
-            out = [c for c in out if c.customer_id == customer_id]
+            out = [convs[i] for i in self._by_customer.get(customer_id, ())]
+            if status is not None:
+                out = [c for c in out if c.status == status]
+        else:
+            ids: Iterable[str] = self._by_status[status] if status is not None else convs.keys()
+            out = [convs[i] for i in ids]
         return sorted(out, key=lambda c: (c.created_at, c.id))
 
     async def waiting(self, team: str | None = None) -> list[Conversation]:

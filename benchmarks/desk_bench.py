@@ -1,0 +1,477 @@
+"""Customer -> agent latency through the whole desk, and what it costs. One command, prints tables.
+
+    .venv/bin/python benchmarks/desk_bench.py --model DIR            # the real intent model
+    .venv/bin/python benchmarks/desk_bench.py --keywords             # a keyword stand-in
+    options: --customers 2000 --agents 200 --capacity 10 --interval 3 --duration 30 --storage sqlite|none
+
+Two measurements:
+
+1. *core*: the Desk alone in this process (in-memory store, publisher records the time
+   the agent's inbox frame is handed to it): what the desk's own logic costs per message.
+2. *stack*: kefu in a server process -- broker, RouterBus, the desk on the broker glue
+   (topic ACL on every publish), the /chat bridge, the intent service and durable
+   transcripts in SQLite -- and a load process with half the customers as MQTT devices
+   (raw TCP, kefu's codec), half as /chat browsers (WebSocket), and the agents as MQTT
+   clients signed in as ``agent:<id>``. Every customer asks for a human, waits until an
+   agent joins, then sends a message every ``interval`` seconds (random phase) carrying
+   its send time; the agent that holds the conversation records the latency. Lost =
+   messages sent after the agent joined that never reached it. Memory = the server's RSS.
+
+Both processes run on the same machine, so their CPU use competes: the figures are an
+upper bound of what a dedicated server would show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+sys.path.insert(0, str(ROOT))
+
+from kefu.broker.mqtt.codec import Decoder, encode  # noqa: E402
+from kefu.broker.mqtt.packets import Connect, Publish, Subscribe, Subscription  # noqa: E402
+
+PASSWORD = "bench-agent-password"
+
+
+def pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    w = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(str(c).rjust(x) if i else str(c).ljust(x) for i, (c, x) in enumerate(zip(r, w)))  # noqa: E731
+    return "\n".join([line(head), line(["-" * x for x in w])] + [line(r) for r in rows])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Pred:
+    intent: str
+    confidence: float
+    out_of_scope: bool = False
+    sentiment: str = "neutral"
+
+
+def keyword_classify(text: str) -> Pred:
+    t = text.lower()
+    if "stolen" in t:
+        return Pred("lost_or_stolen_card", 0.95)
+    if "arrive" in t:
+        return Pred("card_arrival", 0.95)
+    return Pred("card_not_working", 0.3)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# --------------------------------------------------------------------------- 1. core
+
+
+async def core_bench(customers: int, agents: int, capacity: int, messages: int) -> dict:
+    from kefu.agents import Agent
+    from kefu.desk import Desk
+    from kefu.settings import DeskSettings
+
+    sent: dict[str, float] = {}
+    lat: list[float] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        if "/inbox" in topic and b'"customer"' in payload:
+            doc = json.loads(payload)
+            if doc.get("type") == "message":
+                t0 = sent.pop(doc["message"]["text"], None)
+                if t0 is not None:
+                    lat.append(time.perf_counter() - t0)
+
+    team = tuple(Agent(f"a{i}", teams=frozenset({"general"}), capacity=capacity) for i in range(agents))
+    desk = Desk(DeskSettings(agents=team, accept_timeout=0.0, queue_message=""), classify=keyword_classify,
+                publish=publish)
+    import tracemalloc
+
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    async with trio.open_nursery() as n:
+        await n.start(desk.run)
+        for i in range(agents):
+            await desk.agent_connected(f"a{i}")
+        for c in range(customers):
+            await desk.customer_message("mqtt", f"c{c}", "talk to a human")
+        mem = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()  # it slows Python down several times: memory only over the setup
+        gc.collect()
+        t0 = time.perf_counter()
+        for k in range(messages):
+            text = f"m{k}"
+            sent[text] = time.perf_counter()
+            await desk.customer_message("mqtt", f"c{k % customers}", text)
+        elapsed = time.perf_counter() - t0
+        n.cancel_scope.cancel()
+    return {"lat": lat, "lost": len(sent), "rate": messages / elapsed, "mem": mem, "assigned": customers}
+
+
+# --------------------------------------------------------------------------- 2. stack: server
+
+
+def write_config(tmp: Path, args, ports: dict) -> Path:
+    from kefu.broker.auth import hash_password
+
+    pw_hash = hash_password(PASSWORD, log_n=4)  # cheap on purpose: 200 logins, benchmark only
+    lines = [
+        "[listeners.mqtt]", 'host = "127.0.0.1"', f"port = {ports['mqtt']}",
+        "[listeners.ws]", "enabled = true", 'host = "127.0.0.1"', f"port = {ports['ws']}",
+        "[listeners.http]", "enabled = false",
+        "[mqtt]", "sys_interval = 0",
+        "[chat]", "rate_per_second = 1000.0", "rate_burst = 1000",
+        "[log]", 'level = "warning"',
+        "[desk]", "accept_timeout = 0.0", "agent_keepalive = 0.0", 'queue_message = ""',
+        "[bot]", f'answers_file = "{ROOT / "config" / "answers.toml"}"',
+        "[storage]", 'backend = "sqlite"', f'path = "{tmp / "kefu.db"}"',
+        "[auth]", "allow_anonymous = true",
+        "[[teams]]", 'id = "general"',
+    ]
+    for i in range(args.agents):
+        lines += ["[[auth.users]]", f'username = "agent:ag{i}"', f'password_hash = "{pw_hash}"']
+        lines += ["[[agents]]", f'id = "ag{i}"', 'teams = ["general"]', f"capacity = {args.capacity}"]
+    p = tmp / "bench.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+async def serve(cfg_path: str, model: str | None, storage: str) -> None:
+    """The server process: kefu with the desk, wired as app.py would wire it."""
+    from kefu import broker_glue
+    from kefu.bridge import service
+    from kefu.bridge.bus import RouterBus
+    from kefu.broker.server import Broker
+    from kefu.config import load
+    from kefu.persist import PersistingStore, Transcripts
+    from kefu.state import MemoryStore
+
+    cfg = load(cfg_path)
+    async with trio.open_nursery() as n:
+        classify = keyword_classify
+        if model:
+            from kefu.nlp.classifier import from_config as clf_from_config
+            from kefu.nlp.service import IntentService
+
+            cfg.nlp.model = model
+            svc = await n.start(IntentService(clf_from_config(cfg.nlp), batch_size=32, max_wait_ms=2.0).run)
+            classify = svc.classify
+        store = MemoryStore()
+        sql_cm = None
+        if storage == "sqlite":
+            from kefu.storage import open_store
+
+            sql_cm = open_store(cfg.storage, background=False)
+            sql = await sql_cm.__aenter__()
+            transcripts = await n.start(Transcripts(sql).run)
+            store = PersistingStore(store, transcripts)
+        broker = Broker(cfg)
+        await n.start(broker.serve)
+        bus = RouterBus(broker)
+        desk = await n.start(lambda task_status: broker_glue.run(
+            cfg, broker=broker, bus=bus, classify=classify, store=store, base_dir=ROOT, task_status=task_status))
+        await n.start(lambda task_status: service.run(cfg, broker=broker, desk=desk, bus=bus, task_status=task_status))
+        print("ready", flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+            async for _ in sigs:
+                break
+        stats = {"published": desk.published, "publish_errors": desk.publish_errors}
+        if sql_cm is not None:
+            with trio.move_on_after(10):
+                await store.t.drained()
+            stats.update(written=store.t.stats.written, failed=store.t.stats.failed)
+        print("stats " + json.dumps(stats), flush=True)
+        n.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- 2. stack: load
+
+
+class Mqtt:
+    """A minimal MQTT 3.1.1 client over trio TCP (benchmark only)."""
+
+    def __init__(self, stream) -> None:
+        self.s = stream
+        self.dec = Decoder(server=False, version=4)
+        self.pid = 0
+
+    @classmethod
+    async def open(cls, port: int, cid: str, username=None, password=None) -> "Mqtt":
+        c = cls(await trio.open_tcp_stream("127.0.0.1", port))
+        await c.s.send_all(encode(Connect(client_id=cid, keep_alive=600, username=username,
+                                          password=password.encode() if password else None), 4))
+        ack = await c.packets()
+        if not ack or getattr(ack[0], "reason_code", 1) != 0:
+            raise RuntimeError(f"{cid}: connect refused: {ack}")
+        return c
+
+    async def packets(self) -> list:
+        data = await self.s.receive_some(65536)
+        if not data:
+            raise EOFError
+        self.dec.feed(data)
+        out = []
+        while (p := self.dec.next_packet()) is not None:
+            out.append(p)
+        return out
+
+    async def subscribe(self, f: str) -> None:
+        self.pid += 1
+        await self.s.send_all(encode(Subscribe(self.pid, (Subscription(f, 0),)), 4))
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await self.s.send_all(encode(Publish(topic, payload, 0), 4))
+
+
+async def load(args, ports: dict) -> dict:
+    from trio_websocket import open_websocket_url
+
+    lat: list[float] = []
+    sent_ids: set[str] = set()
+    got_ids: set[str] = set()
+    joined = 0
+    all_joined = trio.Event()
+    failures: list[str] = []
+    stop = trio.Event()
+    n_cust = args.customers
+    n_mqtt = n_cust // 2
+
+    def on_joined():
+        nonlocal joined
+        joined += 1
+        if joined == n_cust:
+            all_joined.set()
+
+    async def agent(i: int, task_status=trio.TASK_STATUS_IGNORED):
+        c = await Mqtt.open(ports["mqtt"], f"agent-conn-{i}", f"agent:ag{i}", PASSWORD)
+        await c.subscribe(f"kefu/agent/ag{i}/inbox")
+        task_status.started()
+        while True:
+            for p in await c.packets():
+                if not isinstance(p, Publish):
+                    continue
+                doc = json.loads(p.payload)
+                if doc.get("type") == "message" and doc["message"]["author"]["kind"] == "customer":
+                    text = doc["message"]["text"]
+                    if text.startswith("b "):
+                        _, mid, t0 = text.split()
+                        lat.append(time.monotonic() - float(t0))
+                        got_ids.add(mid)
+
+    async def talk(name: str, send, wait_joined):
+        await send("I want to talk to a human")
+        await wait_joined()
+        on_joined()
+        await all_joined.wait()
+        await trio.sleep(random.uniform(0, args.interval))
+        k = 0
+        while not stop.is_set():
+            mid = f"{name}.{k}"
+            sent_ids.add(mid)
+            await send(f"b {mid} {time.monotonic():.6f}")
+            k += 1
+            with trio.move_on_after(args.interval):
+                await stop.wait()
+
+    async def device(i: int):
+        try:
+            c = await Mqtt.open(ports["mqtt"], f"dev{i}")
+            await c.subscribe(f"kefu/c/dev{i}/main/out")
+            topic = f"kefu/c/dev{i}/main/in"
+
+            async def wait_joined():
+                while True:
+                    for p in await c.packets():
+                        if isinstance(p, Publish) and b"has joined" in p.payload:
+                            return
+
+            async def drain():
+                while True:
+                    await c.packets()
+
+            async with trio.open_nursery() as n:
+                async def run():
+                    await talk(f"d{i}", lambda t: c.publish(topic, t.encode()), wait_joined)
+                    n.cancel_scope.cancel()
+                n.start_soon(run)
+                await all_joined.wait()
+                n.start_soon(drain)
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"device {i}: {type(e).__name__}: {e}")
+
+    async def browser(i: int):
+        try:
+            async with open_websocket_url(f"ws://127.0.0.1:{ports['ws']}/chat",
+                                          extra_headers=[("Origin", "http://127.0.0.1")]) as ws:
+                await ws.send_message(json.dumps({"type": "auth", "role": "visitor", "site": "demo"}))
+                while json.loads(await ws.get_message())["type"] != "ready":
+                    pass
+
+            # one connection for the whole run (the visitor's identity is tied to it)
+                async def send(text):
+                    await ws.send_message(json.dumps({"type": "message", "text": text}))
+
+                async def wait_joined():
+                    while True:
+                        f = json.loads(await ws.get_message())
+                        if f.get("type") == "message" and "has joined" in f["message"]["text"]:
+                            return
+
+                async with trio.open_nursery() as n:
+                    async def run():
+                        await talk(f"w{i}", send, wait_joined)
+                        n.cancel_scope.cancel()
+                    n.start_soon(run)
+                    await all_joined.wait()
+
+                    async def drain():
+                        while True:
+                            await ws.get_message()
+                    n.start_soon(drain)
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"browser {i}: {type(e).__name__}: {e}")
+
+    t0 = time.monotonic()
+    async with trio.open_nursery() as n:
+        for i in range(args.agents):
+            await n.start(agent, i)
+        for i in range(n_cust):
+            n.start_soon(device if i < n_mqtt else browser, i)
+            if i % 100 == 99:
+                await trio.sleep(0.05)  # ramp: keep the accept backlog happy
+        with trio.move_on_after(180):
+            await all_joined.wait()
+        t_joined = time.monotonic() - t0
+        if not all_joined.is_set():
+            failures.append(f"only {joined} of {n_cust} conversations reached an agent")
+            all_joined.set()
+        await trio.sleep(args.duration)
+        stop.set()
+        await trio.sleep(3.0)  # let the last messages land
+        n.cancel_scope.cancel()
+    return {"lat": lat, "sent": len(sent_ids), "lost": len(sent_ids - got_ids), "joined": joined,
+            "t_joined": t_joined, "failures": failures}
+
+
+async def stack_bench(args) -> tuple[dict, dict, dict]:
+    tmp = Path(tempfile.mkdtemp(prefix="kefu-desk-bench-"))
+    ports = {"mqtt": free_port(), "ws": free_port()}
+    cfg = write_config(tmp, args, ports)
+    argv = [PY, __file__, "--serve", str(cfg), "--storage", args.storage] + (["--model", args.model] if args.model else [])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT), start_new_session=True)
+    try:
+        line = await trio.to_thread.run_sync(proc.stdout.readline)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read().decode()[-2000:]}")
+        rss0 = rss_kib(proc.pid)
+        cpu0 = cpu_s(proc.pid), time.process_time()
+        res = await load(args, ports)
+        rss1 = rss_kib(proc.pid)
+        res["cpu_server"] = cpu_s(proc.pid) - cpu0[0]
+        res["cpu_load"] = time.process_time() - cpu0[1]
+        proc.send_signal(signal.SIGTERM)
+        out = await trio.to_thread.run_sync(proc.communicate)
+        stats = {}
+        for ln in out[0].decode().splitlines():
+            if ln.startswith("stats "):
+                stats = json.loads(ln[6:])
+        return res, {"rss0": rss0, "rss1": rss1}, stats
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def main(args) -> None:
+    print(f"desk benchmark: {args.customers} customers, {args.agents} agents x capacity {args.capacity}, "
+          f"a message every {args.interval:g} s per customer, {args.duration:g} s; classifier: "
+          f"{'model ' + args.model if args.model else 'keywords'}; storage: {args.storage}\n")
+    core = await core_bench(args.customers, args.agents, args.capacity, messages=20_000)
+    ms = lambda x: f"{x * 1000:.3f}"  # noqa: E731
+    print("1. core (Desk alone, in-memory store, one process)")
+    print(table(["conversations", "messages", "p50 ms", "p99 ms", "max ms", "msgs/s (one core)", "lost",
+                 "memory / conversation"],
+                [[str(core["assigned"]), str(len(core["lat"]) + core["lost"]), ms(pct(core["lat"], 50)),
+                  ms(pct(core["lat"], 99)), ms(max(core["lat"])), f"{core['rate']:.0f}", str(core["lost"]),
+                  f"{core['mem'] / core['assigned'] / 1024:.1f} KiB"]]))
+    if args.core_only:
+        return
+    res, mem, stats = await stack_bench(args)
+    print("\n2. stack (server process: broker + ACL + desk + /chat + intent service + transcripts; load process)")
+    rate = res["sent"] / max(args.duration, 1)
+    print(table(["conversations", "joined in", "messages", "msg/s", "p50 ms", "p99 ms", "max ms", "lost",
+                 "server RSS before -> after"],
+                [[str(res["joined"]), f"{res['t_joined']:.1f} s", str(res["sent"]), f"{rate:.0f}",
+                  ms(pct(res["lat"], 50)), ms(pct(res["lat"], 99)), ms(max(res["lat"]) if res["lat"] else float("nan")),
+                  str(res["lost"]), f"{mem['rss0'] / 1024:.0f} -> {mem['rss1'] / 1024:.0f} MiB"]]))
+    print(f"CPU over the run ({res['t_joined'] + args.duration + 3:.0f} s): server {res['cpu_server']:.1f} s, "
+          f"load generator {res['cpu_load']:.1f} s")
+    if stats:
+        print(f"server: {stats}")
+    if res["failures"]:
+        print(f"\n{len(res['failures'])} failures, first: {res['failures'][:3]}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", type=int, default=2000)
+    ap.add_argument("--agents", type=int, default=200)
+    ap.add_argument("--capacity", type=int, default=10)
+    ap.add_argument("--interval", type=float, default=3.0)
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--model", help="intent model folder (made by `kefu nlp train`)")
+    ap.add_argument("--keywords", action="store_true", help="use a keyword stand-in instead of the intent model")
+    ap.add_argument("--storage", choices=["sqlite", "none"], default="sqlite")
+    ap.add_argument("--core-only", action="store_true")
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve:
+        prof = os.environ.get("KEFU_BENCH_PROFILE")  # a file: the server's cProfile stats go there
+        if prof:
+            import cProfile
+
+            cProfile.run("trio.run(serve, a.serve, a.model, a.storage)", prof)
+        else:
+            trio.run(serve, a.serve, a.model, a.storage)
+        sys.exit(0)
+    if not a.model and not a.keywords:
+        shipped = ROOT / "nlp" / "models" / "banking77"
+        if (shipped / "model.onnx").exists():
+            a.model = str(shipped)
+        else:
+            ap.error("no shipped intent model in nlp/models/banking77: pass --model DIR or --keywords")
+    trio.run(main, a)
