@@ -164,6 +164,13 @@ async def run(
     """Start the desk on ``broker`` (publishing and consuming through ``bus``, a
     ``kefu.bridge.bus.RouterBus``); ``started(desk)``. Runs until cancelled."""
     s = settings or settings_from_config(cfg, base_dir=base_dir)
+    if desk_hooks is None:
+        from .hooks import DeskHooks, load_plugins
+
+        desk_hooks = DeskHooks()
+        names = load_plugins(desk_hooks)  # entry points in group kefu.plugins; a broken one raises
+        if names:
+            log.info("desk plugins: %s", ", ".join(names))
     desk = Desk(s, classify=classify, publish=bus.publish, store=store, hooks=desk_hooks)
     glue = DeskGlue(desk, broker.hooks, users=frozenset(u.username for u in cfg.auth.users))
     glue.install()
