@@ -31,7 +31,7 @@ from .router import Router
 
 log = logging.getLogger("kefu.broker")
 
-SHUTDOWN_GRACE = 1.5
+SHUTDOWN_GRACE = 1.0  # healthy clients flush in milliseconds; a stuck one never will
 KEEPALIVE_SWEEP = 0.5  # seconds between keepalive/CONNECT-timeout checks of every connection
 
 

@@ -23,7 +23,7 @@ from .ops import Ops
 
 log = logging.getLogger("kefu")
 
-STOP_DEADLINE = 1.8  # seconds from the signal to the end of trio.run, whatever happens
+STOP_DEADLINE = 1.5  # seconds from the signal to the end of trio.run, whatever happens
 
 
 class App:
