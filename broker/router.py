@@ -361,6 +361,21 @@ class Router:
         msg = Message(topic, payload, qos, retain, props, None if exp is None else now + exp, proto.client_id)
         return self._accept(msg, proto.client_id, proto.username, now)
 
+    def inject(self, topic: str, payload: bytes, now: float, *, qos: int = 0, retain: bool = False,
+               properties=NO_PROPERTIES, client_id: str = "", username: str | None = None) -> int:
+        """Publish from inside kefu (no client connection): the topic is validated
+        (``ValueError``), the ``on_message_published`` hook runs, the message is retained
+        if asked and routed like a client's. Returns 0x00, or 0x10 when nobody matched.
+        No ACL check: kefu's own code is trusted.
+        """
+        validate_topic_name(topic, self.max_topic_levels)
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
+        exp = properties.message_expiry_interval
+        msg = Message(topic, bytes(payload), qos, retain, properties,
+                      None if exp is None else now + exp, client_id)
+        return self._accept(msg, client_id, username, now)
+
     def _accept(self, msg: Message, client_id: str, username, now: float) -> int:
         if msg.retain:
             self.retained.set(msg.topic, msg if msg.payload else None)

@@ -196,6 +196,13 @@ class Broker:
             if self._stopping and not self.connections:
                 self._drained.set()
 
+    def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
+                properties=None, client_id: str = "") -> int:
+        """Publish a message from inside kefu (see ``Router.inject``); call from the trio thread."""
+        kw = {} if properties is None else {"properties": properties}
+        return self.router.inject(topic, payload, trio.current_time(), qos=qos, retain=retain,
+                                  client_id=client_id, **kw)
+
     # ------------------------------------------------------------------ timers
     async def _timers(self) -> None:
         router = self.router

@@ -843,3 +843,18 @@ def test_plans_follow_subscription_changes():
     publish(b"4")
     assert [m.payload for m in got["a"] if isinstance(m, Publish)] == [b"1", b"2"]
     assert [m.payload for m in got["b"] if isinstance(m, Publish)] == [b"2", b"3"]
+
+
+def test_inject_publishes_from_inside_kefu():
+    r = make_router()
+    s = Peer(r, V5)
+    s.connect("s")
+    s.subscribe("desk/#", qos=1)
+    assert r.inject("desk/reply", b"hello", 0.0, qos=1, retain=True,
+                    properties=Properties(content_type="text/plain")) == 0
+    [m] = s.received()
+    assert (m.topic, m.payload, m.qos, m.properties.content_type) == ("desk/reply", b"hello", 1, "text/plain")
+    assert r.retained.get("desk/reply").payload == b"hello"
+    assert r.inject("nobody/here", b"x", 0.0) == 0x10
+    with pytest.raises(ValueError):
+        r.inject("bad/+", b"x", 0.0)
