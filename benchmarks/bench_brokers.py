@@ -138,7 +138,7 @@ class PythonBroker(BrokerProcess):
 
 
 class Mosquitto(BrokerProcess):
-    nodelay = False  # set_tcp_nodelay (broker_bench.py --mosquitto-nodelay); default off, as shipped
+    extra: list[str] = []  # extra mosquitto.conf lines (broker_bench.py --mosquitto-option)
 
     def start(self) -> BrokerProcess:
         self.port = free_port()
@@ -151,7 +151,7 @@ class Mosquitto(BrokerProcess):
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\n"
             "connection_messages false\n"
-            + ("set_tcp_nodelay true\n" if self.nodelay else "")
+            + "".join(line + "\n" for line in self.extra)
         )
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT, preexec_fn=raise_nofile)

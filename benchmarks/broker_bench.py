@@ -333,8 +333,9 @@ def main() -> int:
     ap.add_argument("--versions", default=None, help="4, 5 or 4,5 (default: both; --quick: 4)")
     ap.add_argument("--duration", type=float, default=None, help="seconds measured per throughput phase")
     ap.add_argument("--connections", type=int, default=10_000, help="clients in the connections phase")
-    ap.add_argument("--mosquitto-nodelay", action="store_true",
-                    help="run Mosquitto with set_tcp_nodelay true (default: its shipped default, false)")
+    ap.add_argument("--mosquitto-option", action="append", default=[], metavar="LINE",
+                    help="extra mosquitto.conf line, e.g. 'max_inflight_messages 32' (repeatable; "
+                         "default: Mosquitto's shipped defaults)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the kefu broker in throughput phases (raw stacks)")
     args = ap.parse_args()
 
@@ -348,7 +349,7 @@ def main() -> int:
         st.connections = max(100, limit - 200)
     prof = Profiler(args.profile)
 
-    Mosquitto.nodelay = args.mosquitto_nodelay
+    Mosquitto.extra = args.mosquitto_option
     brokers = make_brokers(args.brokers.split(","))
     rows = []  # (label, version, {broker: value}, cpu{broker: share}, target, kind)
     started = time.time()
