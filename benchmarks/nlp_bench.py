@@ -36,7 +36,7 @@ from kefu.nlp import data as D  # noqa: E402
 from kefu.nlp.classifier import IntentClassifier  # noqa: E402
 from kefu.nlp.encoder import Encoder  # noqa: E402
 from kefu.nlp.heads import FewShotHead  # noqa: E402
-from kefu.nlp.sentiment import Sentiment  # noqa: E402
+from kefu.nlp.classifier import Sentiment  # noqa: E402
 
 
 def banking_heldout(data_dir: Path) -> D.Labelled:
