@@ -76,7 +76,7 @@ class Stats:
 class Transcripts:
     """The write-behind queue to a ``kefu.storage`` CoreStore."""
 
-    def __init__(self, sql: Any, *, lanes: int = 16, queue: int = 20_000) -> None:
+    def __init__(self, sql: Any, *, lanes: int = 64, queue: int = 64_000) -> None:
         self.sql = sql
         self._lanes = [trio.open_memory_channel(queue // lanes) for _ in range(lanes)]
         self.stats = Stats()
