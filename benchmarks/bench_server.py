@@ -92,7 +92,7 @@ def log_gc_pauses(threshold: float = 0.002) -> None:
             took = time.perf_counter() - started.get("t", time.perf_counter())
             cpu = time.thread_time() - started.get("cpu", time.thread_time())
             if took >= threshold:
-                print(f"gc: generation {info['generation']} took {took * 1000:.1f} ms "
+                print(f"gc: t={time.monotonic():.3f} generation {info['generation']} took {took * 1000:.1f} ms "
                       f"({cpu * 1000:.1f} ms CPU), collected {info['collected']}", file=sys.stderr, flush=True)
 
     gc.callbacks.append(callback)
@@ -105,4 +105,8 @@ if __name__ == "__main__":
     raise_nofile()
     if os.environ.get("BENCH_GC_LOG") == "1":
         log_gc_pauses()
+    if os.environ.get("BENCH_GC") == "off":  # experiment: how much of a tail is the cyclic GC?
+        import gc
+
+        gc.disable()
     {"kefu": run_kefu, "amqtt": run_amqtt}[which](port)

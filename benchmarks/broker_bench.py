@@ -207,11 +207,11 @@ def latency(b: BrokerProcess, version: int, st: Settings, prof: Profiler) -> dic
     """p50/p99 of publish->deliver at 1000 msg/s while ``st.idle`` subscribed clients sit idle."""
     w = Workers()
     idle_ids = ids("idle", st.idle)
-    for part in split(list(range(st.idle)), 2):
+    for part in split(list(range(st.idle)), 2 if st.idle else 0):
         w.start(L.holder_worker, b.port, version, [idle_ids[i] for i in part],
                 [f"bench/idle/{i}" for i in part], w.ctrl, timeout=st.connect_timeout)
     try:
-        conns = w.expect("connected", 2, st.connect_timeout + 30)
+        conns = w.expect("connected", 2 if st.idle else 0, st.connect_timeout + 30)
         failed = sum(c[1] for c in conns)
         if failed:
             raise L.BenchError(f"{failed} idle clients failed: {next(c[2] for c in conns if c[2])}")
@@ -237,7 +237,7 @@ def latency(b: BrokerProcess, version: int, st: Settings, prof: Profiler) -> dic
     lat = sorted(got[0])
     q = statistics.quantiles(lat, n=100, method="inclusive")
     return {"p50": q[49] / 1e6, "p99": q[98] / 1e6, "max": lat[-1] / 1e6, "n": len(lat),
-            "cpu": (cpu1 - cpu0) / (t1 - t0)}
+            "cpu": (cpu1 - cpu0) / (t1 - t0), "window": (t0, t1)}
 
 
 def connections(b: BrokerProcess, version: int, st: Settings) -> dict:
@@ -333,6 +333,7 @@ def main() -> int:
     ap.add_argument("--versions", default=None, help="4, 5 or 4,5 (default: both; --quick: 4)")
     ap.add_argument("--duration", type=float, default=None, help="seconds measured per throughput phase")
     ap.add_argument("--connections", type=int, default=10_000, help="clients in the connections phase")
+    ap.add_argument("--idle", type=int, default=2000, help="idle subscribed clients in the latency phase")
     ap.add_argument("--mosquitto-option", action="append", default=[], metavar="LINE",
                     help="extra mosquitto.conf line, e.g. 'max_inflight_messages 32' (repeatable; "
                          "default: Mosquitto's shipped defaults)")
@@ -340,6 +341,7 @@ def main() -> int:
     args = ap.parse_args()
 
     st = Settings(args.quick, args.duration, args.connections)
+    st.idle = args.idle
     versions = [int(v) for v in (args.versions or ("4" if args.quick else "4,5")).split(",")]
     phases = args.phases.split(",")
     limit = raise_nofile()
@@ -389,7 +391,9 @@ def main() -> int:
                         r = latency(b, v, st, prof)
                         p50[b.name], p99[b.name], cpus[b.name] = r["p50"], r["p99"], (r["cpu"], None)
                         log(f"latency {VNAME[v]} {b.name}: p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms "
-                            f"max {r['max']:.2f} ms ({r['n']} samples)")
+                            f"max {r['max']:.2f} ms ({r['n']} samples"
+                            + (f", measured t={r['window'][0]:.3f}..{r['window'][1]:.3f}"
+                               if os.environ.get("BENCH_GC_LOG") else "") + ")")
                     except L.BenchError as e:
                         log(f"latency {VNAME[v]} {b.name}: FAILED: {e}")
                 rows.append((f"latency p50 @1000 msg/s, {st.idle} idle subs, ms", v, p50, cpus, "", "ms"))
@@ -437,7 +441,7 @@ def main() -> int:
                 rows.append(("flood: drops counted by the broker", v, drops, {}, "counted", "count"))
     finally:
         for b in brokers:
-            tail = b.log_tail(8)
+            tail = b.log_tail(40 if os.environ.get("BENCH_GC_LOG") else 8)
             if tail.strip():
                 print(f"# last lines of the {b.name} log:\n{tail}", file=sys.stderr)
             b.stop()

@@ -18,8 +18,8 @@ from collections import Counter
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
-def short(frame: str) -> str:
-    """'func (path/to/kefu/broker/router.py:123)' -> 'router.py:func'."""
+def short(frame: str, lines: bool = False) -> str:
+    """'func (path/to/kefu/broker/router.py:123)' -> 'router.py:func' (``lines``: 'router.py:123 func')."""
     m = _FRAME.match(frame.strip())
     if not m:
         return frame.strip()
@@ -28,10 +28,12 @@ def short(frame: str) -> str:
     if "site-packages/" in path:
         pkg = path.split("site-packages/", 1)[1].split("/", 1)[0]
         name = f"{pkg}/{name}"
+    if lines and m.group("line"):
+        return f"{name}:{m.group('line')} {m.group('func')}"
     return f"{name}:{m.group('func')}"
 
 
-def load(path: str) -> tuple[Counter, Counter, int]:
+def load(path: str, lines: bool = False) -> tuple[Counter, Counter, int]:
     self_c: Counter = Counter()
     total_c: Counter = Counter()
     n = 0
@@ -45,7 +47,7 @@ def load(path: str) -> tuple[Counter, Counter, int]:
                 k = int(count)
             except ValueError:
                 continue
-            frames = [short(fr) for fr in stack.split(";") if fr and not fr.startswith("process ")
+            frames = [short(fr, lines) for fr in stack.split(";") if fr and not fr.startswith("process ")
                       and not fr.startswith("thread ")]
             if not frames:
                 continue
@@ -60,9 +62,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+")
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--lines", action="store_true", help="per source line instead of per function")
     args = ap.parse_args()
     for path in args.files:
-        self_c, total_c, n = load(path)
+        self_c, total_c, n = load(path, args.lines)
         print(f"## {path}: {n} samples")
         print(f"{'self':>6}  function")
         for fn, k in self_c.most_common(args.top):
