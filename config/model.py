@@ -75,7 +75,7 @@ class TlsListener:
 
 @dataclass
 class WebSocketListener:
-    enabled: bool = opt(False, "Serve MQTT over WebSocket (/mqtt) and the browser chat protocol (/chat).")
+    enabled: bool = opt(True, "Serve MQTT over WebSocket (/mqtt) and the browser chat protocol (/chat).")
     host: str = opt("0.0.0.0", "Address to bind.")
     port: int = opt(8083, "WebSocket port.", port)
     certfile: str = opt("", "PEM certificate chain; with keyfile set the listener serves wss:// instead of ws://.")
@@ -91,7 +91,7 @@ class WebSocketListener:
 
 @dataclass
 class HttpListener:
-    enabled: bool = opt(False, "Serve the HTTP API, widget, agent console and dashboard.")
+    enabled: bool = opt(True, "Serve the HTTP API, widget, agent console and dashboard.")
     host: str = opt("0.0.0.0", "Address to bind.")
     port: int = opt(18083, "HTTP port.", port)
     certfile: str = opt("", "PEM certificate chain; with keyfile set the listener serves https://.")

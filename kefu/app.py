@@ -1,4 +1,4 @@
-"""The wiring: one root nursery running every kefu service (for now, the MQTT broker).
+"""The wiring: one root nursery running every kefu service.
 
 ``run(cfg, task_status)`` starts the services and reports an ``App`` (addresses,
 the broker, ``stop()``) so tests can run the whole thing in-process.
@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
@@ -51,28 +52,64 @@ class App:
         self._scope.cancel()
 
 
-async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[str], None] | None = None) -> None:
+async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[str], None] | None = None,
+              base_dir: str | Path | None = None) -> None:
     """Run every kefu service until cancelled or ``App.stop()``; ``started(App)`` once listening.
+
+    Order matters: storage opens first (so nothing is accepted that cannot be kept), the
+    intent engine loads its model (a missing model is a start-up error, not a fallback),
+    the desk installs its topic ACL on the broker's hooks, and only then do the broker
+    and the bridge start accepting connections. ``base_dir`` is the config file's folder
+    (relative paths in the config, such as the answers file, are resolved against it).
 
     Raises ``ListenError`` (before ``started``) when a listener cannot be opened.
     """
+    from .bridge.bus import RouterBus
+    from .bridge.service import run as run_bridge
+    from .storage import open_store
+
     broker = Broker(cfg)
     ops = Ops(cfg)  # metrics, history, alerts (kefu/ops.py); raises ConfigError for bad [[alerts]]
+    say = announce or (lambda line: None)
     with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(broker.serve)
-            if announce is not None:
-                for a in addresses:
-                    announce(f"kefu: MQTT listening on {a.url}")
-            # The bridge: MQTT over WebSocket (/mqtt), the browser chat protocol, HTTP API and pages.
-            from .bridge.service import run as run_bridge
+        async with open_store(cfg.storage) as raw_store, trio.open_nursery() as nursery:
+            store = ops.attach(store=raw_store)  # the proxy that times committed writes
+            intent = None
+            if cfg.nlp.enabled:
+                from .nlp.service import IntentService
 
-            bridge = await nursery.start(functools.partial(run_bridge, cfg, broker=broker, announce=announce,
-                                                           extra_routes=ops.routes()))
+                intent = IntentService.from_config(cfg.nlp)
+                await nursery.start(intent.run)
+            desk = bus = None
+            if cfg.desk.enabled:
+                from . import broker_glue
+                from .persist import PersistingStore, Transcripts
+                from .state import MemoryStore
+
+                # Live desk state in memory; conversations, messages and tickets written behind
+                # to the SQL store (transcripts, search, history survive a restart).
+                transcripts = await nursery.start(Transcripts(store).run)
+                bus = RouterBus(broker)
+                classify = ops.metrics.instrument_classifier(intent.classify) if intent else None
+                desk = await nursery.start(functools.partial(
+                    broker_glue.run, cfg, broker=broker, bus=bus, classify=classify,
+                    store=PersistingStore(MemoryStore(), transcripts), base_dir=base_dir))
+            addresses = await nursery.start(broker.serve)
+            for a in addresses:
+                say(f"kefu: MQTT listening on {a.url}")
+            # The bridge: MQTT over WebSocket (/mqtt), the browser chat protocol, HTTP API and pages.
+            demo_agent = desk.s.agents[0].id if desk is not None and desk.s.agents else None
+            bridge = await nursery.start(functools.partial(
+                run_bridge, cfg, broker=broker, desk=desk, bus=bus, announce=announce,
+                demo_agent=demo_agent, extra_routes=ops.routes()))
             app = App(broker, scope)
             app.bridge = bridge
-            # /metrics, /dashboard, sampling and alerts; pass desk= and store= here once they run in this nursery
-            app.ops = await ops.start(nursery, broker=broker, bridge=bridge, announce=announce)
+            app.desk = desk
+            app.store = store
+            app.intent = intent
+            # /metrics, /dashboard, sampling and alerts
+            app.ops = await ops.start(nursery, broker=broker, bridge=bridge, desk=desk, store=store,
+                                      intent=intent, announce=announce)
             task_status.started(app)
 
 
@@ -88,10 +125,10 @@ def _find(exc: BaseException, kind: type) -> BaseException | None:
     return None
 
 
-async def _main(cfg) -> None:
+async def _main(cfg, base_dir=None) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            app = await nursery.start(lambda task_status: run(cfg, task_status, announce=_say))
+            app = await nursery.start(lambda task_status: run(cfg, task_status, announce=_say, base_dir=base_dir))
             async for signum in signals:
                 _say(f"kefu: {signal.Signals(signum).name} received, stopping")
                 break
@@ -104,13 +141,13 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def serve_main(cfg) -> int:
+def serve_main(cfg, base_dir: str | Path | None = None) -> int:
     """``kefu serve``: run until SIGINT/SIGTERM. Exit status 0, or 1 when it cannot start."""
     level = getattr(logging, cfg.log.level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        trio.run(_main, cfg)
+        trio.run(_main, cfg, base_dir)
     except BaseException as e:  # noqa: BLE001 - turned into one line or re-raised below
         err = _find(e, ListenError)
         if err is not None:
@@ -120,6 +157,16 @@ def serve_main(cfg) -> int:
         if bad is not None:
             print(f"kefu: bad config\n{bad}", file=sys.stderr, flush=True)
             return 2
+        # Start-up errors that already say what is wrong and how to fix it: one line, no traceback.
+        from .nlp.classifier import ConfigProblem, SentimentError
+        from .nlp.encoder import ModelError
+        from .storage.base import StorageError
+
+        for kind in (ModelError, ConfigProblem, SentimentError, StorageError):
+            err = _find(e, kind)
+            if err is not None:
+                print(f"kefu: cannot start: {err}", file=sys.stderr, flush=True)
+                return 1
         if _find(e, KeyboardInterrupt) is not None:
             return 0
         raise

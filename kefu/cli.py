@@ -14,7 +14,7 @@ import sys
 from . import __version__
 
 # Subsystem command groups: module path, each with register(subparsers).
-COMMAND_MODULES: list[str] = ["kefu.cli_storage", "kefu.bridge.cli", "kefu.cli_nlp", "kefu.cli_desk", "kefu.cli_ops"]
+COMMAND_MODULES: list[str] = ["kefu.cli_nlp", "kefu.bridge.cli", "kefu.cli_storage", "kefu.cli_desk", "kefu.cli_ops"]
 
 EPILOG = """\
 examples:
@@ -41,7 +41,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from .app import serve_main
 
-    return serve_main(cfg)
+    from pathlib import Path
+
+    return serve_main(cfg, Path(args.config).resolve().parent if args.config else None)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ paho-mqtt client so a test can wait for CONNACK/SUBACK/messages with timeouts
 from __future__ import annotations
 
 import queue
+import os
+import tempfile
 import threading
 
 import paho.mqtt.client as mqtt
@@ -27,6 +29,13 @@ def broker_config(**mqtt_kw) -> Config:
     cfg = Config()
     cfg.listeners.mqtt.host = "127.0.0.1"
     cfg.listeners.mqtt.port = 0
+    # Broker tests: only the MQTT listeners; the desk, intent engine, browser listeners and
+    # storage have their own suites. Storage goes to a throwaway SQLite file.
+    cfg.listeners.ws.enabled = False
+    cfg.listeners.http.enabled = False
+    cfg.desk.enabled = False
+    cfg.nlp.enabled = False
+    cfg.storage.path = os.path.join(tempfile.mkdtemp(prefix="kefu-broker-test-"), "kefu.db")
     cfg.mqtt.sys_interval = 0
     for k, v in mqtt_kw.items():
         setattr(cfg.mqtt, k, v)

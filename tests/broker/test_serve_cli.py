@@ -16,7 +16,9 @@ from realclients import Paho
 
 def _write_config(tmp_path, port: int) -> str:
     path = tmp_path / "kefu.toml"
-    path.write_text(f'[listeners.mqtt]\nhost = "127.0.0.1"\nport = {port}\n\n[mqtt]\nsys_interval = 0\n')
+    path.write_text(f'[listeners.mqtt]\nhost = "127.0.0.1"\nport = {port}\n\n[mqtt]\nsys_interval = 0\n'
+                    '[listeners.ws]\nenabled = false\n[listeners.http]\nenabled = false\n'
+                    f'[storage]\npath = "{tmp_path / "kefu.db"}"\n')
     return str(path)
 
 
