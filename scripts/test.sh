@@ -2,5 +2,5 @@
 # The whole test suite (the README's test command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
