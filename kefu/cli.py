@@ -18,7 +18,7 @@ COMMAND_MODULES: list[str] = ["kefu.cli_nlp", "kefu.bridge.cli", "kefu.cli_stora
 
 EPILOG = """\
 examples:
-  kefu serve                      start on embedded defaults (MQTT on 1883)
+  kefu serve                      start on embedded defaults (MQTT on 1883, web on 18083)
   kefu serve --config kefu.toml   start with a config file
   kefu config check kefu.toml     validate a config file and exit
   kefu config example             print every config key with its default and meaning
@@ -96,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "serve",
-        help="run kefu (broker, bridge, API) until SIGINT/SIGTERM",
+        help="run kefu (broker, bridge, desk, API, dashboard) until SIGINT/SIGTERM",
         description="Run kefu in the foreground. Without --config it runs on embedded defaults: "
-        "MQTT on 0.0.0.0:1883, in-memory state. It prints every address it serves; "
-        "SIGINT or SIGTERM stops accepting, flushes and exits within 2 seconds.",
+        "MQTT on 0.0.0.0:1883, MQTT over WebSocket and the browser chat protocol on 8083, "
+        "the HTTP API, widget, agent console and dashboard on 18083, SQLite storage in ./kefu.db, "
+        "live state in memory, and the shipped BANKING77 intent model. It prints every address it "
+        "serves; SIGINT or SIGTERM stops accepting, flushes and exits within 2 seconds.",
     )
     s.add_argument("--config", "-c", metavar="FILE", help="TOML config file (see config/kefu.example.toml)")
     s.set_defaults(func=_cmd_serve)
