@@ -384,7 +384,12 @@ class Desk(DeskQueries):
             intent = getattr(pred, "intent", None)
             senti = sentiment_label(getattr(pred, "sentiment", None))
             opened = self.s.hours.is_open(now) if self.s.hours else True
-            facts = R.Facts(intent, senti, contact.tier if contact else None, conv.channel, opened)
+            # Route on the intent only when the classifier is sure of it: an out-of-scope or
+            # low-confidence guess ("talk to a human please" -> lost_or_stolen_phone at 0.26)
+            # must not jump the urgent queue.
+            sure = (pred is not None and not getattr(pred, "out_of_scope", False)
+                    and float(getattr(pred, "confidence", 0.0) or 0.0) >= self.s.bot.confidence)
+            facts = R.Facts(intent if sure else None, senti, contact.tier if contact else None, conv.channel, opened)
             route = self.s.router.decide(facts)
             if self.hooks.active("route_decided"):
                 route = (await self.hooks.filter("route_decided", RouteDecided(conv.id, facts, route))).route
