@@ -522,6 +522,11 @@ class Storage:
     auto_migrate: bool = opt(
         True, "Apply pending schema migrations at start; false: refuse to start until `kefu db upgrade` ran."
     )
+    persist_mqtt: bool = opt(
+        True,
+        "Keep the broker's persistent sessions (subscriptions, expiry), their queued and inflight messages, and "
+        "retained messages in this database, restored at start; false: in memory only (lost on restart).",
+    )
     ack_after_commit: bool = opt(
         True,
         "Acknowledge QoS 1/2 PUBLISHes only once they are committed (group commit keeps this fast); false: "
@@ -575,6 +580,18 @@ class Storage:
         "\"redis://127.0.0.1:6379/0\"; empty: a single node.",
     )
     redis_prefix: str = opt("kefu:", "Prefix of every Redis key kefu uses (one kefu cluster per prefix).")
+
+
+@dataclass
+class Sm4:
+    device_topics: list = opt(
+        [],
+        "MQTT topic filters (e.g. \"kefu/dev/+/#\") on which SM4 devices send and receive SM4 envelopes "
+        "(docs/sm4-envelope.md). A device is a client whose client id has a key from `kefu keys new-device ID`: "
+        "kefu opens its envelopes on ingress (others read plaintext; bad ones are rejected: 5.0 PUBACK 0x99, "
+        "3.1.1 dropped) and seals each delivery to it with its key. Other clients use plaintext. Needs the "
+        "master key (storage.master_key_file or storage.master_key_env).",
+    )
 
 
 # --- metrics, dashboard, alerts (kefu/metrics.py, kefu/timeseries.py, kefu/alerts.py) ------
@@ -641,6 +658,7 @@ class Config:
     crm: Crm = field(default_factory=Crm)
     nlp: Nlp = field(default_factory=Nlp)
     storage: Storage = field(default_factory=Storage)
+    sm4: Sm4 = field(default_factory=Sm4)
     metrics: Metrics = field(default_factory=Metrics)
     alerts: list = opt([], "Threshold alerts on stored series: [[alerts]] tables (docs/metrics.md).")
 
