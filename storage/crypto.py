@@ -269,6 +269,13 @@ class ReplayWindow:
         else:
             self.bits |= 1 << (self.high - counter)
 
+    def forget(self, counter: int) -> None:
+        """Un-accept ``counter`` (its message could not be stored, so the device's resend of
+        the same envelope must be accepted). Only possible inside the window."""
+        age = self.high - counter
+        if 0 <= age < REPLAY_WINDOW:
+            self.bits &= ~(1 << age)
+
 
 class RejectCounter:
     """Counts rejected envelopes per reason; logs at most once per device per interval."""
@@ -565,6 +572,11 @@ class Keyring:
         st.tx = counter + 1
         return kid, counter
 
+    def tx_left(self, key_id: int) -> int:
+        """Egress counters of this device key still reserved (usable without a write)."""
+        st = self._devices.get(key_id)
+        return st.tx_limit - st.tx if st else 0
+
     def tx_reservation(self, key_id: int) -> int:
         """The ``tx_next`` value to persist before counters up to it may be used."""
         return self._devices[key_id].tx + TX_RESERVE
@@ -575,6 +587,12 @@ class Keyring:
 
     def seal_for_device(self, client_id: str, topic: str, payload: bytes, kid: int, counter: int) -> bytes:
         return seal_envelope(self._devices[kid].key, kid, DIR_TO_DEVICE, counter, client_id, topic, payload)
+
+    def forget_rx(self, key_id: int, counter: int) -> None:
+        """The message carrying this device counter was not stored: accept its resend."""
+        st = self._devices.get(key_id)
+        if st is not None:
+            st.window.forget(counter)
 
     def rx_high(self, key_id: int) -> int:
         st = self._devices.get(key_id)

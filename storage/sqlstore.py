@@ -135,7 +135,7 @@ class SqlStore:
             "chat": self._h_chat, "ticket": self._h_ticket, "contact": self._h_contact, "audit": self._h_audit,
             "metrics": self._h_metrics, "key": self._h_key, "key_state": self._h_key_state,
             "tx_next": self._h_tx_next, "rx_high": self._h_rx_high, "reencrypt": self._h_reencrypt,
-            "prune": self._h_prune, "call": self._h_call,
+            "prune": self._h_prune, "call": self._h_call, "broker": self._h_broker,
         }
 
     async def _start_writer(self) -> None:
@@ -256,6 +256,55 @@ class SqlStore:
             out.append(ids[k:k + len(items)])
             k += len(items)
         return out
+
+    # The broker's ordered log (kefu.broker.persist): one operation per persister wake-up.
+    # Entries are applied in order in one transaction; a publish entry stores its id in
+    # ``ref.id`` (``ref`` is any object with an ``id`` attribute) in the writer thread, so a
+    # later "sent" entry (same batch or a later one) can name the message by that ref.
+    B_PUBLISH, B_SENT, B_PUBREC, B_ACK, B_RELEASE, B_SESSION, B_DEL_SESSION, B_RX_HIGH, B_DROP = range(9)
+
+    async def broker_batch(self, entries: list[tuple]) -> None:
+        """Apply the broker's log in order, awaiting the commit. Entry shapes:
+        (B_PUBLISH, StoredMessage, recipients, inbound, replay, ref), (B_SENT, client, ref, packet id),
+        (B_PUBREC | B_ACK | B_RELEASE, client, packet id), (B_SESSION, SessionRecord),
+        (B_DEL_SESSION, client), (B_RX_HIGH, key id, counter), (B_DROP, client, ref)."""
+        await self._submit("broker", entries)
+
+    def _h_broker(self, conn, batch: list[list[tuple]]) -> list:
+        flat = [e for entries in batch for e in entries]
+        i, n = 0, len(flat)
+        while i < n:
+            kind = flat[i][0]
+            j = i + 1
+            while j < n and flat[j][0] == kind:
+                j += 1
+            run = flat[i:j]
+            if kind == 0:
+                ids = self._h_publish(conn, [(e[1], e[2], e[3], e[4]) for e in run])
+                for e, mid in zip(run, ids):
+                    e[5].id = mid
+            elif kind == 1:
+                self._h_mark_sent(conn, [(e[3], e[1], e[2].id) for e in run])
+            elif kind == 2:
+                self._h_pubrec(conn, [(e[1], e[2]) for e in run])
+            elif kind == 3:
+                self._h_ack(conn, [(e[1], e[2]) for e in run])
+            elif kind == 4:
+                self._h_release(conn, [(e[1], e[2]) for e in run])
+            elif kind == 5:
+                self._h_session(conn, [e[1] for e in run])
+            elif kind == 6:
+                self._h_del_session(conn, [e[1] for e in run])
+            elif kind == 7:
+                self._h_rx_high(conn, [(e[2], e[1]) for e in run])
+            elif kind == 8:
+                conn.executemany(self.q(
+                    "DELETE FROM mqtt_queue WHERE seq = (SELECT min(seq) FROM mqtt_queue WHERE client_id = ? "
+                    "AND message_id = ? AND state = 'queued')"), [(e[1], e[2].id) for e in run])
+            else:
+                raise ValueError(f"unknown broker log entry kind {kind!r}")
+            i = j
+        return [None] * len(batch)
 
     async def mark_sent(self, client_id: str, message_id: int, packet_id: int) -> None:
         await self._submit("mark_sent", (packet_id, client_id, message_id), wait=False)
