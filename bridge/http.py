@@ -52,6 +52,7 @@ class BridgeState:
     ws_url: str = ""  # base ws:// URL of listeners.ws once it is up ("" when disabled)
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     extra_routes: list = field(default_factory=list)  # added by other parts: kefu/ops_web.py (/metrics, /dashboard)
+    store: Any = None  # kefu.storage store: its health() is part of /readyz
 
 
 # ---------------------------------------------------------------------------------------
@@ -514,8 +515,14 @@ def build_app(st: BridgeState) -> Starlette:
         except (trio.TooSlowError, DeskError) as e:
             checks["desk"] = False
             log.warning("readyz: desk not ready: %s", e)
+        body: dict = {"checks": checks}
+        if st.store is not None:  # not ready while writes cannot be committed (QoS 1/2 not acknowledged)
+            h = st.store.health()
+            checks["storage"] = h.ready
+            body["storage"] = {"backend": h.backend, "ready": h.ready, "reason": h.reason, "since": h.since,
+                               "pending": h.pending, "buffer_limit": h.buffer_limit}
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse({"status": "ready" if ok else "not ready", **body}, status_code=200 if ok else 503)
 
     async def openapi(req: Request) -> Response:
         return JSONResponse(openapi_document())

@@ -47,6 +47,7 @@ async def run(
     announce: Callable[[str], None] | None = None,
     demo_agent: str | None = None,
     extra_routes: list | None = None,
+    store=None,
     task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve listeners.ws and listeners.http until cancelled; ``started(Bridge)``."""
@@ -76,7 +77,8 @@ async def run(
             if desk is None:
                 say("kefu: HTTP API and pages not served: the customer-service desk is not running")
             else:
-                st = httpmod.BridgeState(cfg, desk, ids, ws_url=b.ws_url, extra_routes=list(extra_routes or ()))
+                st = httpmod.BridgeState(cfg, desk, ids, ws_url=b.ws_url, extra_routes=list(extra_routes or ()),
+                                         store=store)
                 st.ready_checks["ws"] = lambda: b.ws is not None or not cfg.listeners.ws.enabled
                 b.http = await nursery.start(lambda task_status: httpmod.run(st, task_status=task_status))
                 base = b.http.url

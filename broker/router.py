@@ -29,6 +29,15 @@ or after min(will delay, session expiry) unless a new connection for the client 
 arrives first; a session with expiry 0 ends now, others get an expiry timer.
 Timers live in one heap; stale entries are skipped by comparing the deadline
 stored on the session.
+
+Storage and SM4
+---------------
+Two optional parts plug in from the trio side (``kefu.broker.persist``):
+``persister`` sees every stored PUBLISH (it returns None from ``publish`` while the
+acknowledgement waits for the commit), the persistent recipients ``route`` collects,
+session changes and delivery acknowledgements; ``sm4`` opens SM4 envelopes from
+devices before routing and seals each delivery to a device with that device's key.
+Both are None by default and cost one attribute check on the paths they touch.
 """
 
 from __future__ import annotations
@@ -172,6 +181,8 @@ class Router:
         self._id_prefix = secrets.token_hex(3)
         self._ids = itertools.count(1)
         self.sys_interval = mq.sys_interval
+        self.persister = None  # kefu.broker.persist.Persister once storage is attached
+        self.sm4 = None  # kefu.broker.sm4wire.DeviceWire when [sm4] device_topics are set
         self.started_at: float | None = None
         self._next_sys: float | None = None
 
@@ -224,9 +235,24 @@ class Router:
         s.proto = proto
         s.username = proto.username
         s.expiry = proto.session_expiry
+        if self.persister is not None:
+            self.persister.attached(s, proto)
         return s, present
 
+    def restore_session(self, s: SessionState) -> None:
+        """Put back a (disconnected) session read from storage at start: subscriptions into
+        the trie, its expiry timer (``s.expires_at``) into the heap."""
+        self.sessions[s.client_id] = s
+        for f, value in s.subscriptions.items():
+            if self.trie.add(f, s, value):
+                self.subscription_count += 1
+            self._invalidate(f)
+        if s.expires_at is not None:
+            self._push(s.expires_at, _EXPIRE, s)
+
     def connected(self, proto, present: bool, now: float) -> None:
+        if self.sm4 is not None:
+            self.sm4.connected(proto.client_id)
         if self.hooks.active("on_connected"):
             self.hooks.notify("on_connected", ConnectedEvent(
                 proto.client_id, proto.username, proto.version, proto.clean_start, present,
@@ -248,9 +274,12 @@ class Router:
                 self._push(s.will_at, _WILL, s)
         if s.expiry == 0:
             self._end_session(s, now)
-        elif s.expiry != NEVER_EXPIRES:
-            s.expires_at = now + s.expiry
-            self._push(s.expires_at, _EXPIRE, s)
+        else:
+            if s.expiry != NEVER_EXPIRES:
+                s.expires_at = now + s.expiry
+                self._push(s.expires_at, _EXPIRE, s)
+            if self.persister is not None:
+                self.persister.detached(s, proto)
         self.auth.forget(proto.client_id)
         if self.hooks.active("on_disconnected"):
             self.hooks.notify("on_disconnected", DisconnectedEvent(
@@ -273,6 +302,8 @@ class Router:
         s.inflight.clear()
         if self.sessions.get(s.client_id) is s:
             del self.sessions[s.client_id]
+            if self.persister is not None:
+                self.persister.session_ended(s)
         if self.hooks.active("on_session_expired"):
             self.hooks.notify("on_session_expired", SessionExpiredEvent(s.client_id))
 
@@ -342,8 +373,9 @@ class Router:
             return False  # only the broker writes $SYS
         return self.auth.authorize(proto.client_id, proto.username, "publish", topic)
 
-    def publish(self, proto, topic, payload, qos, retain, props, now) -> int:
-        """A client's PUBLISH (after topic alias resolution). Returns the PUBACK/PUBREC code."""
+    def publish(self, proto, topic, payload, qos, retain, props, now, pid=None) -> int | None:
+        """A client's PUBLISH (after topic alias resolution). Returns the PUBACK/PUBREC code,
+        or None when the acknowledgement waits for the commit (``Protocol.release_held``)."""
         cache = proto.pub_acl
         if cache is None:
             cache = proto.pub_acl = {}
@@ -357,9 +389,20 @@ class Router:
         if not ok:
             self.acl_denied += 1
             return RC.NOT_AUTHORIZED
+        replay = None
+        if self.sm4 is not None and self.sm4.covers(topic):
+            opened = self.sm4.open(proto.client_id, topic, payload)
+            if opened is None:  # rejected (counted, logged): never routed
+                return RC.PAYLOAD_FORMAT_INVALID
+            payload, replay = opened
+            if props.payload_format_indicator:
+                props = replace(props, payload_format_indicator=None)
+        p = self.persister
+        if p is not None and qos and p.refuse(proto, replay, now):
+            return None  # cannot be stored now: the connection was closed, nothing acknowledged
         exp = props.message_expiry_interval
         msg = Message(topic, payload, qos, retain, props, None if exp is None else now + exp, proto.client_id)
-        return self._accept(msg, proto.client_id, proto.username, now)
+        return self._accept(msg, proto.client_id, proto.username, now, proto, replay, pid)
 
     def inject(self, topic: str, payload: bytes, now: float, *, qos: int = 0, retain: bool = False,
                properties=NO_PROPERTIES, client_id: str = "", username: str | None = None) -> int:
@@ -376,17 +419,21 @@ class Router:
                       None if exp is None else now + exp, client_id)
         return self._accept(msg, client_id, username, now)
 
-    def _accept(self, msg: Message, client_id: str, username, now: float) -> int:
+    def _accept(self, msg: Message, client_id: str, username, now: float, proto=None, replay=None,
+                pid=None) -> int | None:
         if msg.retain:
             self.retained.set(msg.topic, msg if msg.payload else None)
         hooks = self.hooks
         if hooks.active("on_message_published"):
             hooks.notify("on_message_published", MessagePublishedEvent(
                 client_id, username, msg.topic, msg.payload, msg.qos, msg.retain, msg.properties))
+        if self.persister is not None:  # stores it; None: the acknowledgement waits for the commit
+            return self.persister.route(msg, now, proto, replay, pid)
         return self.route(msg, now)
 
-    def route(self, msg: Message, now: float) -> int:
-        """Deliver to every matching subscriber; 0x10 when there is none."""
+    def route(self, msg: Message, now: float, recipients: list | None = None) -> int:
+        """Deliver to every matching subscriber; 0x10 when there is none. With
+        ``recipients``, append (client id, QoS) of each persistent session given it at QoS > 0."""
         plan = self._plans.get(msg.topic)
         if plan is None:
             plan = self._plan(msg.topic)
@@ -394,19 +441,32 @@ class Router:
         qos = msg.qos
         retain = msg.retain
         origin = msg.origin
+        seal = self.sm4.sealer(msg.topic) if self.sm4 is not None else None
         for session, sqos, no_local, rap, sub_ids in targets:
             if no_local and session.client_id == origin:
                 continue
+            q = qos if qos < sqos else sqos
+            if recipients is not None and q and session.expiry:
+                recipients.append((session.client_id, q))
             try:
-                session.deliver(msg, qos if qos < sqos else sqos, rap and retain, sub_ids, now)
+                if seal is None:
+                    session.deliver(msg, q, rap and retain, sub_ids, now)
+                else:
+                    seal(session, msg, q, rap and retain, sub_ids, now)
             except Exception:  # a bug for one subscriber must not cost the publisher or the others
                 _delivery_failed(session, msg)
         for group in groups:
             picked = group.pick(_online) or group.pick()
             if picked is not None:
                 session, (sqos, no_local, rap, sub_ids) = picked
+                q = qos if qos < sqos else sqos
+                if recipients is not None and q and session.expiry:
+                    recipients.append((session.client_id, q))
                 try:
-                    session.deliver(msg, qos if qos < sqos else sqos, rap and retain, sub_ids, now)
+                    if seal is None:
+                        session.deliver(msg, q, rap and retain, sub_ids, now)
+                    else:
+                        seal(session, msg, q, rap and retain, sub_ids, now)
                 except Exception:
                     _delivery_failed(session, msg)
         if targets or groups:
@@ -489,7 +549,14 @@ class Router:
                         continue
                     if sub.no_local and msg.origin == proto.client_id:
                         continue
-                    retained.append((msg, msg.qos if msg.qos < qos else qos, sub_ids))
+                    rq = msg.qos if msg.qos < qos else qos
+                    if self.sm4 is not None and self.sm4.covers(msg.topic):
+                        msg = self.sm4.seal_retained(s, msg, rq, sub_ids, now)
+                        if msg is None:  # delivered later, once the device's counters are reserved
+                            continue
+                    retained.append((msg, rq, sub_ids))
+        if self.persister is not None and s.expiry:
+            self.persister.session_changed(s)
         return codes, retained
 
     def unsubscribe(self, proto, filters, now) -> list:
@@ -506,7 +573,27 @@ class Router:
                     hooks.notify("on_unsubscribed", UnsubscribedEvent(proto.client_id, proto.username, f))
             else:
                 codes.append(RC.NO_SUBSCRIPTION_EXISTED)
+        if self.persister is not None and s.expiry:
+            self.persister.session_changed(s)
         return codes
+
+    # ------------------------------------------------------------------ stored deliveries
+    # The protocol machine reports what happens to stored messages at persistent sessions.
+    def delivery_sent(self, session: SessionState, msg: Message, pid: int) -> None:
+        if self.persister is not None:
+            self.persister.sent(session, msg, pid)
+
+    def delivery_pubrec(self, session: SessionState, pid: int) -> None:
+        if self.persister is not None:
+            self.persister.pubrec(session, pid)
+
+    def delivery_done(self, session: SessionState, pid: int) -> None:
+        if self.persister is not None:
+            self.persister.done(session, pid)
+
+    def inbound_released(self, session: SessionState, pid: int) -> None:
+        if self.persister is not None:
+            self.persister.released(session, pid)
 
     # ------------------------------------------------------------------ $SYS
     def sys_values(self, now: float) -> dict[str, str]:

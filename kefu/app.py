@@ -75,6 +75,9 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
     with trio.CancelScope() as scope:
         async with open_store(cfg.storage) as raw_store, trio.open_nursery() as nursery:
             store = ops.attach(store=raw_store)  # the proxy that times committed writes
+            from .broker.persist import attach_storage  # MQTT state restored and kept, SM4 on the wire
+
+            await attach_storage(broker, store, nursery, cfg)
             intent = None
             if cfg.nlp.enabled:
                 from .nlp.service import IntentService
@@ -102,7 +105,7 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
             demo_agent = desk.s.agents[0].id if desk is not None and desk.s.agents else None
             bridge = await nursery.start(functools.partial(
                 run_bridge, cfg, broker=broker, desk=desk, bus=bus, announce=announce,
-                demo_agent=demo_agent, extra_routes=ops.routes()))
+                demo_agent=demo_agent, extra_routes=ops.routes(), store=store))
             app = App(broker, scope)
             app.bridge = bridge
             app.desk = desk

@@ -87,9 +87,10 @@ class Message:
     ``expires_at`` is absolute (the caller's clock) or None. ``origin`` is the
     publisher's client id ('' for the broker's own). The encoded forms are cached per
     (protocol, QoS, retain[, per-delivery properties]) so a fan-out encodes once.
+    ``rec`` links a stored message to its storage record (None when not stored).
     """
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "origin", "_cache")
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "origin", "_cache", "rec")
 
     def __init__(self, topic, payload, qos, retain, properties=NO_PROPERTIES, expires_at=None, origin=""):
         self.topic = topic
@@ -100,6 +101,7 @@ class Message:
         self.expires_at = expires_at
         self.origin = origin
         self._cache = None
+        self.rec = None  # kefu.broker.persist: the stored message (its id once committed), if stored
 
     def expired(self, now) -> bool:
         return self.expires_at is not None and self.expires_at <= now

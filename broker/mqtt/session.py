@@ -42,6 +42,19 @@ PUBLISH is resent with DUP set and every RELEASED id gets its PUBREL again.
 QoS 0 to a connected client is written straight into the output buffer, which is
 bounded in bytes (``mqtt.max_queued_bytes``); a full buffer drops per policy and
 counts. QoS 0 is not queued for an offline session.
+
+Acknowledgement after commit (``kefu.broker.persist``): when ``broker.publish``
+returns None the message is routed but not yet stored, so its PUBACK/PUBREC is
+*held*: ``held`` keeps every acknowledgement owed, in the order the PUBLISHes came
+([MQTT-4.6.0-2]); one that is decided at once (an ACL refusal) but follows a held one
+waits behind it. ``release_held(codes, now)`` is the "committed" input: it fills in the
+oldest undecided entries and writes every decided one at the front. ``unavailable(now)``
+is the "cannot store" input: nothing held is acknowledged and the connection closes
+(5.0: DISCONNECT 0x89 server busy) so the client sends those messages again after
+reconnecting. A held QoS 2 id counts as seen at once (a DUP is not routed twice).
+Deliveries and acknowledgements of stored messages to persistent sessions are told to
+the broker (``delivery_sent``, ``delivery_pubrec``, ``delivery_done``,
+``inbound_released``) so it can keep the stored queue in step.
 """
 
 from __future__ import annotations
@@ -167,7 +180,15 @@ class BrokerPort:
     def attach(self, proto: Protocol, now: float) -> tuple[SessionState, bool]:
         """Bind the session for ``proto.client_id`` (takeover, clean start); -> (session, present)."""
     def publish(self, proto: Protocol, topic: str, payload: bytes, qos: int, retain: bool,
-                props, now: float) -> int: ...
+                props, now: float, pid: int | None = None) -> int | None:
+        """The PUBACK/PUBREC code, or None: hold it until ``proto.release_held``."""
+    def delivery_sent(self, session: SessionState, msg: Message, pid: int) -> None:
+        """A stored message went out to a persistent session with this packet id."""
+    def delivery_pubrec(self, session: SessionState, pid: int) -> None: ...
+    def delivery_done(self, session: SessionState, pid: int) -> None:
+        """PUBACK / PUBCOMP (or a refusing PUBREC) from a persistent session."""
+    def inbound_released(self, session: SessionState, pid: int) -> None:
+        """PUBREL from a persistent session for an inbound QoS 2 message."""
     def subscribe(self, proto: Protocol, subscriptions, sub_id, now: float) -> tuple[list, list]: ...
     def unsubscribe(self, proto: Protocol, filters, now: float) -> list: ...
     def connected(self, proto: Protocol, session_present: bool, now: float) -> None:
@@ -185,7 +206,7 @@ class Protocol:
         "connect_expiry", "will", "will_delay", "send_quota", "client_max_packet", "aliases",
         "alias_out_max", "aliases_out", "_pinned", "deadline", "_ka_window", "out", "queued",
         "writing", "wake", "dropped", "error", "close_reason", "disconnect_code", "auth_request",
-        "pub_acl", "_pending", "__weakref__",
+        "pub_acl", "_pending", "held", "_undecided", "__weakref__",
     )
 
     def __init__(self, broker, limits: Limits, peer: str = "") -> None:
@@ -228,6 +249,8 @@ class Protocol:
         self.auth_request: Connect | None = None
         self.pub_acl = None  # per-connection cache of publish decisions: topic -> bool
         self._pending = None
+        self.held: deque | None = None  # [qos, packet id, code or None] owed, in PUBLISH order
+        self._undecided: deque | None = None  # the entries of ``held`` waiting for their commit
 
     def __repr__(self) -> str:
         return f"Protocol({self.client_id!r}, {self.state}, peer={self.peer!r})"
@@ -464,6 +487,10 @@ class Protocol:
                 if s.qos2_in is None:
                     s.qos2_in = set()
                 if pid in s.qos2_in:  # a redelivery before PUBREL: do not route twice
+                    if self.held:  # its first PUBREC may still be waiting for the commit
+                        if not any(e[1] == pid and e[0] == 2 for e in self._undecided):
+                            self._hold(2, pid, RC.SUCCESS)
+                        return
                     self._write(bytes((0x50, 2, pid >> 8, pid & 0xFF)))
                     return
                 if len(s.qos2_in) >= self.limits.receive_maximum:
@@ -474,19 +501,69 @@ class Protocol:
             if self.v5:  # [MQTT-3.3.1-14]
                 raise ProtocolError(RC.RETAIN_NOT_SUPPORTED, "retained PUBLISH but retain is off")
             retain = False  # 3.1.1 cannot be told: deliver it, do not keep it
-        rc = self.broker.publish(self, topic, p.payload, qos, retain, props, now)
-        if qos == 1:
+        rc = self.broker.publish(self, topic, p.payload, qos, retain, props, now, p.packet_id)
+        if not qos:
+            return
+        if rc is None or self.held:  # stored later, or behind one that is: in order
+            if self.state is CONNECTED:
+                self._hold(qos, pid, rc)
+        elif qos == 1:
             self._write(_ack(0x40, pid, rc, self.v5))
-        elif qos == 2:
+        else:
             if rc < 0x80:
                 self.session.qos2_in.add(pid)
             self._write(_ack(0x50, pid, rc, self.v5))
+
+    def _hold(self, qos: int, pid: int, rc) -> None:
+        held = self.held
+        if held is None:
+            held = self.held = deque()
+            self._undecided = deque()
+        entry = [qos, pid, rc]
+        held.append(entry)
+        if rc is None:
+            self._undecided.append(entry)
+        if qos == 2 and (rc is None or rc < 0x80):
+            self.session.qos2_in.add(pid)  # seen: a DUP before the commit is not routed again
+
+    def release_held(self, codes, now: float) -> None:
+        """Input: the oldest ``len(codes)`` held PUBLISHes are committed (codes 0x00 / 0x10);
+        write every acknowledgement now decided at the front of ``held``."""
+        undecided = self._undecided
+        if undecided is None:
+            return
+        for rc in codes:
+            undecided.popleft()[2] = rc
+        if self.state is not CONNECTED:
+            return
+        held = self.held
+        v5 = self.v5
+        while held and held[0][2] is not None:
+            qos, pid, rc = held.popleft()
+            self._write(_ack(0x40 if qos == 1 else 0x50, pid, rc, v5))
+
+    def unavailable(self, now: float) -> None:
+        """Input: what is held cannot be stored now. Acknowledge none of it, forget the held
+        QoS 2 ids (so their resends are routed and stored), and close: the client sends
+        the messages again after reconnecting (5.0: DISCONNECT 0x89 server busy)."""
+        held = self.held
+        if held:
+            q2 = self.session.qos2_in if self.session is not None else None
+            if q2:
+                for qos, pid, rc in held:
+                    if qos == 2 and rc is None:
+                        q2.discard(pid)
+            held.clear()
+            self._undecided.clear()
+        self.close(RC.SERVER_BUSY, now)
 
     def _on_pubrel(self, p: PubRel, now: float) -> None:
         pid = p.packet_id
         s = self.session.qos2_in
         if s and pid in s:
             s.discard(pid)
+            if self.session.expiry:
+                self.broker.inbound_released(self.session, pid)
             self._write(bytes((0x70, 2, pid >> 8, pid & 0xFF)))
         else:
             self._write(_ack(0x70, pid, RC.PACKET_IDENTIFIER_NOT_FOUND, self.v5))
@@ -550,6 +627,8 @@ class Protocol:
         # The tag says how it was encoded: an aliased packet is re-encoded on resume,
         # aliases do not survive the connection [MQTT-3.3.2-7].
         s.inflight[pid] = (msg, qos, retain, sub_ids, packet, "alias" if alias else self.v5)
+        if msg.rec is not None and s.expiry:
+            self.broker.delivery_sent(s, msg, pid)
         self.stats.messages_sent += 1
         out = self.out
         out.append(packet)
@@ -574,6 +653,8 @@ class Protocol:
         if entry is None or entry is RELEASED or entry[1] != 1:
             return  # unknown id: nothing to do (spec 4.4 leaves it to us)
         del s.inflight[p.packet_id]
+        if entry[0].rec is not None and s.expiry:
+            self.broker.delivery_done(s, p.packet_id)
         if s.pending:
             self.fill_window(now)
 
@@ -584,11 +665,16 @@ class Protocol:
         if entry is None or (entry is not RELEASED and entry[1] != 2):
             self._write(_ack(0x62, pid, RC.PACKET_IDENTIFIER_NOT_FOUND, self.v5))
             return
+        stored = entry is not RELEASED and entry[0].rec is not None and s.expiry
         if p.reason_code >= 0x80:  # the client refused it: the flow ends here
             del s.inflight[pid]
+            if stored:
+                self.broker.delivery_done(s, pid)
             if s.pending:
                 self.fill_window(now)
             return
+        if stored:
+            self.broker.delivery_pubrec(s, pid)
         s.inflight[pid] = RELEASED
         self._write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))
 
@@ -596,6 +682,8 @@ class Protocol:
         s = self.session
         if s.inflight.get(p.packet_id) is RELEASED:
             del s.inflight[p.packet_id]
+            if s.expiry:
+                self.broker.delivery_done(s, p.packet_id)
             if s.pending:
                 self.fill_window(now)
 
