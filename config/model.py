@@ -463,7 +463,7 @@ class Crm:
 
 
 def oos_threshold(v) -> str | None:
-    return None if v == -1 or 0 <= v <= 1 else "expected -1 (use the model's own) or a number 0-1"
+    return None if -1000 <= v <= 1000 else "expected -1 (use the model's own) or a threshold in the model's score units"
 
 
 @dataclass
@@ -484,8 +484,9 @@ class Nlp:
     max_wait_ms: float = opt(2.0, "Longest a message waits for others to share its batch, in milliseconds.", non_negative)
     queue_size: int = opt(256, "Messages waiting for the classifier before senders are slowed down.", positive)
     oos_threshold: float = opt(
-        -1.0, "Calibrated confidence below which a message is out of scope (goes to a human); -1: the "
-        "threshold chosen on held-out data when the model was trained.", oos_threshold,
+        -1.0, "Score below which a message is out of scope (goes to a human), in the units of the model's "
+        "oos_score (labels.json): calibrated confidence 0-1, or energy; -1: the threshold chosen on held-out "
+        "data when the model was trained.", oos_threshold,
     )
     sentiment: str = opt("vader", "Sentiment analyser: vader (English lexicon and rules) or off.", one_of("vader", "off"))
     intents: list = opt(
