@@ -70,3 +70,45 @@ async def durable_broker(cfg, store=None):
         broker.persister = await attach_storage(broker, store, nursery, cfg)
         yield broker, store
         nursery.cancel_scope.cancel()
+
+
+class Proxy:
+    """A TCP proxy in front of PostgreSQL that a test takes down (every connection cut,
+    new ones refused) and brings back on the same port: to kefu, the database server
+    going away and returning. The machine's PostgreSQL itself is never touched."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._scope: trio.CancelScope | None = None
+
+    async def _pipe(self, src, dst) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _handle(self, client) -> None:
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, upstream, trio.open_nursery() as n:
+            n.start_soon(self._pipe, client, upstream)
+            n.start_soon(self._pipe, upstream, client)
+
+    async def _serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners)
+
+    async def start(self, nursery) -> None:
+        await nursery.start(self._serve)
+
+    def stop(self) -> None:
+        self._scope.cancel()
