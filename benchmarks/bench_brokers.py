@@ -118,7 +118,7 @@ class PythonBroker(BrokerProcess):
 
     def start(self) -> BrokerProcess:
         self.port = free_port()
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "bench_server.py"), self.name, str(self.port)],
             stdout=subprocess.PIPE, stderr=log, preexec_fn=raise_nofile,
@@ -134,6 +134,34 @@ class PythonBroker(BrokerProcess):
         else:
             from importlib.metadata import version
             self.version_text = f"amqtt {version('amqtt')} (CPython {sys.version.split()[0]}, asyncio)"
+        return self
+
+
+class KefuServe(BrokerProcess):
+    """The whole product, ``kefu serve``, with its defaults: the desk's ACL hooks on the broker,
+    MQTT state persisted in SQLite (ack after commit), the intent model, the bridge, tuned GC.
+
+    Only the listeners (free loopback ports), the database file (the temporary folder),
+    warnings-only logging and ``mqtt.sys_interval = 1`` differ from a fresh install.
+    """
+
+    def start(self) -> BrokerProcess:
+        self.port = free_port()
+        ws, http = free_port(), free_port()
+        conf = self.tmp / "kefu.toml"
+        conf.write_text(
+            f'[listeners.mqtt]\nhost = "127.0.0.1"\nport = {self.port}\n'
+            f'[listeners.ws]\nhost = "127.0.0.1"\nport = {ws}\n'
+            f'[listeners.http]\nhost = "127.0.0.1"\nport = {http}\n'
+            f'[storage]\npath = "{self.tmp / "kefu.db"}"\n'
+            '[mqtt]\nsys_interval = 1\n[log]\nlevel = "warning"\n'
+        )
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "kefu"), "serve", "--config", str(conf)],
+                                     stdout=log, stderr=log, preexec_fn=raise_nofile, cwd=self.tmp)
+        self._wait_port(60)
+        from kefu import __version__
+        self.version_text = f"kefu serve {__version__} (desk, SQLite persistence, intent model, bridge)"
         return self
 
 
@@ -166,5 +194,6 @@ def make_brokers(names: list[str]) -> list[BrokerProcess]:
         "kefu": lambda: PythonBroker("kefu", (4, 5)),
         "mosquitto": lambda: Mosquitto("mosquitto", (4, 5)),
         "amqtt": lambda: PythonBroker("amqtt", (4,)),  # amqtt 0.12 speaks MQTT 3.1.1 only
+        "kefu-serve": lambda: KefuServe("kefu-serve", (4, 5)),
     }
     return [table[n]() for n in names]

@@ -18,6 +18,7 @@ logging plugins (they would only slow it down).
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 
@@ -44,6 +45,18 @@ def run_kefu(port: int) -> None:
     }, "broker_bench")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    alt = os.environ.get("BENCH_KEFU_CONNECTION")
+    if alt:  # experiment: a candidate connection.py, without touching the tree
+        import importlib.util
+
+        import kefu.broker.server as server_mod
+
+        spec = importlib.util.spec_from_file_location("kefu.broker.connection", alt)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        server_mod.Connection = mod.Connection
+        print(f"kefu: using Connection from {alt}", file=sys.stderr)
 
     async def main() -> None:
         broker = Broker(cfg)
@@ -99,8 +112,6 @@ def log_gc_pauses(threshold: float = 0.002) -> None:
 
 
 if __name__ == "__main__":
-    import os
-
     which, port = sys.argv[1], int(sys.argv[2])
     raise_nofile()
     if os.environ.get("BENCH_GC_LOG") == "1":

@@ -1,10 +1,11 @@
 """kefu's MQTT broker against Mosquitto and amqtt: one command, one run, one table.
 
-    .venv/bin/python benchmarks/broker_bench.py            # ~4-5 minutes
-    .venv/bin/python benchmarks/broker_bench.py --quick    # ~1 minute, MQTT 3.1.1 only
+    .venv/bin/python benchmarks/broker_bench.py            # ~6 minutes
+    .venv/bin/python benchmarks/broker_bench.py --quick    # ~1.5 minutes: 3.1.1 only, smaller counts
 
-Starts the three brokers (each in a process of its own, on free loopback ports;
-see bench_brokers.py) and drives each with the same load generator
+Starts the brokers (each in a process of its own, on free loopback ports; see
+bench_brokers.py): kefu's broker alone, the whole ``kefu serve`` with its defaults,
+Mosquitto and amqtt, and drives each with the same load generator
 (bench_load.py), phase by phase: for every phase the brokers run one after the
 other within seconds of each other, so the ratios compare like with like even on
 a busy machine. Prints a Markdown table (also written to benchmarks/results/broker.md)
@@ -39,15 +40,15 @@ VNAME = {4: "3.1.1", 5: "5.0"}
 
 
 class Settings:
-    def __init__(self, quick: bool, duration: float | None, connections: int) -> None:
+    def __init__(self, quick: bool, duration: float | None, connections: int | None, idle: int | None) -> None:
         self.quick = quick
         self.duration = duration or (1.5 if quick else 4.0)
         self.warmup = 0.5 if quick else 1.0
         self.latency_duration = 2.0 if quick else 5.0
         self.flood_duration = 3.0 if quick else 6.0
-        self.connections = connections
-        self.connect_timeout = 30.0 if quick else 60.0
-        self.idle = 2000
+        self.connections = connections or (2000 if quick else 10_000)
+        self.connect_timeout = 20.0 if quick else 60.0
+        self.idle = idle if idle is not None else (500 if quick else 2000)
         self.rss_cap = 1536 << 20  # a flood is stopped when the broker passes 1.5 GiB
 
 
@@ -146,10 +147,10 @@ class Profiler:
             self.exe = exe
 
     def begin(self, broker: BrokerProcess, name: str, seconds: float) -> None:
-        if self.dir and broker.name == "kefu":
+        if self.dir and broker.name.startswith("kefu"):
             self.proc = subprocess.Popen(
                 [self.exe, "record", "--pid", str(broker.pid), "--duration", str(max(1, round(seconds))),
-                 "--rate", "250", "--format", "raw", "--output", str(self.dir / f"{name}.txt"), "--nonblocking"],
+                 "--rate", "250", "--format", "raw", "--output", str(self.dir / f"{broker.name}-{name}.txt"), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def end(self) -> None:
@@ -326,22 +327,24 @@ def fmt_ratio(a, m):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short phases, MQTT 3.1.1 only (~1 minute)")
-    ap.add_argument("--brokers", default="kefu,mosquitto,amqtt", help="comma-separated subset")
+    ap.add_argument("--quick", action="store_true",
+                    help="short phases, MQTT 3.1.1 only, 2,000 connections, 500 idle clients (~1.5 minutes)")
+    ap.add_argument("--brokers", default="kefu,kefu-serve,mosquitto,amqtt",
+                    help="comma-separated subset of kefu (the broker alone), kefu-serve (the whole product "
+                         "with its defaults), mosquitto, amqtt")
     ap.add_argument("--phases", default="qos0,qos1,fanout,fanin,latency,connections,flood",
                     help="comma-separated subset of the phases")
     ap.add_argument("--versions", default=None, help="4, 5 or 4,5 (default: both; --quick: 4)")
     ap.add_argument("--duration", type=float, default=None, help="seconds measured per throughput phase")
-    ap.add_argument("--connections", type=int, default=10_000, help="clients in the connections phase")
-    ap.add_argument("--idle", type=int, default=2000, help="idle subscribed clients in the latency phase")
+    ap.add_argument("--connections", type=int, default=None, help="clients in the connections phase (10,000)")
+    ap.add_argument("--idle", type=int, default=None, help="idle subscribed clients in the latency phase (2,000)")
     ap.add_argument("--mosquitto-option", action="append", default=[], metavar="LINE",
                     help="extra mosquitto.conf line, e.g. 'max_inflight_messages 32' (repeatable; "
                          "default: Mosquitto's shipped defaults)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the kefu broker in throughput phases (raw stacks)")
     args = ap.parse_args()
 
-    st = Settings(args.quick, args.duration, args.connections)
-    st.idle = args.idle
+    st = Settings(args.quick, args.duration, args.connections, args.idle)
     versions = [int(v) for v in (args.versions or ("4" if args.quick else "4,5")).split(",")]
     phases = args.phases.split(",")
     limit = raise_nofile()
@@ -391,7 +394,7 @@ def main() -> int:
                         r = latency(b, v, st, prof)
                         p50[b.name], p99[b.name], cpus[b.name] = r["p50"], r["p99"], (r["cpu"], None)
                         log(f"latency {VNAME[v]} {b.name}: p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms "
-                            f"max {r['max']:.2f} ms ({r['n']} samples"
+                            f"max {r['max']:.2f} ms, broker CPU {r['cpu']:.1%} ({r['n']} samples"
                             + (f", measured t={r['window'][0]:.3f}..{r['window'][1]:.3f}"
                                if os.environ.get("BENCH_GC_LOG") else "") + ")")
                     except L.BenchError as e:
@@ -458,9 +461,10 @@ def render(rows, brokers, st: Settings, elapsed: float) -> str:
     versions = {b.name: b.versions for b in brokers}
     others = [n for n in names if n != "mosquitto"]
     mosq = "mosquitto" in names
+    eff_names = [n for n in ("kefu", "kefu-serve") if n in names]
     head = ["scenario", "MQTT"] + names
     if mosq:
-        head += [f"{n} ÷ mosq" for n in others] + ["kefu ÷ mosq per CPU-s"] * ("kefu" in names)
+        head += [f"{n} ÷ mosq" for n in others] + [f"{n} ÷ mosq per CPU-s" for n in eff_names]
     head += ["target", "broker CPU", "generator CPU"]
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} CPUs, "
@@ -486,10 +490,10 @@ def render(rows, brokers, st: Settings, elapsed: float) -> str:
         if mosq:
             numeric = kind in ("rate", "ms", "kib")
             cells += [fmt_ratio(vals.get(n), vals.get("mosquitto")) if numeric else "" for n in others]
-            if "kefu" in names:
+            for k in eff_names:
                 eff = ""
-                if kind == "rate" and all(vals.get(n) and cpus.get(n) and cpus[n][0] for n in ("kefu", "mosquitto")):
-                    eff = fmt_ratio(vals["kefu"] / cpus["kefu"][0], vals["mosquitto"] / cpus["mosquitto"][0])
+                if kind == "rate" and all(vals.get(n) and cpus.get(n) and cpus[n][0] for n in (k, "mosquitto")):
+                    eff = fmt_ratio(vals[k] / cpus[k][0], vals["mosquitto"] / cpus["mosquitto"][0])
                 cells.append(eff)
         cells.append(target)
         cells.append("/".join(f"{cpus[n][0]:.0%}" if n in cpus else "-" for n in names) if cpus else "")
