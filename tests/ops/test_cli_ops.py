@@ -82,7 +82,7 @@ async def test_status_without_a_node_says_so(tmp_path):
     rc, out, err = await kefu("status", "-c", f)
     assert rc == 1 and out == ""
     assert f"no kefu node answers at http://127.0.0.1:{port}" in err and "is `kefu serve` running" in err
-    rc, _, err = await kefu("status", "-c", write(tmp_path / "off.toml", ""))
+    rc, _, err = await kefu("status", "-c", write(tmp_path / "off.toml", "[listeners.http]\nenabled = false\n"))
     assert rc == 2 and "listeners.http.enabled is false" in err
 
 
