@@ -84,6 +84,7 @@ class DeviceWire:
         self._reserve: set[int] = set()  # device key ids whose next counter block is wanted
         self._refresh_wanted = False
         self._event = trio.Event()
+        self._lot = trio.lowlevel.ParkingLot()
         self._nrec = -1
         self._ever: set[str] = set()  # device ids that have (or had) a key
         self.opened = 0
@@ -225,9 +226,15 @@ class DeviceWire:
                 self._kick()
                 continue
             self._flush_deferred()
+            self._lot.unpark_all()
             if self._refresh_wanted:  # asked again within the second: try once it has passed
                 await trio.sleep(1.0)
                 self._kick()
+
+    async def settle(self) -> None:
+        """Return once no reservation, key reload or deferred delivery is outstanding."""
+        while self._deferred or self._reserve or self._refresh_wanted:
+            await self._lot.park()
 
     def _flush_deferred(self) -> None:
         now = trio.current_time()
