@@ -462,8 +462,9 @@ class Desk(DeskQueries):
         await self._emit(evs)
 
     async def _position_of(self, conv: Conversation) -> tuple[int, float | None]:
-        waiting = await self.store.waiting(conv.team)
-        pos = next((i for i, c in enumerate(waiting, 1) if c.id == conv.id), len(waiting))
+        pos = await self.store.queue_position(conv.id)  # a binary search in the store's ordered queue
+        if pos is None:  # not waiting (any more): where it would stand, at the back
+            pos = len(await self.store.waiting(conv.team)) + 1
         return pos, R.estimated_wait(pos, conv.team or "", await self.store.agents(), self.aht)
 
     async def _publish_positions(self, team: str) -> None:
@@ -484,18 +485,23 @@ class Desk(DeskQueries):
         if self._token is None:
             return 0  # another node holds the assignment lease
         for _ in range(4):
-            waiting = await self.store.waiting()
-            if not waiting:
-                return done
+            # Only the queues of teams with a free agent can move, and the store keeps each
+            # queue in order: merging them costs what is read, and plan_ordered stops when
+            # the free slots are used up -- a long queue behind full agents costs nothing.
             agents = await self.store.agents()
-            plan = R.plan(waiting, agents, await self.store.loads())
+            loads = await self.store.loads()
+            teams = R.free_teams(agents, loads)
+            if not teams:
+                return done
+            queues = [await self.store.waiting(t) for t in sorted(teams)]
+            plan = R.plan_ordered(heapq.merge(*queues, key=Conversation.queue_key), agents, loads)
             if not plan:
                 return done
-            convs = {c.id: c for c in waiting}
             ags = {a.id: a for a in agents}
             try:
                 for a in plan:
-                    await self._offer(convs[a.conv_id], ags, a)
+                    conv = await self.store.conversation(a.conv_id)
+                    await self._offer(conv, ags, a)
                     done += 1
                 return done
             except Conflict:

@@ -183,25 +183,58 @@ def plan(
     waiting: Iterable[Conversation], agents: Sequence[Agent], loads: Mapping[str, int]
 ) -> list[Assignment]:
     """Which waiting conversation goes to which agent, now. Pure."""
-    order = sorted((c for c in waiting if c.status == Status.QUEUED), key=Conversation.queue_key)
+    return plan_ordered(sorted((c for c in waiting if c.status == Status.QUEUED), key=Conversation.queue_key),
+                        agents, loads)
+
+
+def free_teams(agents: Sequence[Agent], loads: Mapping[str, int]) -> set[str]:
+    """Teams with at least one online agent below capacity: the only queues a pass can serve."""
+    return {t for a in agents if a.status == AgentStatus.ONLINE and loads.get(a.id, 0) < a.capacity for t in a.teams}
+
+
+def plan_ordered(
+    order: Iterable[Conversation], agents: Sequence[Agent], loads: Mapping[str, int]
+) -> list[Assignment]:
+    """``plan`` for conversations already in ``queue_key`` order (the store keeps its queues so).
+
+    Cost is bounded by what can be assigned, not by how many wait: candidates are looked
+    for only among the online members of the conversation's team, a team whose members
+    are all full is skipped in O(1), and the pass stops once no team has a free slot.
+    """
     online = [a for a in agents if a.status == AgentStatus.ONLINE]
-    if not order or not online:
+    if not online:
         return []
     load = {a.id: loads.get(a.id, 0) for a in online}
     rr = {a.id: a.rr for a in online}
+    members: dict[str, list[Agent]] = {}
+    free: dict[str, int] = {}  # team -> free slots among its online members
+    for a in online:
+        for t in a.teams:
+            members.setdefault(t, []).append(a)
+            free[t] = free.get(t, 0) + max(0, a.capacity - load[a.id])
+    open_teams = sum(1 for v in free.values() if v > 0)
     stamp = max((a.rr for a in agents), default=0)
     out: list[Assignment] = []
     for conv in order:
+        if open_teams == 0:
+            break
         team = conv.team or ""
-        cands = [a for a in online if eligible(a, load[a.id], team, conv.skills, conv.min_tier, conv.declined)]
+        if free.get(team, 0) <= 0 or conv.status != Status.QUEUED:
+            continue
+        team_agents = members[team]
+        cands = [a for a in team_agents if eligible(a, load[a.id], team, conv.skills, conv.min_tier, conv.declined)]
         if not cands and conv.declined:
-            cands = [a for a in online if eligible(a, load[a.id], team, conv.skills, conv.min_tier, frozenset())]
+            cands = [a for a in team_agents if eligible(a, load[a.id], team, conv.skills, conv.min_tier, frozenset())]
         if not cands:
             continue
         pick = min(cands, key=lambda a: (load[a.id], rr[a.id], a.id))
         stamp += 1
         load[pick.id] += 1
         rr[pick.id] = stamp
+        for t in pick.teams:
+            free[t] -= 1
+            if free[t] == 0:
+                open_teams -= 1
         out.append(Assignment(conv.id, pick.id, stamp))
     return out
 

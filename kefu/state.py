@@ -15,6 +15,10 @@ of holder, and a commit carrying a token lower than the newest one issued fails 
 
 Queues and agent loads are *indexes* the store maintains on commit (waiting
 conversations by team, open conversations by agent), never separately written.
+Each team's queue is kept in ``Conversation.queue_key`` order as it changes (a sorted
+list updated by binary search), so reading a queue never sorts it and a queue
+position is a binary search -- a desk with thousands waiting must not pay
+O(n log n) for every message from a waiting customer.
 
 A Redis implementation maps this directly: records as JSON strings with a version
 field, ``commit`` as one Lua script (check the lease token and every version, then
@@ -25,7 +29,9 @@ its blocking client in a worker thread.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from dataclasses import replace
+from heapq import merge
 from typing import Iterable, Protocol, Sequence, Union
 
 from .agents import Agent
@@ -58,6 +64,7 @@ class DeskStore(Protocol):
     async def thread_conversation(self, customer_id: str, thread: str) -> Conversation | None: ...
     async def conversations(self, *, status: Status | None = None, customer_id: str | None = None) -> list[Conversation]: ...
     async def waiting(self, team: str | None = None) -> list[Conversation]: ...
+    async def queue_position(self, conv_id: str) -> int | None: ...
     async def assigned_to(self, agent_id: str) -> list[Conversation]: ...
     async def loads(self) -> dict[str, int]: ...
 
@@ -83,7 +90,7 @@ class MemoryStore:
         self._token = 0  # newest fencing token issued
         self._threads: dict[tuple[str, str], str] = {}
         self._by_status: dict[Status, set[str]] = {s: set() for s in Status}
-        self._waiting: dict[str, set[str]] = {}
+        self._waiting: dict[str, list[tuple[tuple[int, int, int], str]]] = {}  # team -> sorted (queue_key, id)
         self._assigned: dict[str, set[str]] = {}
         self._alarms: dict[tuple[str, str], str] = {}
         self._by_customer: dict[str, set[str]] = {}
@@ -135,12 +142,16 @@ class MemoryStore:
             if old is not None:
                 self._by_status[old.status].discard(old.id)
                 if old.status == Status.QUEUED:
-                    self._waiting.get(old.team or "", set()).discard(old.id)
+                    q = self._waiting.get(old.team or "", [])
+                    entry = (old.queue_key(), old.id)
+                    i = bisect_left(q, entry)
+                    if i < len(q) and q[i] == entry:
+                        del q[i]
                 if old.assignee:
                     self._assigned.get(old.assignee, set()).discard(old.id)
             self._by_status[new.status].add(new.id)
             if new.status == Status.QUEUED:
-                self._waiting.setdefault(new.team or "", set()).add(new.id)
+                insort(self._waiting.setdefault(new.team or "", []), (new.queue_key(), new.id))
             if new.assignee and new.status == Status.ASSIGNED:
                 self._assigned.setdefault(new.assignee, set()).add(new.id)
             self._by_customer.setdefault(new.customer_id, set()).add(new.id)
@@ -176,12 +187,21 @@ class MemoryStore:
         return sorted(out, key=lambda c: (c.created_at, c.id))
 
     async def waiting(self, team: str | None = None) -> list[Conversation]:
+        """Waiting conversations in queue order (all teams' queues merged when ``team`` is None)."""
         convs = self._recs["conversation"]
         if team is None:
-            ids = set().union(*self._waiting.values()) if self._waiting else set()
+            entries = merge(*self._waiting.values()) if len(self._waiting) > 1 else \
+                next(iter(self._waiting.values()), [])
         else:
-            ids = self._waiting.get(team, set())
-        return sorted((convs[i] for i in ids), key=Conversation.queue_key)
+            entries = self._waiting.get(team, [])
+        return [convs[i] for _, i in entries]
+
+    async def queue_position(self, conv_id: str) -> int | None:
+        """1-based position of a waiting conversation within its team's queue; None if not waiting."""
+        c = self._recs["conversation"].get(conv_id)
+        if c is None or c.status != Status.QUEUED:
+            return None
+        return bisect_left(self._waiting.get(c.team or "", []), (c.queue_key(), c.id)) + 1
 
     async def assigned_to(self, agent_id: str) -> list[Conversation]:
         convs = self._recs["conversation"]
