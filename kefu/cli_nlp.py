@@ -140,10 +140,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from kefu.nlp import data as D
-    from kefu.nlp.train import TrainError, export_checkpoint
+    from kefu.nlp.train import CARD_OPTIONS, TrainError, export_checkpoint
 
     try:
-        export_checkpoint(args.checkpoint, args.out, data=args.data)
+        export_checkpoint(args.checkpoint, args.out, data=args.data,
+                          **{k: getattr(args, k) for k in CARD_OPTIONS})
     except (TrainError, D.DataError, FileNotFoundError) as e:
         print(f"kefu nlp export: {e}", file=sys.stderr)
         return 2
@@ -196,4 +197,7 @@ def register(subparsers) -> None:
     x.add_argument("checkpoint", metavar="CHECKPOINT.pt")
     x.add_argument("--out", metavar="DIR", required=True, help="model folder to write")
     x.add_argument("--data", metavar="FILE.csv", help="training CSV (default: the path recorded in the checkpoint)")
+    x.add_argument("--oos-file", action="append", metavar="FILE", help="out-of-scope examples (CSV or one per line)")
+    for opt in ("--name", "--card-data", "--card-base", "--card-notes", "--card-command"):
+        x.add_argument(opt, help="model card text (default: what the checkpoint recorded)")
     x.set_defaults(func=_cmd_export)

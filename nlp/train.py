@@ -326,8 +326,15 @@ def _split(args) -> tuple:
     return rows, oos_texts, labels, rows.subset(tr_idx), rows.subset(ho_idx)
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None = None, log=print) -> dict:
-    """Re-run export, quantisation and calibration from a checkpoint written by ``train``."""
+CARD_OPTIONS = ("name", "card_data", "card_base", "card_notes", "card_command", "oos_file")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None = None, log=print,
+                      **overrides) -> dict:
+    """Re-run export, quantisation and calibration from a checkpoint written by ``train``.
+
+    ``overrides`` (any of ``CARD_OPTIONS``) replace what the checkpoint recorded.
+    """
     try:
         import torch
     except ImportError:
@@ -342,6 +349,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None 
     args.out = str(out)
     if data:
         args.data = data
+    for key, value in overrides.items():
+        if key not in CARD_OPTIONS:
+            raise TypeError(f"unknown export option {key}")
+        if value:
+            setattr(args, key, value)
     rows, oos_texts, labels, train_set, held = _split(args)
     if labels != ckpt["labels"]:
         raise TrainError(f"{args.data}: its labels differ from the checkpoint's; pass the training CSV with --data")

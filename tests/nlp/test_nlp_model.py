@@ -1,0 +1,173 @@
+"""The shipped BANKING77 model: loads without torch, classifies, survives any text, fails loudly."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from kefu.nlp.encoder import DEFAULT_MODEL_DIR, Encoder, ModelError, read_info
+
+KNOWN = [
+    ("I lost my card", "lost_or_stolen_card"),
+    ("Someone stole my card yesterday", "lost_or_stolen_card"),
+    ("My card still hasn't arrived, it's been two weeks", "card_arrival"),
+    ("What exchange rate do you use?", "exchange_rate"),
+    ("My top-up didn't go through", "top_up_failed"),
+    ("How do I reset my passcode?", "passcode_forgotten"),
+    ("I was charged twice for the same purchase", "transaction_charged_twice"),
+    ("Can I get a refund for something I bought?", "request_refund"),
+]
+
+
+def test_shipped_model_folder_is_complete():
+    info = read_info()
+    assert info.folder == DEFAULT_MODEL_DIR
+    assert len(info.labels) == 77 and "lost_or_stolen_card" in info.labels
+    assert info.temperature > 0 and info.oos_score == "energy" and info.oos_threshold > 0
+    card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "BANKING77" in card and "CC BY 4.0" in card and "Casanueva" in card
+    assert "Apache" in (DEFAULT_MODEL_DIR / "BASE_LICENSE").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("text,intent", KNOWN)
+def test_known_phrases(classifier, text, intent):
+    p = classifier.classify(text)
+    assert p.intent == intent, (text, p)
+    assert 0.0 <= p.confidence <= 1.0
+
+
+def test_lost_card_is_confident_and_in_scope(classifier):
+    p = classifier.classify("I lost my card")
+    assert p.confidence > 0.5 and not p.out_of_scope
+
+
+def test_batch_matches_single_messages_whatever_the_lengths(classifier):
+    texts = [t for t, _ in KNOWN] + ["card", "a much longer message " * 20]
+    batch = classifier.classify_batch(texts)
+    for text, p in zip(texts, batch):
+        single = classifier.classify(text)
+        assert p.intent == single.intent
+        # Dynamic int8 quantisation scales activations per batch, so a message's confidence
+        # moves a little with the company it keeps; the decision does not.
+        assert p.confidence == pytest.approx(single.confidence, abs=0.05)
+
+
+@pytest.mark.parametrize("text", [
+    "我的银行卡丢了，怎么办？",
+    "カードを紛失しました",
+    "카드를 잃어버렸어요",
+    "我的card还没到 😡😡",
+    "",
+    "   ",
+    "\u200b\u0000\ufeff",
+    "transfer " * 400,
+])
+def test_any_text_goes_through_the_whole_pipeline(classifier, text):
+    p = classifier.classify(text)
+    assert p.intent in classifier.intents
+    assert math.isfinite(p.confidence) and 0 <= p.confidence <= 1
+    assert p.sentiment in ("negative", "neutral", "positive")
+    assert p.latency_ms >= 0
+
+
+def test_unrelated_question_is_out_of_scope(classifier):
+    flagged = [classifier.classify(t).out_of_scope for t in (
+        "what's the weather going to be like tomorrow in paris",
+        "play my favourite song",
+        "how many calories are in a banana",
+    )]
+    assert sum(flagged) >= 2
+
+
+def test_sentiment_flags_an_angry_customer(classifier):
+    angry = classifier.classify("This is terrible, I'm furious that my card was declined AGAIN!")
+    calm = classifier.classify("Thanks, that was really helpful!")
+    assert angry.sentiment == "negative" and angry.sentiment_score < -0.5
+    assert calm.sentiment == "positive"
+
+
+def test_runtime_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from kefu.nlp.service import IntentService\n"
+        "from kefu.nlp.classifier import from_config\n"
+        "from kefu.config import load\n"
+        "clf = from_config(load(None).nlp)\n"
+        "print(clf.classify('I lost my card').intent)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "lost_or_stolen_card"
+
+
+# ---- a damaged model stops start-up, naming the file and the fix ----------------
+
+
+def _load_error(folder) -> str:
+    with pytest.raises(ModelError) as e:
+        Encoder(folder)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json", "labels.json"])
+def test_missing_file_is_named(model_copy, name):
+    (model_copy / name).unlink()
+    msg = _load_error(model_copy)
+    assert str(model_copy / name) in msg and "missing" in msg
+    assert "kefu nlp" in msg  # the command that rebuilds it
+
+
+def test_corrupt_onnx_is_named(model_copy):
+    data = (model_copy / "model.onnx").read_bytes()
+    (model_copy / "model.onnx").write_bytes(data[: len(data) // 3])  # a truncated download
+    msg = _load_error(model_copy)
+    assert str(model_copy / "model.onnx") in msg and "kefu nlp" in msg
+
+
+def test_garbage_onnx_is_named(model_copy):
+    (model_copy / "model.onnx").write_bytes(b"not a model at all" * 100)
+    assert str(model_copy / "model.onnx") in _load_error(model_copy)
+
+
+def test_corrupt_tokenizer_is_named(model_copy):
+    (model_copy / "tokenizer.json").write_text('{"version": "1.0", "model": ', encoding="utf-8")
+    assert str(model_copy / "tokenizer.json") in _load_error(model_copy)
+
+
+def test_labels_that_do_not_match_the_model_are_named(model_copy):
+    meta = json.loads((model_copy / "labels.json").read_text(encoding="utf-8"))
+    meta["labels"] = meta["labels"][:-1]
+    (model_copy / "labels.json").write_text(json.dumps(meta), encoding="utf-8")
+    msg = _load_error(model_copy)
+    assert "labels.json" in msg and "76 labels" in msg
+
+
+def test_bad_labels_json_is_named(model_copy):
+    (model_copy / "labels.json").write_text("[1, 2", encoding="utf-8")
+    assert str(model_copy / "labels.json") in _load_error(model_copy)
+
+
+def test_no_such_folder(tmp_path):
+    msg = _load_error(tmp_path / "nowhere")
+    assert "nowhere" in msg and "no such folder" in msg
+
+
+def test_shipped_model_error_says_how_to_rebuild(monkeypatch, tmp_path):
+    import kefu.nlp.encoder as enc
+
+    monkeypatch.setattr(enc, "DEFAULT_MODEL_DIR", tmp_path)
+    msg = _load_error(tmp_path)
+    assert "pip install --force-reinstall kefu" in msg and "kefu nlp train" in msg
+
+
+def test_unknown_scope_score_is_named(model_copy):
+    meta = json.loads((model_copy / "labels.json").read_text(encoding="utf-8"))
+    meta["oos_score"] = "vibes"
+    (model_copy / "labels.json").write_text(json.dumps(meta), encoding="utf-8")
+    msg = _load_error(model_copy)
+    assert "labels.json" in msg and "oos_score" in msg
