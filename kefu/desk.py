@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import heapq
 import inspect
+from collections import deque
+from contextlib import asynccontextmanager
 import json
 import logging
 import math
@@ -82,6 +84,9 @@ class Desk(DeskQueries):
         self._clock = clock
         self._epoch: float | None = None
         self._lock = trio.Lock()
+        self._outbox: deque[tuple[str, bytes]] = deque()  # (topic, payload) emitted, not yet published
+        self._flushing = False
+        self._outbox_wake = trio.Event()
         self._ready = False
         self._token: int | None = None
         self._heap: list[tuple[float, int, str, str]] = []
@@ -140,11 +145,12 @@ class Desk(DeskQueries):
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Timers, queue-position updates, keepalive sweep and webhook delivery."""
-        async with self._lock:
+        async with self._locked():
             await self.setup()
         async with trio.open_nursery() as n:
             await n.start(self.webhooks.run)
             n.start_soon(self._timer_loop)
+            n.start_soon(self._outbox_loop)
             n.start_soon(self._position_loop)
             if self.s.agent_keepalive > 0:
                 n.start_soon(self._keepalive_loop)
@@ -157,7 +163,7 @@ class Desk(DeskQueries):
         be refused as stale anyway)."""
         while True:
             await trio.sleep(LEASE_TTL / 3)
-            async with self._lock:
+            async with self._locked():
                 token = await self.store.acquire_lease("desk", self.node, LEASE_TTL, self.now())
                 if token is None and self._token is not None:
                     log.warning("desk %s: another node holds the assignment lease", self.node)
@@ -179,7 +185,7 @@ class Desk(DeskQueries):
         while True:
             await trio.sleep(1.0)
             if self._dirty_teams:
-                async with self._lock:
+                async with self._locked():
                     teams, self._dirty_teams = self._dirty_teams, set()
                     for team in teams:
                         await self._publish_positions(team)
@@ -199,7 +205,7 @@ class Desk(DeskQueries):
 
     async def fire_due(self, now: float | None = None) -> None:
         """Run every timer due by ``now``; each re-checks the stored record first."""
-        async with self._lock:
+        async with self._locked():
             await self.setup()
             now = self.now() if now is None else now
             while self._heap and self._heap[0][0] <= now:
@@ -217,7 +223,7 @@ class Desk(DeskQueries):
 
     async def sweep_agents(self, now: float | None = None) -> list[str]:
         """Set offline the agents with no live connection that missed their keepalive."""
-        async with self._lock:
+        async with self._locked():
             await self.setup()
             now = self.now() if now is None else now
             agents = [a for a in await self.store.agents() if not self._held.get(a.id)]
@@ -235,22 +241,69 @@ class Desk(DeskQueries):
                     raise Illegal("the conversation keeps changing; try again") from None
 
     async def _tx(self, fn):
-        async with self._lock:
+        async with self._locked():
             await self.setup()
             return await self._retry(fn)
 
+    @asynccontextmanager
+    async def _locked(self):
+        """The desk lock, held only while deciding and committing -- never across a yield that
+        it can avoid: an uncontended acquire does not checkpoint (trio's ``acquire`` yields
+        *holding* the lock), and what the section emitted is published after release. Every
+        message passes through this lock, so each scheduler round spent holding it is a round
+        that every other waiting message waits too (measured: p50 latency tens of ms at 666
+        messages/s with four rounds per message)."""
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+            if self._outbox:
+                await self._flush()
+
     # --- publishing ---------------------------------------------------------------------
     async def _emit(self, evs: list[Event]) -> None:
+        """Queue the events' payloads for publishing (in commit order); webhooks and hooks now."""
         for ev in evs:
             for topic, payload in self.fanout.route(ev):
                 try:
-                    await self.publish(topic, json.dumps(payload, separators=(",", ":"), default=str).encode())
+                    self._outbox.append((topic, json.dumps(payload, separators=(",", ":"), default=str).encode()))
+                except Exception:  # noqa: BLE001 - an unencodable payload must not corrupt state
+                    self.publish_errors += 1
+                    log.exception("encoding for %s failed", topic)
+            self.webhooks.submit(ev)
+            await self.hooks.notify(ev)
+        if not self._lock.locked():
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Publish the outbox in order. One flusher at a time keeps the order across tasks; a
+        task whose items another task is already publishing returns without waiting."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._outbox:
+                topic, payload = self._outbox.popleft()
+                try:
+                    await self.publish(topic, payload)
                     self.published += 1
                 except Exception:  # noqa: BLE001 - a broken publisher must not corrupt state
                     self.publish_errors += 1
                     log.exception("publishing on %s failed", topic)
-            self.webhooks.submit(ev)
-            await self.hooks.notify(ev)
+        finally:
+            self._flushing = False
+            if self._outbox:  # cancelled mid-way: the background flusher finishes the job
+                self._outbox_wake.set()
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            await self._outbox_wake.wait()
+            self._outbox_wake = trio.Event()
+            await self._flush()
 
     async def _commit(self, recs, *, fenced: bool = False):
         out = await self.store.commit(recs, token=self._token if fenced else None)

@@ -86,7 +86,15 @@ class Transcripts:
     async def put(self, key: str, kind: str, row: Any) -> None:
         send, _ = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)]
         self._pending += 1
-        await send.send((kind, row))
+        try:
+            # Called under the desk lock: no scheduler round unless the lane is really full.
+            send.send_nowait((kind, row))
+        except trio.WouldBlock:
+            try:
+                await send.send((kind, row))  # back-pressure: wait rather than lose a line
+            except BaseException:
+                self._pending -= 1  # cancelled: never queued, so drained() must not wait for it
+                raise
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as n:
