@@ -189,3 +189,30 @@ def from_config(nlp) -> IntentClassifier:
         use_model_intents=nlp.use_model_intents,
         oos_threshold=None if nlp.oos_threshold < 0 else nlp.oos_threshold,
     )
+
+
+def config_problems(nlp) -> list[str]:
+    """"key.path: message" lines for an [nlp] section, without loading the model (for `kefu config check`).
+
+    Checks the few-shot entries and that the model folder is complete with a readable
+    labels.json; whether onnxruntime can load model.onnx is only known at start-up.
+    """
+    from .encoder import ModelError, read_info
+
+    if not nlp.enabled:
+        return []
+    problems = []
+    try:
+        few_shot_from_config(nlp.intents)
+    except ConfigProblem as e:
+        problems.append(str(e))
+    if not nlp.use_model_intents and not nlp.intents:
+        problems.append("nlp.use_model_intents: false needs at least one [[nlp.intents]] entry")
+    try:
+        info = read_info(nlp.model or None)
+    except ModelError as e:
+        problems.append(f"nlp.model: {e}")
+    else:
+        if info.oos_score == "confidence" and nlp.oos_threshold != -1 and not 0 <= nlp.oos_threshold <= 1:
+            problems.append("nlp.oos_threshold: this model scores scope by confidence; expected -1 or 0-1")
+    return problems

@@ -173,3 +173,14 @@ def test_energy_scope_keeps_what_softmax_throws_away():
     assert strong.confidence[0] == pytest.approx(weak.confidence[0])  # same softmax
     assert strong.scope[0] > 5.0 > weak.scope[0]  # only the strongly excited one is in scope
     assert weak.scope[0] == pytest.approx(np.log(np.e + 1.0))
+
+
+def test_config_problems_without_loading_the_model(tmp_path):
+    from kefu.nlp.classifier import config_problems
+
+    assert config_problems(_config()) == []
+    got = config_problems(_config(model=str(tmp_path), use_model_intents=False,
+                                  intents=[{"name": "x", "examples": []}]))
+    assert got[0].startswith("nlp.intents[0].examples")
+    assert any(p.startswith("nlp.model: intent model file") and str(tmp_path) in p for p in got)
+    assert config_problems(from_dict({"nlp": {"enabled": False, "model": str(tmp_path)}}).nlp) == []
