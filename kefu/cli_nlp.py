@@ -49,6 +49,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if clf is None:
         return 2
     texts = args.text if args.text else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    clf.classify_batch(["warm up", "a slightly longer message to warm the caches up"])
     for text in texts:
         p = clf.classify(text)
         if args.json:
