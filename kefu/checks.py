@@ -35,7 +35,13 @@ def _storage(cfg) -> list[str]:
     return []
 
 
-CHECKS: list[Callable[[object], list[str]]] = [_auth, _alerts, _storage]
+def _nlp(cfg) -> list[str]:
+    from .nlp.classifier import config_problems
+
+    return config_problems(cfg.nlp)
+
+
+CHECKS: list[Callable[[object], list[str]]] = [_auth, _alerts, _storage, _nlp]
 
 
 def deep_check(cfg) -> list[str]:
