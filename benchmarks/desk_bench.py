@@ -1,16 +1,17 @@
 """Customer -> agent latency through the whole desk, and what it costs. One command, prints tables.
 
-    .venv/bin/python benchmarks/desk_bench.py --model DIR            # the real intent model
-    .venv/bin/python benchmarks/desk_bench.py --keywords             # a keyword stand-in
-    options: --customers 2000 --agents 200 --capacity 10 --interval 3 --duration 30 --storage sqlite|none
+    .venv/bin/python benchmarks/desk_bench.py                # the issue's load on the shipped BANKING77 model
+    options: --customers 2000 --agents 200 --capacity 10 --interval 3 --duration 30 --model DIR|off
+             --gc tuned|default --no-search-index --profile DIR (py-spy) --core-only
 
 Two measurements:
 
 1. *core*: the Desk alone in this process (in-memory store, publisher records the time
    the agent's inbox frame is handed to it): what the desk's own logic costs per message.
-2. *stack*: kefu in a server process -- broker, RouterBus, the desk on the broker glue
-   (topic ACL on every publish), the /chat bridge, the intent service and durable
-   transcripts in SQLite -- and a load process with half the customers as MQTT devices
+2. *stack*: the whole kefu app (``kefu.app.run``, as ``kefu serve`` runs it, GC tuned
+   after start-up) in a server process -- broker, RouterBus, the desk on the broker glue
+   (topic ACL on every publish), the /chat bridge, the intent service, metrics, and
+   durable transcripts in SQLite -- and a load process with half the customers as MQTT devices
    (raw TCP, kefu's codec), half as /chat browsers (WebSocket), and the agents as MQTT
    clients signed in as ``agent:<id>``. Every customer asks for a human, waits until an
    agent joins, then sends a message every ``interval`` seconds (random phase) carrying
@@ -24,8 +25,10 @@ upper bound of what a dedicated server would show.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
+import logging
 import os
 import random
 import signal
@@ -143,6 +146,34 @@ async def core_bench(customers: int, agents: int, capacity: int, messages: int) 
     return {"lat": lat, "lost": len(sent), "rate": messages / elapsed, "mem": mem, "assigned": customers}
 
 
+async def queue_bench(agents: int, capacity: int, waiting: int) -> dict:
+    """Every agent full, then ``waiting`` more customers queue: what a handoff into a long queue
+    and a waiting customer's message (with its queue position, as /chat shows it) cost."""
+    from kefu.agents import Agent
+    from kefu.desk import Desk
+    from kefu.settings import DeskSettings
+
+    team = tuple(Agent(f"a{i}", teams=frozenset({"general"}), capacity=capacity) for i in range(agents))
+    desk = Desk(DeskSettings(agents=team, accept_timeout=0.0, queue_message=""), classify=keyword_classify)
+    full = agents * capacity
+    async with trio.open_nursery() as n:
+        await n.start(desk.run)
+        for i in range(agents):
+            await desk.agent_connected(f"a{i}")
+        for c in range(full):
+            await desk.customer_message("mqtt", f"c{c}", "talk to a human")
+        t0 = time.perf_counter()
+        for c in range(full, full + waiting):
+            await desk.customer_message("mqtt", f"c{c}", "talk to a human")
+        t1 = time.perf_counter()
+        for k in range(1000):
+            r = await desk.customer_message("mqtt", f"c{full + (k * 7) % waiting}", f"still there? {k}")
+            await desk.conversation(r["conversation"]["id"])
+        t2 = time.perf_counter()
+        n.cancel_scope.cancel()
+    return {"handoff": (t1 - t0) / waiting, "queued_msg": (t2 - t1) / 1000}
+
+
 # --------------------------------------------------------------------------- 2. stack: server
 
 
@@ -172,54 +203,65 @@ def write_config(tmp: Path, args, ports: dict) -> Path:
     return p
 
 
-async def serve(cfg_path: str, model: str | None, storage: str) -> None:
-    """The server process: kefu with the desk, wired as app.py would wire it."""
-    from kefu import broker_glue
-    from kefu.bridge import service
-    from kefu.bridge.bus import RouterBus
-    from kefu.broker.server import Broker
+class StepTimes(trio.abc.Instrument):
+    """KEFU_BENCH_STEPS=1: how long the server's trio tasks hold the event loop per step
+    (a long step delays every other message: it is latency even when CPU is cheap)."""
+
+    def __init__(self) -> None:
+        self.t0 = 0.0
+        self.by: dict[str, list] = {}  # task name -> [steps, total s, max s, steps over 5 ms]
+        self.hist = [0] * 8  # < 0.1, 0.3, 1, 3, 10, 30, 100 ms, more
+
+    def before_task_step(self, task) -> None:
+        self.t0 = time.perf_counter()
+
+    def after_task_step(self, task) -> None:
+        dt = time.perf_counter() - self.t0
+        e = self.by.setdefault(task.name, [0, 0.0, 0.0, 0])
+        e[0] += 1
+        e[1] += dt
+        e[2] = max(e[2], dt)
+        e[3] += dt > 0.005
+        ms = dt * 1000
+        self.hist[next((i for i, b in enumerate((0.1, 0.3, 1, 3, 10, 30, 100)) if ms < b), 7)] += 1
+
+    def report(self) -> str:
+        rows = sorted(self.by.items(), key=lambda kv: -kv[1][1])[:15]
+        out = ["task steps (< 0.1/0.3/1/3/10/30/100 ms/more): " + " ".join(map(str, self.hist))]
+        out += [f"{v[1]:8.2f} s {v[0]:8d} steps max {v[2] * 1000:7.1f} ms  >5ms {v[3]:5d}  {k[-90:]}" for k, v in rows]
+        return "\n".join(out)
+
+
+async def serve(cfg_path: str, model: str | None, gc_mode: str) -> None:
+    """The server process: the whole kefu app (``kefu.app.run``), as ``kefu serve`` runs it."""
+    from kefu.app import run, tune_gc
     from kefu.config import load
-    from kefu.persist import PersistingStore, Transcripts
-    from kefu.state import MemoryStore
 
     cfg = load(cfg_path)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if model == "off":
+        cfg.nlp.enabled = False
+    elif model:
+        cfg.nlp.model = model
     async with trio.open_nursery() as n:
-        classify = keyword_classify
-        if model:
-            from kefu.nlp.classifier import from_config as clf_from_config
-            from kefu.nlp.service import IntentService
-
-            cfg.nlp.model = model
-            svc = await n.start(IntentService(clf_from_config(cfg.nlp), batch_size=32, max_wait_ms=2.0).run)
-            classify = svc.classify
-        store = MemoryStore()
-        sql_cm = None
-        if storage == "sqlite":
-            from kefu.storage import open_store
-
-            sql_cm = open_store(cfg.storage, background=False)
-            sql = await sql_cm.__aenter__()
-            transcripts = await n.start(Transcripts(sql).run)
-            store = PersistingStore(store, transcripts)
-        broker = Broker(cfg)
-        await n.start(broker.serve)
-        bus = RouterBus(broker)
-        desk = await n.start(lambda task_status: broker_glue.run(
-            cfg, broker=broker, bus=bus, classify=classify, store=store, base_dir=ROOT, task_status=task_status))
-        await n.start(lambda task_status: service.run(cfg, broker=broker, desk=desk, bus=bus, task_status=task_status))
-        if os.environ.get("KEFU_BENCH_GC") == "tuned":
-            gc.freeze()  # what start-up allocated is never garbage: keep it out of every collection
-            gc.set_threshold(50_000, 50, 100)
+        app = await n.start(functools.partial(run, cfg, base_dir=ROOT / "config"))
+        if gc_mode == "tuned":
+            tune_gc()  # what `kefu serve` does once started
+        steps = StepTimes() if os.environ.get("KEFU_BENCH_STEPS") else None
+        if steps:
+            trio.lowlevel.add_instrument(steps)
         print("ready", flush=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
             async for _ in sigs:
                 break
+        desk = app.desk
         stats = {"published": desk.published, "publish_errors": desk.publish_errors}
-        if sql_cm is not None:
-            with trio.move_on_after(10):
-                await store.t.drained()
-            stats.update(written=store.t.stats.written, failed=store.t.stats.failed)
+        with trio.move_on_after(10):
+            await desk.store.t.drained()
+        stats.update(written=desk.store.t.stats.written, failed=desk.store.t.stats.failed)
         print("stats " + json.dumps(stats), flush=True)
+        if steps:
+            print(steps.report(), file=sys.stderr, flush=True)
         n.cancel_scope.cancel()
 
 
@@ -262,7 +304,7 @@ class Mqtt:
         await self.s.send_all(encode(Publish(topic, payload, 0), 4))
 
 
-async def load(args, ports: dict) -> dict:
+async def load(args, ports: dict, on_steady=lambda: None) -> dict:
     from trio_websocket import open_websocket_url
 
     lat: list[float] = []
@@ -384,6 +426,12 @@ async def load(args, ports: dict) -> dict:
         if not all_joined.is_set():
             failures.append(f"only {joined} of {n_cust} conversations reached an agent")
             all_joined.set()
+        # The load generator is a measuring instrument: its own GC pauses would show up as
+        # latency, so it gets the same treatment as the server.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
+        on_steady()
         await trio.sleep(args.duration)
         stop.set()
         await trio.sleep(3.0)  # let the last messages land
@@ -392,24 +440,56 @@ async def load(args, ports: dict) -> dict:
             "t_joined": t_joined, "failures": failures}
 
 
+class PySpy:
+    """``--profile DIR``: py-spy records the server (raw collapsed stacks) during set-up and during
+    the measured window; summarise with benchmarks/profile_summary.py DIR/steady.txt."""
+
+    def __init__(self, directory: str | None, pid: int) -> None:
+        self.dir, self.pid, self.proc = (Path(directory) if directory else None), pid, None
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.exe = str(Path(sys.executable).parent / "py-spy")
+            if not Path(self.exe).exists():
+                raise SystemExit("--profile needs py-spy (a dev tool): .venv/bin/pip install py-spy")
+
+    def begin(self, name: str, seconds: float) -> None:
+        if self.dir:
+            self.proc = subprocess.Popen(
+                [self.exe, "record", "--pid", str(self.pid), "--duration", str(max(1, round(seconds))), "--rate", "200",
+                 "--format", "raw", "--output", str(self.dir / f"{name}.txt"), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def end(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            self.proc.wait()
+            self.proc = None
+
+
 async def stack_bench(args) -> tuple[dict, dict, dict]:
     tmp = Path(tempfile.mkdtemp(prefix="kefu-desk-bench-"))
     ports = {"mqtt": free_port(), "ws": free_port()}
     cfg = write_config(tmp, args, ports)
-    argv = [PY, __file__, "--serve", str(cfg), "--storage", args.storage] + (["--model", args.model] if args.model else [])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT), start_new_session=True)
+    argv = [PY, __file__, "--serve", str(cfg), "--gc", args.gc] + (["--model", args.model] if args.model else [])
+    err_path = tmp / "server.stderr"
+    with open(err_path, "wb") as err:  # a file, not a pipe: a chatty server must never block on it
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=str(ROOT), start_new_session=True)
+    spy = PySpy(args.profile, proc.pid)
     try:
         line = await trio.to_thread.run_sync(proc.stdout.readline)
         if line.strip() != b"ready":
-            raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"server did not start: {line!r} {err_path.read_text()[-2000:]}")
         rss0 = rss_kib(proc.pid)
         cpu0 = cpu_s(proc.pid), time.process_time()
-        res = await load(args, ports)
+        spy.begin("setup", 600)
+        res = await load(args, ports, on_steady=lambda: (spy.end(), spy.begin("steady", args.duration)))
+        spy.end()
         rss1 = rss_kib(proc.pid)
         res["cpu_server"] = cpu_s(proc.pid) - cpu0[0]
         res["cpu_load"] = time.process_time() - cpu0[1]
         proc.send_signal(signal.SIGTERM)
         out = await trio.to_thread.run_sync(proc.communicate)
+        res["server_log"] = [ln for ln in err_path.read_text().splitlines() if ln.strip()][-20:]
         stats = {}
         for ln in out[0].decode().splitlines():
             if ln.startswith("stats "):
@@ -423,8 +503,8 @@ async def stack_bench(args) -> tuple[dict, dict, dict]:
 async def main(args) -> None:
     print(f"desk benchmark: {args.customers} customers, {args.agents} agents x capacity {args.capacity}, "
           f"a message every {args.interval:g} s per customer, {args.duration:g} s; classifier: "
-          f"{'model ' + args.model if args.model else 'keywords'}; storage: {args.storage}"
-          f"{' (no search index)' if args.no_search_index else ''}; server GC: {os.environ.get('KEFU_BENCH_GC', 'default')}\n")
+          f"{'none (nlp.enabled = false)' if args.model == 'off' else 'model ' + args.model}; storage: SQLite"
+          f"{' (no search index)' if args.no_search_index else ''}; server GC: {args.gc}\n")
     core = await core_bench(args.customers, args.agents, args.capacity, messages=20_000)
     ms = lambda x: f"{x * 1000:.3f}"  # noqa: E731
     print("1. core (Desk alone, in-memory store, one process)")
@@ -433,6 +513,9 @@ async def main(args) -> None:
                 [[str(core["assigned"]), str(len(core["lat"]) + core["lost"]), ms(pct(core["lat"], 50)),
                   ms(pct(core["lat"], 99)), ms(max(core["lat"])), f"{core['rate']:.0f}", str(core["lost"]),
                   f"{core['mem'] / core['assigned'] / 1024:.1f} KiB"]]))
+    q = await queue_bench(args.agents, args.capacity, waiting=3000)
+    print(f"   long queue (every agent full, 3000 more waiting): a handoff into it {ms(q['handoff'])} ms, "
+          f"a waiting customer's message + its position {ms(q['queued_msg'])} ms")
     if args.core_only:
         return
     res, mem, stats = await stack_bench(args)
@@ -447,6 +530,8 @@ async def main(args) -> None:
           f"load generator {res['cpu_load']:.1f} s")
     if stats:
         print(f"server: {stats}")
+    if res["server_log"]:
+        print("server stderr (last lines):\n  " + "\n  ".join(res["server_log"]))
     if res["failures"]:
         print(f"\n{len(res['failures'])} failures, first: {res['failures'][:3]}")
 
@@ -458,26 +543,21 @@ if __name__ == "__main__":
     ap.add_argument("--capacity", type=int, default=10)
     ap.add_argument("--interval", type=float, default=3.0)
     ap.add_argument("--duration", type=float, default=30.0)
-    ap.add_argument("--model", help="intent model folder (made by `kefu nlp train`)")
-    ap.add_argument("--keywords", action="store_true", help="use a keyword stand-in instead of the intent model")
-    ap.add_argument("--storage", choices=["sqlite", "none"], default="sqlite")
+    ap.add_argument("--model", help="intent model folder (made by `kefu nlp train`); default: the shipped "
+                    "nlp/models/banking77; off: nlp.enabled = false (no classifier in the server)")
     ap.add_argument("--no-search-index", action="store_true", help="storage.search_index = false (no FTS on transcripts)")
+    ap.add_argument("--gc", choices=["tuned", "default"], default="tuned",
+                    help="server GC: tuned = what `kefu serve` does after start-up (kefu.app.tune_gc); default = CPython's")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy the server: DIR/setup.txt and DIR/steady.txt (raw stacks)")
     ap.add_argument("--core-only", action="store_true")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
-        prof = os.environ.get("KEFU_BENCH_PROFILE")  # a file: the server's cProfile stats go there
-        if prof:
-            import cProfile
-
-            cProfile.run("trio.run(serve, a.serve, a.model, a.storage)", prof)
-        else:
-            trio.run(serve, a.serve, a.model, a.storage)
+        trio.run(serve, a.serve, a.model, a.gc)
         sys.exit(0)
-    if not a.model and not a.keywords:
+    if not a.model:
         shipped = ROOT / "nlp" / "models" / "banking77"
-        if (shipped / "model.onnx").exists():
-            a.model = str(shipped)
-        else:
-            ap.error("no shipped intent model in nlp/models/banking77: pass --model DIR or --keywords")
+        if not (shipped / "model.onnx").exists():
+            ap.error(f"no shipped intent model in {shipped}: pass --model DIR (or --model off)")
+        a.model = str(shipped)
     trio.run(main, a)
