@@ -232,7 +232,8 @@ class BrokerStore(Protocol):
         """Store one PUBLISH and return its id, *after the commit*.
 
         ``recipients``: (client id, QoS) of the persistent sessions owed this message; one
-        queue row each, in this same transaction. A retained message (``message.retain``)
+        queue row each, in this same transaction. (client id, QoS, packet id, state) stores
+        one already sent (state "sent" or "pubrec"). A retained message (``message.retain``)
         also replaces the topic's retained message (an empty payload clears it).
         ``inbound``: (client id, packet id) of an incoming QoS 2 PUBLISH, remembered
         until ``release_inbound`` so a redelivery after a crash is not stored twice.

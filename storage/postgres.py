@@ -195,11 +195,30 @@ class PostgresStore(SqlStore):
                               m.created_at or now, m.expires_at))
         return ids
 
-    def _insert_queue(self, cur, rows: list[tuple[str, int, int]]) -> None:
-        with cur.copy("COPY mqtt_queue (client_id, message_id, qos) FROM STDIN (FORMAT BINARY)") as cp:
-            cp.set_types(["text", "int8", "int2"])
+    def _insert_queue(self, cur, rows: list[tuple[str, int, int, int | None, str]]) -> None:
+        with cur.copy("COPY mqtt_queue (client_id, message_id, qos, packet_id, state) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.set_types(["text", "int8", "int2", "int4", "text"])
             for r in rows:
                 cp.write_row(r)
+
+    def _h_mark_sent(self, cur, batch):
+        # one statement for the whole run: (packet id, client id, message id) rows
+        cur.execute(
+            "UPDATE mqtt_queue SET packet_id = v.pid, state = 'sent' "
+            "FROM unnest(%s::int4[], %s::text[], %s::int8[]) AS v(pid, cid, mid) "
+            "WHERE mqtt_queue.seq = (SELECT min(q.seq) FROM mqtt_queue q WHERE q.client_id = v.cid "
+            "AND q.message_id = v.mid AND q.state = 'queued')",
+            ([r[0] for r in batch], [r[1] for r in batch], [r[2] for r in batch]))
+        return [None] * len(batch)
+
+    def _h_ack(self, cur, batch):
+        # one statement per client instead of a round trip per PUBACK (the broker sends many)
+        by_client: dict[str, list[int]] = {}
+        for cid, pid in batch:
+            by_client.setdefault(cid, []).append(pid)
+        for cid, pids in by_client.items():
+            cur.execute("DELETE FROM mqtt_queue WHERE client_id = %s AND packet_id = ANY(%s)", (cid, pids))
+        return [None] * len(batch)
 
     def _search_rows(self, cur, terms: list[str], conv: str | None, limit: int) -> list:
         where = ["search_text ILIKE %s"] * len(terms)

@@ -104,8 +104,9 @@ class SqlStore:
     def _insert_messages(self, conn, msgs: list[StoredMessage], now: float) -> list[int]:  # pragma: no cover
         raise NotImplementedError
 
-    def _insert_queue(self, conn, rows: list[tuple[str, int, int]]) -> None:
-        conn.executemany(self.q("INSERT INTO mqtt_queue (client_id, message_id, qos) VALUES (?, ?, ?)"), rows)
+    def _insert_queue(self, conn, rows: list[tuple[str, int, int, int | None, str]]) -> None:
+        conn.executemany(self.q(
+            "INSERT INTO mqtt_queue (client_id, message_id, qos, packet_id, state) VALUES (?, ?, ?, ?, ?)"), rows)
 
     def _index_message(self, conn, msg_id: int, text: str) -> None:
         pass
@@ -217,7 +218,8 @@ class SqlStore:
         for i, mid in zip(todo, ids):
             msg, recipients, inbound, replay = batch[i]
             results[i] = mid
-            queue_rows.extend((cid, mid, qos) for cid, qos in recipients)
+            for r in recipients:  # (client, qos) queued, or (client, qos, packet id, state) already sent
+                queue_rows.append((r[0], mid, r[1], None, "queued") if len(r) == 2 else (r[0], mid, r[1], r[2], r[3]))
             if inbound is not None:
                 inbound_rows.append((inbound[0], inbound[1], mid, now))
             if replay is not None:
