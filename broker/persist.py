@@ -55,6 +55,8 @@ from .topics import filter_matches, parse_shared
 
 log = logging.getLogger("kefu.broker.persist")
 
+FINAL_FLUSH_S = 0.5  # at shutdown, at most this long to store what is still logged
+
 # storage/sqlstore.py SqlStore.B_*: the kinds of log entries
 B_PUBLISH, B_SENT, B_PUBREC, B_ACK, B_RELEASE, B_SESSION, B_DEL_SESSION, B_RX_HIGH, B_DROP = range(9)
 _BARRIERS = frozenset({B_RELEASE, B_SESSION, B_DEL_SESSION})
@@ -134,7 +136,10 @@ class Persister:
                 self.log.append((B_RX_HIGH, replay[0], replay[1]))
                 self._kick()
             return self.router.route(msg, now)
-        hold = proto if (proto is not None and qos and self.ack_after_commit) else None
+        # ack_after_commit off: acknowledged at once while fewer than max_pending wait for
+        # storage; beyond that they wait for their commit too (back-pressure, bounded memory)
+        hold = proto if (proto is not None and qos and (self.ack_after_commit or self.waiting >= self.max_pending)) \
+            else None
         inbound = (proto.client_id, pid) if (qos == 2 and proto is not None and proto.session.expiry) else None
         rec = msg.rec = Rec(msg, hold, inbound, replay, now)
         self.log.append(rec)  # before routing: deliveries made while routing refer to it
@@ -200,53 +205,116 @@ class Persister:
 
     # ------------------------------------------------------------------ the persister task
     def _entries(self, batch: list, now: float, wall: float) -> tuple[list, list]:
-        """Log -> storage entries (publishes first within each stretch between barriers)."""
-        out: list = []
-        pubs: list = []
-        rest: list = []
-        recs: list = []
+        """Log -> storage entries. A delivery of a message logged in this same batch goes
+        into that message's queue row (stored already "sent", or not at all once
+        acknowledged) instead of a row plus an update plus a delete; then, within each
+        stretch between barriers, the publishes go first."""
+        here = {id(e) for e in batch if type(e) is Rec}
+        sent_here: dict = {}  # (client id, packet id) -> (Rec, index in its recipients)
+        kept = []
         for e in batch:
+            if type(e) is not Rec:
+                kind = e[0]
+                if kind == B_SENT and id(e[2]) in here:
+                    rec, cid, pid = e[2], e[1], e[3]
+                    rs = rec.recipients
+                    for i, r in enumerate(rs):
+                        if r is not None and r[0] == cid and len(r) == 2:
+                            rs[i] = (cid, r[1], pid, "sent")
+                            sent_here[(cid, pid)] = (rec, i)
+                            break
+                    else:
+                        kept.append(e)
+                    continue
+                if kind == B_ACK or kind == B_PUBREC:
+                    hit = sent_here.get((e[1], e[2]))
+                    if hit is not None:
+                        rec, i = hit
+                        r = rec.recipients[i]
+                        if kind == B_ACK:  # delivered and acknowledged before it was even stored
+                            rec.recipients[i] = None
+                            del sent_here[(e[1], e[2])]
+                        else:
+                            rec.recipients[i] = (r[0], r[1], r[2], "pubrec")
+                        continue
+            kept.append(e)
+        # Runs of one kind are one statement each, so within a stretch the entries are
+        # grouped: publishes, sent marks, PUBRECs, acknowledgements, replay marks. A mark
+        # only refers to a message or a packet id marked before it, so this keeps every
+        # dependency; a sent mark reusing a packet id acknowledged earlier in the stretch
+        # starts a new stretch (its row must not be deleted by that acknowledgement).
+        out: list = []
+        groups: dict[int, list] = {B_PUBLISH: [], B_SENT: [], B_PUBREC: [], B_ACK: [], B_RX_HIGH: [], B_DROP: []}
+        touched: set = set()  # (client id, packet id) acknowledged or PUBREC'd in this stretch
+        recs: list = []
+
+        def close(barrier=None):
+            for kind in (B_PUBLISH, B_SENT, B_PUBREC, B_ACK, B_RX_HIGH, B_DROP):
+                if groups[kind]:
+                    out.extend(groups[kind])
+                    groups[kind] = []
+            touched.clear()
+            if barrier is not None:
+                out.append(barrier)
+
+        for e in kept:
             if type(e) is Rec:
                 m = e.msg
                 exp = None if m.expires_at is None else wall + (m.expires_at - now)
                 sm = StoredMessage(m.topic, m.payload, m.qos, m.retain, encode_props(m.properties), m.origin,
                                    wall - (now - e.created), exp)
-                pubs.append((B_PUBLISH, sm, tuple(e.recipients), e.inbound, e.replay, e))
+                groups[B_PUBLISH].append((B_PUBLISH, sm, tuple(r for r in e.recipients if r is not None), e.inbound,
+                                          e.replay, e))
                 recs.append(e)
-            elif e[0] in _BARRIERS:
-                out += pubs
-                out += rest
-                out.append(e)
-                pubs, rest = [], []
+                continue
+            kind = e[0]
+            if kind in _BARRIERS:
+                close(e)
+            elif kind == B_SENT:
+                if (e[1], e[3]) in touched:
+                    close()
+                groups[B_SENT].append(e)
             else:
-                rest.append(e)
-        out += pubs
-        out += rest
+                if kind == B_ACK or kind == B_PUBREC:
+                    touched.add((e[1], e[2]))
+                groups[kind].append(e)
+        close()
         return out, recs
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Commit the log in groups until cancelled (one ``broker_batch`` at a time)."""
         task_status.started(self)
-        while True:
-            await self._event.wait()
-            self._event = trio.Event()
-            self._kicked = False
-            batch, self.log = self.log, []
-            if not batch:
-                continue
-            self._taken += 1
-            entries, recs = self._entries(batch, trio.current_time(), self.wall())
-            try:
-                await self.store.broker_batch(entries)
-            except StorageUnavailable as e:
-                self._failed(recs, e.reason)
-            except Exception as e:  # a bug or a bad value: that batch fails, the broker goes on
-                log.exception("storing %d broker log entries failed", len(entries))
-                self._failed(recs, f"{type(e).__name__}: {e}")
-            else:
-                self._committed(recs)
-            self._finished += 1
-            self._done_lot.unpark_all()
+        try:
+            while True:
+                await self._event.wait()
+                self._event = trio.Event()
+                self._kicked = False
+                await self._commit_log()
+        finally:
+            # Stopping: store what is logged (delivery marks, session states, messages
+            # acknowledged before their commit) if the database takes it within a moment.
+            if self.log:
+                with trio.CancelScope(shield=True) as cs:
+                    cs.deadline = trio.current_time() + FINAL_FLUSH_S
+                    await self._commit_log()
+
+    async def _commit_log(self) -> None:
+        batch, self.log = self.log, []
+        if not batch:
+            return
+        self._taken += 1
+        entries, recs = self._entries(batch, trio.current_time(), self.wall())
+        try:
+            await self.store.broker_batch(entries)
+        except StorageUnavailable as e:
+            self._failed(recs, e.reason)
+        except Exception as e:  # a bug or a bad value: that batch fails, the broker goes on
+            log.exception("storing %d broker log entries failed", len(entries))
+            self._failed(recs, f"{type(e).__name__}: {e}")
+        else:
+            self._committed(recs)
+        self._finished += 1
+        self._done_lot.unpark_all()
 
     async def flush(self) -> None:
         """Return once everything logged so far is committed (or has failed)."""
