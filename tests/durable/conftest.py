@@ -6,16 +6,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from durable_harness import drop_schema
 
-from kefu.config import Config
 from kefu.config.model import Storage
-
-
-def drop_schema(dsn: str, schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -33,18 +26,3 @@ def storage_cfg(request, tmp_path):
 @pytest.fixture
 def sqlite_storage(tmp_path):
     return Storage(backend="sqlite", path=str(tmp_path / "kefu.db"))
-
-
-def broker_cfg(storage: Storage, **mqtt) -> Config:
-    cfg = Config()
-    cfg.listeners.mqtt.host = "127.0.0.1"
-    cfg.listeners.mqtt.port = 0
-    cfg.listeners.ws.enabled = False
-    cfg.listeners.http.enabled = False
-    cfg.desk.enabled = False
-    cfg.nlp.enabled = False
-    cfg.mqtt.sys_interval = 0
-    for k, v in mqtt.items():
-        setattr(cfg.mqtt, k, v)
-    cfg.storage = storage
-    return cfg

@@ -16,7 +16,30 @@ from kefu.broker.mqtt.packets import MQTT_5, ConnAck, Connect, Properties, Publi
 from kefu.broker.mqtt.session import Protocol
 from kefu.broker.persist import attach_storage
 from kefu.broker.server import Broker
+from kefu.config import Config
 from kefu.storage import open_store
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def broker_cfg(storage: Storage, **mqtt) -> Config:
+    cfg = Config()
+    cfg.listeners.mqtt.host = "127.0.0.1"
+    cfg.listeners.mqtt.port = 0
+    cfg.listeners.ws.enabled = False
+    cfg.listeners.http.enabled = False
+    cfg.desk.enabled = False
+    cfg.nlp.enabled = False
+    cfg.mqtt.sys_interval = 0
+    for k, v in mqtt.items():
+        setattr(cfg.mqtt, k, v)
+    cfg.storage = storage
+    return cfg
 
 
 class Peer:

@@ -7,8 +7,7 @@ The clients are sans-I/O (packets in, packets out), so "nothing written yet" is 
 
 from __future__ import annotations
 
-from conftest import broker_cfg
-from harness import Peer, durable_broker
+from durable_harness import Peer, broker_cfg, durable_broker
 
 from kefu.broker.mqtt.packets import MQTT_5, PubAck, Publish, PubRec
 

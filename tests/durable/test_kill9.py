@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 import trio
-from served import WAIT, Client, Kefu, stop_all, write_config
+from durable_served import WAIT, Client, Kefu, stop_all, write_config
 
 from kefu.config.model import Storage
 from kefu.storage import open_store
@@ -28,7 +28,7 @@ def storage_options(request, tmp_path):
     if request.param == "sqlite":
         yield {"backend": "sqlite", "path": str(tmp_path / "kefu.db")}
         return
-    from conftest import drop_schema
+    from durable_harness import drop_schema
 
     dsn = request.getfixturevalue("postgres_dsn")
     schema = "kefu_kill9_" + uuid.uuid4().hex[:10]

@@ -12,8 +12,7 @@ from dataclasses import replace
 
 import psycopg
 import trio
-from conftest import broker_cfg
-from harness import Peer, Proxy, durable_broker
+from durable_harness import Peer, Proxy, broker_cfg, durable_broker
 
 from kefu.broker.mqtt.packets import MQTT_5, Disconnect, PubAck, Publish
 
@@ -95,7 +94,7 @@ async def test_waiting_messages_are_bounded_while_the_database_is_away(sqlite_st
 async def test_postgres_goes_away_and_returns(postgres_dsn, tmp_path):
     import uuid
 
-    from conftest import drop_schema
+    from durable_harness import drop_schema
     from kefu.config.model import Storage
 
     schema = "kefu_durable_" + uuid.uuid4().hex[:10]

@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
-from served import WAIT, Client, Kefu, stop_all, write_config
+from durable_served import WAIT, Client, Kefu, stop_all, write_config
 
 
 def readyz(base: str) -> tuple[int, dict]:

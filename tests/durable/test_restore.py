@@ -4,8 +4,7 @@ inbound QoS 2 ids awaiting PUBREL, and retained messages. On SQLite and PostgreS
 
 from __future__ import annotations
 
-from conftest import broker_cfg
-from harness import Peer, durable_broker
+from durable_harness import Peer, broker_cfg, durable_broker
 
 from kefu.broker.mqtt.packets import (
     MQTT_5, Disconnect, Properties, PubAck, PubComp, Publish, PubRec, PubRel, Unsubscribe,

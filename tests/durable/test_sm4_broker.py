@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import broker_cfg
-from harness import Peer, durable_broker
+from durable_harness import Peer, broker_cfg, durable_broker
 
 from kefu.broker.mqtt.packets import MQTT_5, PubAck, Publish
 from kefu.storage import open_store

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from served import ROOT, WAIT, Client, Kefu, stop_all, write_config
+from durable_served import ROOT, WAIT, Client, Kefu, stop_all, write_config
 
 EXAMPLE = ROOT / "examples" / "sm4_device.py"
 
