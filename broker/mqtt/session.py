@@ -530,12 +530,10 @@ class Protocol:
         """Input: the oldest ``len(codes)`` held PUBLISHes are committed (codes 0x00 / 0x10);
         write every acknowledgement now decided at the front of ``held``."""
         undecided = self._undecided
-        if undecided is None:
-            return
+        if undecided is None or self.state is not CONNECTED:
+            return  # closed meanwhile: nothing is written any more
         for rc in codes:
             undecided.popleft()[2] = rc
-        if self.state is not CONNECTED:
-            return
         held = self.held
         v5 = self.v5
         while held and held[0][2] is not None:

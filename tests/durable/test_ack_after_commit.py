@@ -104,3 +104,18 @@ async def test_delivery_acks_update_the_stored_queue(sqlite_storage):
         sub.send(PubAck(sent[0].packet_id), PubAck(sent[2].packet_id))
         await p.flush()
         assert [q.message.payload for q in await store.load_queue("sub")] == [b"1"]
+
+
+async def test_publisher_gone_before_the_commit_still_stores_and_nothing_breaks(sqlite_storage):
+    async with durable_broker(broker_cfg(sqlite_storage)) as (broker, store):
+        r, p = broker.router, broker.persister
+        pub = Peer(r)
+        pub.connect("pub")
+        assert pub.publish("t/1", b"kept", qos=1, pid=1) == []
+        pub.drop()  # the connection breaks while its PUBACK is held
+        other = Peer(r)
+        other.connect("other")
+        other.publish("t/2", b"next", qos=1, pid=1)
+        await p.flush()
+        assert other.received() == [PubAck(1)]  # 3.1.1: no reason code on the wire
+        assert await store.count_messages() == 2 and p.committed == 2
