@@ -306,6 +306,11 @@ class Desk:
     max_text_chars: int = opt(4000, "Longest message text accepted from a customer or agent.", positive)
     labels: list = opt([], "Labels agents may put on conversations; empty: any label.")
     canned: list = opt([], "Canned responses: [[desk.canned]] tables with code and text.")
+    state: str = opt(
+        "memory", "Where the desk's live state (conversations, queues, agents, leases) lives: \"memory\" (one node) "
+        "or \"redis\" (shared by every node on storage.redis_url under storage.redis_prefix; see docs/desk.md).",
+        one_of("memory", "redis"),
+    )
 
 
 @dataclass

@@ -88,16 +88,17 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
             if cfg.desk.enabled:
                 from . import broker_glue
                 from .persist import PersistingStore, Transcripts
-                from .state import MemoryStore
+                from .state_redis import live_state
 
-                # Live desk state in memory; conversations, messages and tickets written behind
-                # to the SQL store (transcripts, search, history survive a restart).
+                # Live desk state in memory or Redis ([desk] state); conversations, messages and tickets
+                # written behind to the SQL store (transcripts, search, history survive a restart).
+                live = await nursery.start(live_state, cfg)
                 transcripts = await nursery.start(Transcripts(store).run)
                 bus = RouterBus(broker)
                 classify = ops.metrics.instrument_classifier(intent.classify) if intent else None
                 desk = await nursery.start(functools.partial(
                     broker_glue.run, cfg, broker=broker, bus=bus, classify=classify,
-                    store=PersistingStore(MemoryStore(), transcripts), base_dir=base_dir))
+                    store=PersistingStore(live, transcripts), base_dir=base_dir))
             addresses = await nursery.start(broker.serve)
             for a in addresses:
                 say(f"kefu: MQTT listening on {a.url}")

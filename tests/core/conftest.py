@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from kefu.bot import Answer, Answers
 from kefu.desk import Desk
 from kefu.routing import Route, Router, Rule
 from kefu.settings import DeskSettings
+from kefu.state import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,3 +118,33 @@ def make_desk(recorder):
         return Desk(small_settings(**kw), classify=classify, publish=recorder)
 
     return make
+
+
+@asynccontextmanager
+async def redis_desk_store(url: str):
+    """A RedisDeskStore under a key prefix of its own, deleted afterwards."""
+    from kefu.state_redis import RedisDeskStore
+
+    s = await RedisDeskStore(url, prefix=f"kefu-test:{uuid.uuid4().hex[:12]}:desk:").open()
+    try:
+        yield s
+    finally:
+        with trio.CancelScope(shield=True):
+            await s.delete_all()
+            await s.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request) -> str | None:
+    """None for the in-memory store, else the Redis URL (skips locally when Redis is missing)."""
+    return None if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+async def store(store_url):
+    """Each DeskStore implementation in turn: the contract tests run over both."""
+    if store_url is None:
+        yield MemoryStore()
+        return
+    async with redis_desk_store(store_url) as s:
+        yield s

@@ -1,6 +1,8 @@
-"""The state interface's contract, on the in-memory store: compare-and-set, fencing, indexes.
+"""The state interface's contract: compare-and-set, fencing, indexes.
 
-A Redis implementation must pass the same checks (see kefu/state.py for the mapping).
+Every test runs over each implementation (the ``store`` fixture in conftest.py: the
+in-memory store and RedisDeskStore on the real Redis); tests/core/test_state_redis.py
+has the Redis-only checks (two nodes, stale leases, serialisation).
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from kefu import conversations as C
 from kefu.agents import Agent
 from kefu.conversations import Message, Status
 from kefu.desk import Desk
-from kefu.state import Conflict, MemoryStore, StaleToken
+from kefu.state import Conflict, StaleToken
 
 from .conftest import keyword_classifier, small_settings
 
 
-async def test_compare_and_set_is_all_or_nothing():
-    s = MemoryStore()
+async def test_compare_and_set_is_all_or_nothing(store):
+    s = store
     conv, _ = C.open_conversation("cv-1", "cu", "main", "chat", 0)
     a = Agent("alice", teams=frozenset({"g"}))
     conv, a = await s.commit([conv, a])
@@ -43,8 +45,8 @@ async def test_compare_and_set_is_all_or_nothing():
         await s.commit([replace(C.offer(q, "bob", 2, None)[0])])
 
 
-async def test_fencing_tokens():
-    s = MemoryStore()
+async def test_fencing_tokens(store):
+    s = store
     t1 = await s.acquire_lease("desk", "n1", 10, now=0)
     assert await s.acquire_lease("desk", "n2", 10, now=5) is None  # held
     assert await s.acquire_lease("desk", "n1", 10, now=5) == t1  # renewal keeps the token
@@ -56,8 +58,8 @@ async def test_fencing_tokens():
     await s.commit([conv], token=t2)
 
 
-async def test_threads_messages_and_alarm_index():
-    s = MemoryStore()
+async def test_threads_messages_and_alarm_index(store):
+    s = store
     c1, _ = C.open_conversation("cv-1", "cu", "main", "chat", 0)
     (c1,) = await s.commit([c1])
     closed, _ = C.close(c1, 5)
@@ -71,8 +73,7 @@ async def test_threads_messages_and_alarm_index():
     assert [m.text for m in await s.messages("cv-2", before=4, limit=10)] == ["m0", "m1", "m2"]
 
 
-async def test_a_second_desk_on_the_same_store_leaves_assignment_to_the_lease_holder(recorder):
-    store = MemoryStore()
+async def test_a_second_desk_on_the_same_store_leaves_assignment_to_the_lease_holder(recorder, store):
     one = Desk(small_settings(accept_timeout=0.0), store=store, classify=keyword_classifier, publish=recorder,
                node="one", clock=lambda: 100.0)
     two = Desk(small_settings(accept_timeout=0.0), store=store, classify=keyword_classifier, publish=recorder,
