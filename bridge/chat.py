@@ -86,7 +86,7 @@ def conversation_view(c: dict) -> dict:
     for k in ("created_at", "updated_at"):
         if isinstance(c.get(k), (int, float)):
             out[k] = float(c[k])
-    for k in ("thread", "intent", "sentiment", "handoff_reason", "accepted", "ticket_id", "last_message", "unread"):
+    for k in ("thread", "intent", "sentiment", "handoff_reason", "accepted", "ticket_id", "csat", "last_message", "unread"):
         if k in c:
             out[k] = c[k]
     return out
@@ -98,6 +98,7 @@ _CONV_EVENTS = {
     "conversation_assigned": "assigned",
     "assignment_accepted": "assigned",
     "labels_changed": "labels",
+    "csat_received": "updated",  # the customer rated: the console shows the rating
 }
 
 
@@ -116,7 +117,12 @@ def event_frames(evt: dict, *, for_agent: bool) -> list[dict]:
     conv_id = str(data.get("conv_id") or (conv or {}).get("id") or data.get("id") or "")
     if kind in _CONV_EVENTS:
         view = conversation_view(conv if conv else {**data, "id": conv_id})
-        return [{"type": "conversation", "event": _CONV_EVENTS[kind], "conversation": view}]
+        frame = {"type": "conversation", "event": _CONV_EVENTS[kind], "conversation": view}
+        if kind == "csat_received" and isinstance(data.get("rating"), int):
+            frame["rating"] = data["rating"]
+            if isinstance(data.get("comment"), str) and data["comment"]:
+                frame["comment"] = data["comment"]
+        return [frame]
     if kind == "message_created":
         m = data.get("message") if isinstance(data.get("message"), dict) else data
         if m.get("private") and not for_agent:

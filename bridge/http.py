@@ -14,12 +14,20 @@ so the document cannot drift from the code.
 Auth: ``api_access_token: <token>`` or ``Authorization: Bearer <token>`` for agents
 and operators (see ``identity.py``); an agent token acts as that agent, an operator
 token as the desk itself. The widget's endpoints take the site's public token.
+
+Transcript search (``GET /search``) reads the SQL store (``BridgeState.store``: SQLite
+FTS5 trigram, PostgreSQL pg_trgm), not the live desk, so it finds closed and old
+conversations too. Who sees what: an operator token every match; an agent token the
+matches in conversations assigned to that agent, queued for one of its teams, or in
+the desk's common pool (no team, no assignee) -- checked per conversation against the
+live desk first, the stored row when the desk no longer holds it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Awaitable, Callable
@@ -80,7 +88,8 @@ COMPONENTS: dict[str, dict] = {
     "Conversation": _obj(
         ["id", "status", "customer"], id=S, customer=S, thread=S, channel=S, status=S, team=NS,
         priority=S, assignee=NS, accepted=B, intent=NS, sentiment=NS, handoff_reason=NS, labels=ARR_S,
-        ticket_id=NS, created_at=N, updated_at={"type": ["number", "null"]},
+        ticket_id=NS, csat={"type": ["integer", "null"], "description": "the customer's rating, 1-5, once given"},
+        created_at=N, updated_at={"type": ["number", "null"]},
     ),
     "Message": _obj(["id", "conversation", "author", "text", "ts"], id=S, seq=I, conversation=S,
                     author=_obj(["kind", "id"], kind={"enum": ["customer", "agent", "bot", "system"]}, id=S, name=NS),
@@ -96,6 +105,17 @@ COMPONENTS: dict[str, dict] = {
                     secret={"type": "string", "description": "only in the answer to POST: keep it to verify signatures"}),
     "Health": _obj(["status"], status=S, checks={"type": "object"}, version=S),
     "Profile": _obj(["role", "ws_url"], role=S, name=S, agent={"oneOf": [ref("Agent"), {"type": "null"}]}, ws_url=S),
+    "SearchHit": _obj(
+        ["id", "conversation", "author", "ts", "snippet", "highlights"],
+        id={"type": "string", "description": "the message id as the messages API gives it (<conversation>:<seq>)"},
+        message_id={"type": "integer", "description": "the stored row's id"}, seq={"type": ["integer", "null"]},
+        conversation=S, customer=NS, status=NS,
+        author=_obj(["kind", "id"], kind={"enum": ["customer", "agent", "bot", "system"]}, id=S, name=NS),
+        ts=N, private=B,
+        snippet={"type": "string", "description": "the match with up to 40 characters either side (… where cut)"},
+        highlights={"type": "array", "description": "the snippet cut into parts; match: true for the matched text",
+                    "items": _obj(["text", "match"], text=S, match=B)},
+    ),
     "WidgetConfig": _obj(["title", "ws_url", "site"], site=S, title=S, greeting=S, color=S, ws_url=S,
                          chat_path=S, thread=S),
 }
@@ -209,6 +229,128 @@ async def h_messages(req: Request, ctx: Ctx):
     limit = min(_int_param(q.get("limit"), "limit") or 50, 200)
     msgs, more = await ctx.st.desk.messages(req.path_params["id"], before=before, limit=limit, include_private=True)
     return {"data": {"meta": {"more": more}, "payload": msgs}}
+
+
+class ApiError(Exception):
+    """An answer with its own status and error code (the 503s of transcript search)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+# Trigram search (FTS5 trigram, pg_trgm) indexes 3-character sequences. Shorter terms are
+# still found (the store scans for them), and two characters is a whole word in Chinese
+# (退款, 发票), so a query needs one term of at least 2 characters; a single character
+# would match nearly every line and only costs a full scan.
+SEARCH_MIN_CHARS = 2
+SEARCH_MAX_LIMIT = 50
+SNIPPET_CONTEXT = 40
+
+
+def highlight(body: str, terms: list[str], width: int = SNIPPET_CONTEXT) -> list[dict]:
+    """The first match of any term with ``width`` characters either side, cut into parts
+    ({"text", "match"}) so a client can mark every term without parsing markup."""
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)), re.IGNORECASE)
+    first = pattern.search(body)
+    a, b = (0, min(len(body), 2 * width)) if first is None else \
+        (max(0, first.start() - width), min(len(body), first.end() + width))
+    window = body[a:b]
+    parts: list[dict] = [{"text": "…", "match": False}] if a else []
+    at = 0
+    for m in pattern.finditer(window):
+        if m.start() > at:
+            parts.append({"text": window[at:m.start()], "match": False})
+        parts.append({"text": m.group(0), "match": True})
+        at = m.end()
+    if at < len(window):
+        parts.append({"text": window[at:], "match": False})
+    if b < len(body):
+        parts.append({"text": "…", "match": False})
+    merged: list[dict] = []
+    for p in parts:  # "…" beside plain text: one part
+        if merged and not p["match"] and not merged[-1]["match"]:
+            merged[-1] = {"text": merged[-1]["text"] + p["text"], "match": False}
+        else:
+            merged.append(p)
+    return merged
+
+
+async def _visible(ctx: Ctx, conv_ids: list[str]) -> dict[str, dict | None]:
+    """conversation id -> {"customer", "status"} when the token may see it, else None."""
+    st, out = ctx.st, {}
+    me = None
+    if ctx.agent is not None:
+        me = await st.desk.agent(ctx.agent)
+    teams = set((me or {}).get("teams") or ())
+    for cid in conv_ids:
+        try:
+            c = await st.desk.conversation(cid)
+            customer, status, team, assignee = c.get("customer"), c.get("status"), c.get("team"), c.get("assignee")
+        except DeskError:  # no longer in the live desk: the stored row (written behind by the desk)
+            row = await st.store.get_conversation(cid)
+            if row is None:
+                out[cid] = None if ctx.agent else {"customer": None, "status": None}
+                continue
+            customer, status = row.contact_id, row.state
+            team, assignee = (row.meta or {}).get("team"), row.assigned_agent
+        if ctx.agent is None:
+            ok = True
+        else:
+            ok = assignee == ctx.agent or (team is not None and team in teams) or (team is None and assignee is None)
+        out[cid] = {"customer": customer, "status": status} if ok else None
+    return out
+
+
+async def h_search(req: Request, ctx: Ctx):
+    from kefu.storage.base import SearchUnavailable, StorageUnavailable
+
+    q = (req.query_params.get("q") or "").strip()
+    limit = _int_param(req.query_params.get("limit"), "limit") or 20
+    if not 1 <= limit <= SEARCH_MAX_LIMIT:
+        raise HTTPException(400, f"query limit: expected 1 to {SEARCH_MAX_LIMIT}")
+    terms = q.split()
+    if not terms or max(len(t) for t in terms) < SEARCH_MIN_CHARS:
+        raise HTTPException(400, f"query q: too short for transcript search; at least one word of "
+                                 f"{SEARCH_MIN_CHARS} or more characters is needed (terms of 3 or more use the "
+                                 f"trigram index)")
+    store = ctx.st.store
+    if store is None:
+        raise ApiError(503, "search_unavailable", "transcript search needs the SQL store ([storage]); "
+                                                  "this process serves the API without one")
+    # An agent sees only some conversations: ask for more than it will get, then filter.
+    fetch = limit if ctx.agent is None else min(limit * 4, 200)
+    try:
+        hits = await store.search(q, limit=fetch)
+    except SearchUnavailable as e:
+        raise ApiError(503, "search_unavailable", str(e)) from None
+    except StorageUnavailable as e:
+        raise ApiError(503, "storage_unavailable", f"the database cannot be read now: {e.reason}") from None
+    seen = await _visible(ctx, list(dict.fromkeys(h.conversation_id for h in hits)))
+    names = {a["id"]: a.get("name") for a in await ctx.st.desk.agents()}
+    out = []
+    for h in hits:
+        conv = seen.get(h.conversation_id)
+        if conv is None:
+            continue
+        rows = await store.list_messages(h.conversation_id, after_id=h.message_id - 1, limit=1)
+        row = rows[0] if rows and rows[0].id == h.message_id else None
+        meta = row.meta if row else {}
+        seq = meta.get("seq")
+        sender = (row.sender_id if row else "") or h.sender_kind
+        name = names.get(sender) if h.sender_kind == "agent" else None
+        parts = highlight(h.body, terms)
+        out.append({
+            "id": f"{h.conversation_id}:{seq}" if seq is not None else str(h.message_id),
+            "message_id": h.message_id, "seq": seq, "conversation": h.conversation_id, **conv,
+            "author": {"kind": h.sender_kind, "id": sender, "name": name},
+            "ts": h.created_at, "private": bool(meta.get("private", False)),
+            "snippet": "".join(p["text"] for p in parts), "highlights": parts,
+        })
+        if len(out) == limit:
+            break
+    return {"data": {"meta": {"q": q, "count": len(out), "scope": "all" if ctx.agent is None else "agent"},
+                     "payload": out}}
 
 
 def _int_param(v: str | None, name: str) -> int | None:
@@ -408,6 +550,12 @@ ROUTES: list[ApiRoute] = [
              status=201, body=_obj(["url"], url=S, subscriptions=ARR_S)),
     ApiRoute("DELETE", "/webhooks/{id}", h_delete_webhook, "Remove a webhook (operators)", "webhooks", "operator",
              {}, status=204),
+    ApiRoute("GET", "/search", h_search,
+             "Search transcripts (Chinese and English), newest first; agents see their own, their teams' and "
+             "unassigned conversations", "search", "token",
+             listing("SearchHit", _obj(["q", "count", "scope"], q=S, count=I, scope={"enum": ["all", "agent"]})),
+             query=(("q", f"words that must all occur, case-insensitive; one of {SEARCH_MIN_CHARS} or more characters"),
+                    ("limit", f"most matches, 1 to {SEARCH_MAX_LIMIT} (default 20)"))),
     ApiRoute("GET", "/widget/config", h_widget_config, "What the widget needs to connect (public)", "widget", "site",
              single("WidgetConfig"), query=(("website_token", "the site's public token"),)),
 ]
@@ -440,7 +588,8 @@ def openapi_document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "kefu API", "version": __version__,
-                 "description": "Conversations, messages, agents, contacts, tickets, canned responses, labels, webhooks."},
+                 "description": "Conversations, messages, transcript search, agents, contacts, tickets, canned responses, "
+                                "labels, webhooks."},
         "paths": paths,
         "components": {
             "schemas": COMPONENTS,
@@ -486,6 +635,8 @@ def _endpoint(r: ApiRoute, st: BridgeState):
                                           422: "invalid"}.get(e.status_code, "error"), e.detail)
         except DeskError as e:
             return _error(e.status, e.code, str(e) or e.code)
+        except ApiError as e:
+            return _error(e.status, e.code, e.message)
         if r.status == 204:
             return Response(status_code=204)
         # The widget's endpoints are read from the shops' own origins: public, no credentials.

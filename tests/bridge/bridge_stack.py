@@ -115,3 +115,43 @@ class ChatClient:
                 f = await self.recv()
                 if pred(f):
                     return f
+
+
+def app_config(db_path, **over):
+    """``config()`` for the whole of kefu (``kefu.app.run``): the same agents as
+    ``desk_settings()`` from [[agents]], transcripts in SQLite at ``db_path``, no intent model."""
+    data = {
+        "listeners": {
+            "mqtt": {"host": "127.0.0.1", "port": 0},
+            "ws": {"enabled": True, "host": "127.0.0.1", "port": 0},
+            "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
+        },
+        "api": {"tokens": [
+            *({"name": a, "token_sha256": sha256_hex(t), "role": "agent", "agent": a} for a, t in AGENT_TOKENS.items()),
+            {"name": "ops", "token_sha256": sha256_hex(OPERATOR_TOKEN), "role": "operator"},
+        ]},
+        "teams": [{"id": "general", "name": "General"}, {"id": "vip", "name": "VIP"}],
+        "agents": [{"id": "alice", "name": "Alice", "teams": ["general"], "capacity": 5},
+                   {"id": "bob", "name": "Bob", "teams": ["vip"], "capacity": 5}],
+        "nlp": {"enabled": False},
+        "mqtt": {"sys_interval": 0},
+        "storage": {"backend": "sqlite", "path": str(db_path)},
+    }
+    for key, value in over.items():
+        section, _, leaf = key.partition("__")
+        data.setdefault(section, {})[leaf] = value
+    return from_dict(data)
+
+
+@asynccontextmanager
+async def kefu_app(cfg):
+    """The whole of kefu as ``kefu serve`` wires it (storage, transcripts, desk, bridge), on port 0.
+    Yields the ``App``; ``app.desk.store.t`` is the desk's transcript writer (``drained()``)."""
+    from kefu.app import run
+
+    async with trio.open_nursery() as nursery:
+        app = await nursery.start(run, cfg)
+        try:
+            yield app
+        finally:
+            nursery.cancel_scope.cancel()

@@ -74,6 +74,14 @@ async def test_visitor_and_agent_talk_and_every_frame_obeys_its_schema():
             assert ack["type"] == "ack" and ack["conversation"]["status"] == "resolved"
             await visitor.until(lambda f: f["type"] == "conversation" and f["conversation"]["status"] == "resolved")
 
+            # The visitor rates; the agent's console hears the rating (conversation.csat and rating/comment).
+            await visitor.send({"type": "csat", "conversation": conv, "rating": 4, "comment": "Quick and kind", "ref": "cs"})
+            ack = await visitor.until(lambda f: f.get("ref") == "cs")
+            assert ack["type"] == "ack", ack
+            rated = await agent.until(lambda f: f["type"] == "conversation" and f["conversation"].get("csat") is not None)
+            assert rated["conversation"]["id"] == conv and rated["conversation"]["csat"] == 4
+            assert rated["event"] == "updated" and rated["rating"] == 4 and rated["comment"] == "Quick and kind"
+
             for f in visitor.seen + agent.seen:
                 validate_server_frame(f)
             assert not any(f["type"] == "message" and f["message"]["private"] for f in visitor.seen)

@@ -131,6 +131,9 @@ async def test_every_operation_answers_as_documented():
         hooks = await api("GET", "/api/v1/webhooks", "/api/v1/webhooks", token=OPERATOR_TOKEN)
         assert [h["url"] for h in hooks["data"]["payload"]] == ["https://crm.example/hook"]
         await api("DELETE", f"/api/v1/webhooks/{wh['data']['id']}", "/api/v1/webhooks/{id}", token=OPERATOR_TOKEN)
+        # This stack has no SQL store: search says so (tests/bridge/test_search_api.py searches a real one).
+        no = await api("GET", "/api/v1/search?q=fan", "/api/v1/search", expect=503)
+        assert no["error"] == "search_unavailable" and "[storage]" in no["message"]
         w = await api("GET", "/api/v1/widget/config?website_token=demo", "/api/v1/widget/config", token=None)
         assert w["data"]["ws_url"] == st.ws
         await api("GET", "/api/v1/widget/config?website_token=nope", "/api/v1/widget/config", token=None, expect=404)
