@@ -5,6 +5,10 @@
  * WebSocket authenticated with the same token, and the agent's own actions (reply,
  * note, accept, transfer, resolve, labels, status) go out on it as frames, each with a
  * ref so the ack or error lands on the right button.
+ *
+ * The search box above the tabs searches stored transcripts (GET /api/v1/search);
+ * while it holds text the results replace the conversation list, and a result opens
+ * its conversation with the matching line marked.
  */
 (function () {
   "use strict";
@@ -13,7 +17,8 @@
     token: localStorage.getItem("kefu.console.token") || "",
     me: null, tab: "mine", convs: [], current: null, messages: [], contact: null,
     agents: [], labels: [], canned: [], ws: null, refs: 0, waiting: {}, unread: {},
-    backoff: 1000, reloadTimer: null, typingTimer: null, sentTyping: false, wsBase: ""
+    backoff: 1000, reloadTimer: null, typingTimer: null, sentTyping: false, wsBase: "",
+    searchTimer: null, searchSeq: 0, hit: null, scrollToHit: false
   };
 
   function api(method, path, body) {
@@ -127,7 +132,11 @@
         scheduleReload();
         break;
       case "conversation":
-        if (S.current && f.conversation.id === S.current.id) { S.current = Object.assign({}, S.current, f.conversation); renderHeader(); renderLabels(); }
+        if (S.current && f.conversation.id === S.current.id) {
+          S.current = Object.assign({}, S.current, f.conversation);
+          if (f.rating) S.current.csat_comment = f.comment || "";
+          renderHeader(); renderLabels();
+        }
         scheduleReload();
         break;
       case "typing":
@@ -186,8 +195,9 @@
   });
 
   // ------------------------------------------------------------------ thread
-  function openConv(id) {
+  function openConv(id, focus) {
     delete S.unread[id];
+    S.hit = focus || null; S.scrollToHit = !!focus;
     return api("GET", "/conversations/" + encodeURIComponent(id)).then(function (c) {
       S.current = c;
       $("empty").hidden = true;
@@ -208,7 +218,11 @@
     var c = S.current;
     $("t-title").textContent = c.customer;
     var bits = [c.status, c.channel, c.team ? "team " + c.team : "", c.assignee ? "assignee " + c.assignee : "unassigned", c.priority || ""];
-    $("t-sub").textContent = bits.filter(Boolean).join(" · ");
+    var sub = $("t-sub"); sub.textContent = bits.filter(Boolean).join(" · ");
+    if (c.csat) {
+      sub.appendChild(document.createTextNode(" · CSAT "));
+      sub.appendChild(el("span", "csat", stars(c.csat))).title = c.csat + " of 5";
+    }
     var mine = c.assignee === S.me.id;
     $("a-accept").hidden = !((c.status === "queued") || (c.status === "assigned" && mine && c.accepted === false));
     $("a-accept").textContent = c.status === "assigned" ? "Accept" : "Pick up";
@@ -226,10 +240,14 @@
       var by = m.private ? "Private note · " + (m.author.name || m.author.id) : (m.author.kind === "customer" ? "" : (m.author.name || m.author.id));
       if (by) d.appendChild(el("div", "by", by + " · " + fmtTime(m.ts)));
       d.appendChild(document.createTextNode(m.text));
+      if (S.hit && m.id === S.hit) d.classList.add("hit");
       box.appendChild(d);
     });
-    box.scrollTop = box.scrollHeight;
+    var hit = box.querySelector(".m.hit");
+    if (hit && S.scrollToHit) { hit.scrollIntoView({ block: "center" }); S.scrollToHit = false; }
+    else box.scrollTop = box.scrollHeight;
   }
+  function stars(n) { return "★★★★★".slice(0, n) + "☆☆☆☆☆".slice(0, 5 - n); }
   function markRead() {
     var last = null;
     S.messages.forEach(function (m) { if (m.author.kind === "customer") last = m.id; });
@@ -342,7 +360,8 @@
   }
   function renderConvInfo() {
     var c = S.current;
-    dl("convinfo", [["id", c.id], ["status", c.status], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", c.handoff_reason], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString() : ""]]);
+    var csat = c.csat ? c.csat + "/5 " + stars(c.csat) + (c.csat_comment ? " — " + c.csat_comment : "") : "";
+    dl("convinfo", [["id", c.id], ["status", c.status], ["CSAT", csat], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", c.handoff_reason], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString() : ""]]);
   }
   function renderLabels() {
     var box = $("labels"); box.textContent = "";
@@ -373,6 +392,62 @@
     });
     if (!ul.children.length) ul.appendChild(el("li", null, "None."));
   }
+
+  // ------------------------------------------------------------------ transcript search
+  function searching(on) {
+    $("convs").hidden = on; $("results").hidden = !on; $("search-info").hidden = !on;
+    $("search-clear").hidden = !$("search").value;
+  }
+  function clearSearch() {
+    clearTimeout(S.searchTimer); S.searchSeq += 1;
+    $("search").value = ""; searching(false);
+  }
+  function runSearch() {
+    clearTimeout(S.searchTimer);
+    var q = $("search").value.trim();
+    if (!q) { clearSearch(); return; }
+    var seq = ++S.searchSeq, info = $("search-info");
+    searching(true);
+    info.className = "search-info"; info.textContent = "Searching…";
+    api("GET", "/search?limit=30&q=" + encodeURIComponent(q)).then(function (d) {
+      if (seq !== S.searchSeq) return;  // a newer query is on its way
+      info.textContent = d.payload.length ? d.payload.length + (d.payload.length === 1 ? " match" : " matches") + " for “" + q + "”" : "No matches for “" + q + "”.";
+      renderResults(d.payload);
+    }).catch(function (e) {
+      if (seq !== S.searchSeq) return;
+      info.className = "search-info err"; info.textContent = e.message; $("results").textContent = "";
+    });
+  }
+  function renderResults(hits) {
+    var ul = $("results"); ul.textContent = "";
+    hits.forEach(function (h) {
+      var li = el("li", "hit"); li.dataset.conversation = h.conversation; li.dataset.message = h.id;
+      var top = el("div", "top");
+      top.appendChild(el("span", "cust", h.customer || h.conversation));
+      top.appendChild(el("span", "when", new Date(h.ts * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
+      li.appendChild(top);
+      var snip = el("div", "snip");
+      h.highlights.forEach(function (p) { snip.appendChild(p.match ? el("mark", null, p.text) : document.createTextNode(p.text)); });
+      li.appendChild(snip);
+      var who = h.private ? "Private note · " + (h.author.name || h.author.id) : h.author.kind === "customer" ? "Customer" : (h.author.name || h.author.id);
+      li.appendChild(el("div", "who", who + " · " + h.conversation + (h.status ? " · " + h.status : "")));
+      li.addEventListener("click", function () {
+        Array.prototype.forEach.call(ul.children, function (x) { x.classList.toggle("sel", x === li); });
+        openConv(h.conversation, h.id);
+      });
+      ul.appendChild(li);
+    });
+  }
+  $("search-form").addEventListener("submit", function (e) { e.preventDefault(); runSearch(); });
+  $("search").addEventListener("input", function () {
+    clearTimeout(S.searchTimer);
+    $("search-clear").hidden = !$("search").value;
+    var q = $("search").value.trim();
+    if (!q) { clearSearch(); return; }
+    if (q.replace(/\s/g, "").length >= 2) S.searchTimer = setTimeout(runSearch, 300);  // Enter searches anything
+  });
+  $("search").addEventListener("keydown", function (e) { if (e.key === "Escape") clearSearch(); });
+  $("search-clear").addEventListener("click", function () { clearSearch(); $("search").focus(); });
 
   window.kefuConsole = S;
   if (S.token) signIn(); else showSignin("");

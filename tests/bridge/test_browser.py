@@ -8,6 +8,7 @@ synchronous and run in the test's thread. Screenshots go to test-artifacts/.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import json
 import queue
@@ -18,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import trio
 
-from bridge_stack import AGENT_TOKENS, SITE_SECRET, kefu_stack
+from bridge_stack import AGENT_TOKENS, SITE_SECRET, app_config, kefu_app, kefu_stack
 from kefu.bridge.identity import sign_identity
 
 pytestmark = pytest.mark.browser
@@ -29,9 +30,11 @@ T = 10_000  # ms: generous for a loaded 2-core machine; every wait ends as soon 
 
 
 class LiveKefu:
-    """A kefu stack in its own thread (its own trio loop), for synchronous clients."""
+    """A kefu stack in its own thread (its own trio loop), for synchronous clients.
+    ``stack``: what to run (default the bridge stack without storage; ``kefu_app`` for all of kefu)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stack=kefu_stack) -> None:
+        self._stack = stack
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.st = None
@@ -39,7 +42,7 @@ class LiveKefu:
     async def _main(self) -> None:
         self.token = trio.lowlevel.current_trio_token()
         try:
-            async with kefu_stack() as st:
+            async with self._stack() as st:
                 self.st = st
                 with trio.CancelScope() as self._scope:
                     self._ready.set()
@@ -67,6 +70,13 @@ class LiveKefu:
 @pytest.fixture
 def kefu():
     with LiveKefu() as k:
+        yield k
+
+
+@pytest.fixture
+def kefu_sql(tmp_path):
+    """The whole of kefu (kefu.app.run) with its SQLite transcript store in tmp_path."""
+    with LiveKefu(lambda: kefu_app(app_config(tmp_path / "kefu.db"))) as k:
         yield k
 
 
@@ -286,3 +296,51 @@ def test_mqtt_js_in_the_browser_talks_to_paho_over_mqtt_path(kefu, browser):
     finally:
         py.disconnect()
         py.loop_stop()
+
+
+def test_console_searches_transcripts_and_shows_the_csat_rating(kefu_sql, browser):
+    app = kefu_sql.st
+    d, http = app.desk, app.bridge.http_url
+    console = browser.new_context(viewport={"width": 1400, "height": 850}).new_page()
+    sign_in(console, http)  # alice is online: the desk assigns her what comes in
+    say = lambda who, text: kefu_sql.run(functools.partial(d.customer_message, "chat", who, text))  # noqa: E731
+    for line in ("你好", "我上周买的空气净化器一直没有发货", "我想申请退款，订单号 12345", "请尽快处理，谢谢"):
+        wang = say("wang", line)["conversation"]["id"]
+    ann = say("ann", "Hi, I need a refund for order 1234")["conversation"]["id"]
+
+    # Alice resolves Ann's conversation; Ann rates it: the rating shows in the console.
+    console.locator("#convs li").filter(has_text="ann").click()
+    console.locator("#msgs .m.customer").filter(has_text="refund for order").wait_for(timeout=T)
+    console.fill("#text", "Your refund is on its way.")
+    console.locator("#text").press("Enter")
+    console.locator("#msgs .m.agent").filter(has_text="on its way").wait_for(timeout=T)
+    console.click("#a-resolve")
+    console.locator("#t-sub").filter(has_text="resolved").wait_for(timeout=T)
+    kefu_sql.run(functools.partial(d.customer_event, "ann", "main", "csat", rating=4, comment="Quick and kind"))
+    console.locator("#t-sub .csat").filter(has_text="★★★★☆").wait_for(timeout=T)
+    console.locator("#convinfo dd").filter(has_text="4/5").filter(has_text="Quick and kind").wait_for(timeout=T)
+    shot(console, "console-csat.png")
+
+    kefu_sql.run(d.store.t.drained)  # the transcripts are in SQLite
+    # Chinese: type into the search box; the result shows the match marked; it opens the line.
+    console.locator("#search").type("退款")
+    hit = console.locator("#results li").filter(has_text="退款")
+    hit.wait_for(timeout=T)
+    assert console.locator("#results li").count() == 1 and hit.locator("mark").inner_text() == "退款"
+    assert console.locator("#convs").is_hidden() and hit.get_attribute("data-conversation") == wang
+    hit.click()
+    line = console.locator("#msgs .m.hit")
+    line.filter(has_text="我想申请退款").wait_for(timeout=T)
+    assert console.locator("#t-title").inner_text() == "wang" and console.locator("#msgs .m.hit").count() == 1
+    shot(console, "console-search.png")
+
+    # English, any case: Ann's line and Alice's reply; Escape brings the conversation list back.
+    console.fill("#search", "")
+    console.locator("#search").type("REFUND")
+    console.locator("#results li").nth(1).wait_for(timeout=T)
+    assert console.locator("#results mark").all_inner_texts() == ["refund", "refund"]
+    assert "Alice" in console.locator("#results li").first.inner_text()
+    assert ann in console.locator("#results li").first.inner_text()
+    console.locator("#search").press("Escape")
+    console.locator("#convs").wait_for(timeout=T)
+    assert console.locator("#results").is_hidden()
