@@ -87,12 +87,14 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
             desk = bus = None
             if cfg.desk.enabled:
                 from . import broker_glue
-                from .persist import PersistingStore, Transcripts
+                from .persist import PersistingStore, Transcripts, continue_numbering
                 from .state_redis import live_state
 
                 # Live desk state in memory or Redis ([desk] state); conversations, messages and tickets
                 # written behind to the SQL store (transcripts, search, history survive a restart).
                 live = await nursery.start(live_state, cfg)
+                if hasattr(live, "continue_seq"):  # in-memory live state: number after stored history
+                    await continue_numbering(live, store)
                 transcripts = await nursery.start(Transcripts(store).run)
                 bus = RouterBus(broker)
                 classify = ops.metrics.instrument_classifier(intent.classify) if intent else None

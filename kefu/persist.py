@@ -129,6 +129,16 @@ class Transcripts:
             await self._idle.wait()
 
 
+async def continue_numbering(live, sql) -> None:
+    """Make the in-memory desk continue conversation and ticket numbers after the stored ones.
+
+    The live state starts empty on every start while the SQL store keeps history: without
+    this, the first conversation after a restart would be ``cv-1`` again and its transcript
+    would be filed (and found by search) together with an old conversation's."""
+    live.continue_seq("conversation", await sql.max_numbered_id("conversations", "cv-"))
+    live.continue_seq("ticket", await sql.max_numbered_id("tickets", "tk-"))
+
+
 class PersistingStore:
     """A ``DeskStore`` that also writes what it commits to ``Transcripts``."""
 

@@ -113,6 +113,10 @@ class MemoryStore:
         self._seq[name] = self._seq.get(name, 0) + 1
         return self._seq[name]
 
+    def continue_seq(self, name: str, after: int) -> None:
+        """Number ``name`` from ``after + 1`` on (ids already used by stored records)."""
+        self._seq[name] = max(self._seq.get(name, 0), after)
+
     # --- the one write path ---------------------------------------------------------------
     async def commit(self, records: Sequence[Record], *, token: int | None = None) -> list[Record]:
         if token is not None and token < self._token:

@@ -475,6 +475,25 @@ class SqlStore:
         rows = await self._read(lambda c: c.execute(self.q(sql), (*params, limit)).fetchall())
         return [self._conv(r) for r in rows]
 
+    async def max_numbered_id(self, table: str, prefix: str) -> int:
+        """The largest N among ids ``<prefix>N`` in ``table`` (conversations, tickets); 0 if none.
+
+        The desk numbers conversations and tickets from its live state; after a restart it
+        continues from here so a new conversation never reuses a stored one's id."""
+        if table not in ("conversations", "tickets"):
+            raise ValueError(f"no numbered ids in {table!r}")
+        start = len(prefix) + 1
+        if self.dialect == "postgres":
+            sql = (f"SELECT MAX(CAST(substr(id, {start}) AS BIGINT)) FROM {table} "
+                   f"WHERE id ~ ?")
+            arg = "^" + prefix.replace("-", "\\-") + "[0-9]+$"
+        else:
+            sql = (f"SELECT MAX(CAST(substr(id, {start}) AS INTEGER)) FROM {table} "
+                   f"WHERE id GLOB ?")
+            arg = prefix + "[0-9]*"
+        row = await self._read(lambda c: c.execute(self.q(sql), (arg,)).fetchone())
+        return int(row[0] or 0) if row else 0
+
     # ------------------------------------------------------------ transcripts
 
     async def append_message(self, msg: ChatMessage) -> int:
