@@ -26,6 +26,8 @@ if [ -n "$extra" ]; then
     need=()
     command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    # A CJK font, so screenshots of Chinese conversations show text, not empty boxes.
+    [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)
     if [ ${#need[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
             apt-get update -qq
