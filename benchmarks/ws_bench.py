@@ -16,11 +16,19 @@ simulated beyond their sign-in; the desk's own benchmark covers routing.
 MQTT part: the same workload against each broker — one subscriber on ``bench/#``,
 P publishers each sending M QoS 0 messages of 64 bytes, many packets per WebSocket
 message — measured at the subscriber from the first publish to the last delivery.
-Brokers: kefu /mqtt (WebSocket), kefu TCP, Mosquitto's WebSocket listener (when the
-installed mosquitto was built with WebSocket support; Debian 12's is not, and the
-table says so), Mosquitto TCP, and amqtt's WebSocket listener (a Python broker, for
-scale). Clients are raw trio MQTT clients built on kefu's codec, so the client side
-costs the same for every broker; each broker runs in its own process.
+Brokers: kefu /mqtt (WebSocket), kefu TCP, Mosquitto's WebSocket listener, Mosquitto
+TCP, and amqtt's WebSocket listener (a Python broker, for scale). Clients are raw trio
+MQTT clients built on kefu's codec, so the client side costs the same for every broker;
+each broker runs in its own process, the brokers take turns, ``--repeat`` times, and
+the table shows the median rate with the broker's CPU seconds.
+
+Which Mosquitto: Debian 12's /usr/sbin/mosquitto cannot open a WebSocket listener (its
+libwebsockets lacks the external-poll support Mosquitto 2.0 needs), so
+``benchmarks/build_mosquitto_ws.sh`` builds one from Debian's source packages. The first
+of ``--mosquitto PATH``, that script's output (benchmarks/.peers/mosquitto-ws/sbin/
+mosquitto), /opt/mosquitto-ws/sbin/mosquitto and the system mosquitto that starts a
+WebSocket listener is used for both Mosquitto rows; when none does, the WebSocket row
+says so and names the command that builds one.
 """
 
 from __future__ import annotations
@@ -220,12 +228,52 @@ async def serve_stack(cfg_path: str, agents: int) -> None:
         nursery.cancel_scope.cancel()
 
 
+BUILD_MOSQUITTO_WS = "benchmarks/build_mosquitto_ws.sh"
+PEER_MOSQUITTO = ROOT / "benchmarks/.peers/mosquitto-ws/sbin/mosquitto"
+
+
 def mosquitto_bin() -> str | None:
     return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 
 
-async def start_mosquitto(tmp: Path, port: int, websockets: bool) -> tuple[Proc | None, str]:
-    exe = mosquitto_bin()
+def mosquitto_candidates(explicit: str | None) -> list[str]:
+    """Where a WebSocket-capable mosquitto may be, in order of preference."""
+    if explicit:
+        return [explicit]
+    out = [str(PEER_MOSQUITTO), "/opt/mosquitto-ws/sbin/mosquitto"]
+    system = mosquitto_bin()
+    if system:
+        out.append(system)
+    return [p for i, p in enumerate(out) if os.path.exists(p) and p not in out[:i]]
+
+
+async def find_mosquitto_ws(tmp: Path, explicit: str | None) -> tuple[str | None, list[str]]:
+    """The first candidate that really starts a WebSocket listener, and why the others did not."""
+    if explicit and not os.access(explicit, os.X_OK):
+        return None, [f"--mosquitto {explicit}: not an executable file"]
+    tried = []
+    for exe in mosquitto_candidates(explicit):
+        proc, why = await start_mosquitto(tmp, free_port(), True, exe)
+        if proc is not None:
+            proc.stop()
+            return exe, tried
+        tried.append(f"{exe}: {why}")
+    if not tried:
+        tried.append("no mosquitto binary found")
+    return None, tried
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of one process (Linux /proc), for the per-CPU-second ratio."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def start_mosquitto(tmp: Path, port: int, websockets: bool, exe: str | None = None) -> tuple[Proc | None, str]:
+    exe = exe or mosquitto_bin()
     if exe is None:
         return None, "mosquitto not installed"
     conf = tmp / f"mosq-{port}.conf"
@@ -239,7 +287,7 @@ async def start_mosquitto(tmp: Path, port: int, websockets: bool) -> tuple[Proc 
         why = err.strip().splitlines()[-1] if err.strip() else "did not start"
         why = re.sub(r"^\d+: ", "", why)
         if websockets and "Unable to start any listening sockets" in why:
-            why = "this mosquitto build has no WebSocket support (" + why + ")"
+            why = "no working WebSocket listener in this build (" + why + ")"
         return None, f"not available: {why}"
     return p, ""
 
@@ -415,44 +463,90 @@ async def main(args) -> None:
 
         if args.skip_mqtt:
             return
-        results = []
         pubs, per = args.publishers, args.messages
-        for name, kind, starter in [
+        mosq_ws, tried = await find_mosquitto_ws(tmp, args.mosquitto)
+        mosq_exe = mosq_ws or args.mosquitto or mosquitto_bin()
+        brokers = [
             ("kefu /mqtt (WebSocket)", "ws", "kefu"),
             ("kefu TCP", "tcp", "kefu"),
             ("mosquitto WebSocket", "ws", "mosq-ws"),
             ("mosquitto TCP", "tcp", "mosq-tcp"),
             ("amqtt WebSocket", "ws", "amqtt"),
-        ]:
-            port = free_port()
-            note = ""
-            proc = None
-            if starter == "kefu":
-                mport, wport = (free_port(), port) if kind == "ws" else (port, free_port())
-                proc = start_kefu(kefu_config(tmp, mqtt=mport, ws=wport, http=free_port(), chat=False))
-                await wait_port(port)
-            elif starter.startswith("mosq"):
-                proc, note = await start_mosquitto(tmp, port, starter == "mosq-ws")
-            else:
-                proc, note = await start_amqtt(tmp, port)
-            if proc is None:
-                results.append([name, "-", "-", "-", note])
-                continue
-            try:
-                n = per if starter != "amqtt" else max(args.batch, per // 10)
-                r = await mqtt_throughput(kind, port, pubs, n, args.batch)
-                results.append([name, f"{r['delivered']}/{r['sent']}", f"{r['seconds']:.2f}", f"{r['rate']:,.0f}", note])
-            except Exception as e:  # noqa: BLE001
-                results.append([name, "-", "-", "-", f"failed: {type(e).__name__}: {e}"])
-            finally:
-                proc.stop()
-        print(f"\nMQTT QoS 0 fan-in: {pubs} publishers x {per} msgs of 64 B -> 1 subscriber "
-              f"({args.batch} packets per write; amqtt gets a tenth of the messages)\n")
-        base = next((float(r[3].replace(",", "")) for r in results if r[0] == "kefu /mqtt (WebSocket)" and r[3] != "-"), None)
-        for r in results:
-            r.insert(4, f"{float(r[3].replace(',', '')) / base:.2f}x" if base and r[3] != "-" else "-")
-        print(table(results, ["broker", "delivered", "seconds", "msgs/s", "vs kefu /mqtt", "note"]))
+        ]
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in brokers}
+        notes: dict[str, str] = {}
+        if mosq_ws is None:
+            notes["mosquitto WebSocket"] = ("no WebSocket-capable mosquitto: " + "; ".join(tried) +
+                                            f". Build one: {BUILD_MOSQUITTO_WS} (then rerun, or pass --mosquitto PATH)")
+        for rep in range(args.repeat):
+            for name, kind, starter in brokers:
+                if name in notes:
+                    continue
+                port = free_port()
+                proc, note = None, ""
+                if starter == "kefu":
+                    mport, wport = (free_port(), port) if kind == "ws" else (port, free_port())
+                    proc = start_kefu(kefu_config(tmp, mqtt=mport, ws=wport, http=free_port(), chat=False))
+                    await wait_port(port)
+                elif starter.startswith("mosq"):
+                    proc, note = await start_mosquitto(tmp, port, starter == "mosq-ws", mosq_exe)
+                else:
+                    proc, note = await start_amqtt(tmp, port)
+                if proc is None:
+                    notes[name] = note
+                    continue
+                try:
+                    n = per if starter != "amqtt" else max(args.batch, per // 10)
+                    cpu0 = cpu_seconds(proc.p.pid)
+                    r = await mqtt_throughput(kind, port, pubs, n, args.batch)
+                    r["cpu"] = cpu_seconds(proc.p.pid) - cpu0
+                    runs[name].append(r)
+                    print(f"  run {rep + 1}/{args.repeat} {name}: {r['rate']:,.0f} msgs/s, "
+                          f"{r['delivered']}/{r['sent']}, broker CPU {r['cpu']:.2f} s", file=sys.stderr)
+                except Exception as e:  # noqa: BLE001
+                    notes[name] = f"failed: {type(e).__name__}: {e}"
+                finally:
+                    proc.stop()
 
+        def median_run(name: str) -> dict | None:
+            rs = sorted(runs[name], key=lambda r: r["rate"])
+            return rs[len(rs) // 2] if rs and name not in notes else None
+
+        med = {name: median_run(name) for name, _, _ in brokers}
+
+        def ratio(a: str, b: str, per_cpu: bool = False) -> str:
+            ra, rb = med.get(a), med.get(b)
+            if not ra or not rb or not rb["rate"]:
+                return "-"
+            if per_cpu:
+                if not (ra["cpu"] > 0 and rb["cpu"] > 0):
+                    return "-"
+                return f"{(ra['delivered'] / ra['cpu']) / (rb['delivered'] / rb['cpu']):.2f}x"
+            return f"{ra['rate'] / rb['rate']:.2f}x"
+
+        rows = []
+        for name, kind, starter in brokers:
+            r = med[name]
+            rates = [x["rate"] for x in runs[name]]
+            spread = f"{min(rates):,.0f}-{max(rates):,.0f}" if len(rates) > 1 and r else "-"
+            peer = "mosquitto WebSocket" if kind == "ws" else "mosquitto TCP"
+            note = notes.get(name, "")
+            if starter.startswith("mosq") and r:
+                note = note or mosq_exe
+            rows.append([name, f"{r['delivered']}/{r['sent']}" if r else "-", f"{r['rate']:,.0f}" if r else "-",
+                         spread, f"{r['cpu']:.2f}" if r else "-",
+                         ratio(name, "kefu /mqtt (WebSocket)"), ratio(name, peer) if starter != "amqtt" else
+                         ratio(name, "mosquitto WebSocket"),
+                         ratio(name, peer, per_cpu=True) if starter != "amqtt" else
+                         ratio(name, "mosquitto WebSocket", per_cpu=True), note])
+        print(f"\nMQTT QoS 0 fan-in: {pubs} publishers x {per} msgs of 64 B -> 1 subscriber "
+              f"({args.batch} packets per write; amqtt gets a tenth of the messages); median of "
+              f"{args.repeat} runs, brokers taking turns\n")
+        print(table(rows, ["broker", "delivered", "msgs/s", "range", "broker CPU s", "vs kefu /mqtt",
+                           "vs mosquitto (same transport)", "per CPU-s vs mosquitto", "note"]))
+        print(f"\nkefu /mqtt ÷ mosquitto WebSocket: {ratio('kefu /mqtt (WebSocket)', 'mosquitto WebSocket')} "
+              f"(per CPU-s {ratio('kefu /mqtt (WebSocket)', 'mosquitto WebSocket', per_cpu=True)}); "
+              f"kefu TCP ÷ mosquitto TCP: {ratio('kefu TCP', 'mosquitto TCP')}")
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -464,6 +558,10 @@ if __name__ == "__main__":
     ap.add_argument("--messages", type=int, default=50000, help="messages per publisher")
     ap.add_argument("--batch", type=int, default=50, help="MQTT packets per transport write")
     ap.add_argument("--quick", action="store_true", help="small numbers: a smoke run")
+    ap.add_argument("--repeat", type=int, default=3, help="MQTT runs per broker, brokers taking turns (median shown)")
+    ap.add_argument("--mosquitto", metavar="PATH",
+                    help=f"a mosquitto with WebSocket support (default: {BUILD_MOSQUITTO_WS}'s output, "
+                         "/opt/mosquitto-ws/sbin/mosquitto, then the system one if it can serve WebSocket)")
     ap.add_argument("--skip-chat", action="store_true")
     ap.add_argument("--skip-mqtt", action="store_true")
     ap.add_argument("--client", choices=("auto", "node", "python"), default="auto",
@@ -471,9 +569,11 @@ if __name__ == "__main__":
     ap.add_argument("--agents", type=int, default=0, help="configured agents (none online: chats wait in the queue)")
     ap.add_argument("--serve-stack", metavar="CONFIG", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.mosquitto and not os.access(a.mosquitto, os.X_OK):
+        ap.error(f"--mosquitto {a.mosquitto}: not an executable file (build one: {BUILD_MOSQUITTO_WS})")
     if a.serve_stack:
         trio.run(serve_stack, a.serve_stack, a.agents)
         sys.exit(0)
     if a.quick:
-        a.clients, a.rounds, a.messages, a.hold, a.interval = 50, 2, 5000, 0.5, 1.0
+        a.clients, a.rounds, a.messages, a.hold, a.interval, a.repeat = 50, 2, 5000, 0.5, 1.0, 1
     trio.run(main, a)
