@@ -1,16 +1,25 @@
 """Drive one ``Protocol`` machine over any ``trio.abc.Stream`` (TCP, TLS, WebSocket adapter).
 
-Two tasks per connection, in one nursery:
+A reader task per connection, and a writer task while output waits, in one nursery:
 
 * the reader receives up to 64 KiB at a time and hands it to the machine, which
   decodes every complete packet in it and routes synchronously (no trio checkpoint
   per message: a flood of small PUBLISHes costs one ``receive_some`` per buffer);
-* the writer exists only while there is output: ``Protocol.wake`` (called by whoever
-  queued output first into an empty buffer: this connection's reader, or the router
-  while another client's PUBLISH fans out) starts it, it writes everything queued as
-  one ``send_all`` per round (many packets per syscall under load) and ends when the
-  buffer is empty. An idle connection is then one parked reader task; nothing is
-  allocated per message to wake anybody.
+* output is written without a task when it can be: over plain TCP, whatever a
+  reader step (one ``receive_bytes``: decode, route, fan out) queued for any
+  connection is written with one non-blocking ``os.write`` per connection when the
+  step ends, so a message costs no task and no trio checkpoint on the way out
+  (benchmarks/broker_bench.py: at 1,000 msg/s a third less CPU per message and a
+  median latency of ~0.07-0.11 ms instead of ~0.15 ms; QoS 1 1->1, a round trip per
+  window, ~17% more messages per CPU-second; fan-out ~5%). Only what the socket
+  does not take (a slow reader), output queued outside a reader step (timers, the
+  persister releasing acknowledgements), a connection that is closing and other
+  transports (TLS, WebSocket) go to the writer task;
+* the writer task exists only while there is such output: ``Protocol.wake`` (called
+  by whoever queued output first into an empty buffer) starts it, it writes
+  everything queued as one ``send_all`` per round (many packets per syscall under
+  load) and ends when the buffer is empty. An idle connection is then one parked
+  reader task; nothing is allocated per message to wake anybody.
 
 Keepalive (1.5x keep alive, or the CONNECT timeout before CONNECT) is not a cancel
 scope per receive: ``Protocol.deadline`` is checked for every connection by one
@@ -27,6 +36,7 @@ this connection only, logged once.
 from __future__ import annotations
 
 import logging
+import os
 
 import trio
 
@@ -37,10 +47,33 @@ log = logging.getLogger("kefu.broker")
 RECEIVE_SIZE = 65536
 FLUSH_TIMEOUT = 2.0
 
+
+class _Step:
+    """While a reader hands received bytes to its machine (synchronously), connections
+    that get output are collected here and written directly when the step ends."""
+
+    __slots__ = ("active", "dirty")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.dirty: list = []
+
+
+_STEP: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kefu_broker_step")
+
+
+def _step() -> _Step:
+    try:
+        return _STEP.get()
+    except LookupError:
+        step = _Step()
+        _STEP.set(step)
+        return step
+
 class Connection:
     """One client connection: the machine plus its reader and writer tasks."""
 
-    __slots__ = ("stream", "proto", "router", "_nursery", "_writing", "_closing")
+    __slots__ = ("stream", "proto", "router", "_nursery", "_writing", "_closing", "_fd", "_dirty", "_step")
 
     def __init__(self, stream: trio.abc.Stream, router, peer: str = "") -> None:
         self.stream = stream
@@ -50,19 +83,58 @@ class Connection:
         self._nursery: trio.Nursery | None = None
         self._writing = False
         self._closing = False
+        # Plain TCP: output queued while a reader step routes is written with one
+        # non-blocking os.write at the end of the step (no writer task, no trio
+        # checkpoints); only a full socket buffer falls back to the writer task.
+        self._fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
+        self._dirty = False
+        self._step: _Step | None = None
 
     def _wake(self) -> None:
         """Output was queued, or the machine closed: make sure a writer runs."""
         nursery = self._nursery
         if nursery is None:
             return
-        if not self._writing:
-            self._writing = True
-            nursery.start_soon(self._writer)
+        if not self._writing and not self._dirty:
+            step = self._step
+            if step is not None and step.active and self._fd >= 0:
+                self._dirty = True
+                step.dirty.append(self)
+            else:
+                self._writing = True
+                nursery.start_soon(self._writer)
         if not self._closing and self.proto.closed:
             # Closed (by the peer, the server or a protocol error): flush, but not forever.
             self._closing = True
             nursery.cancel_scope.deadline = trio.current_time() + FLUSH_TIMEOUT
+
+    def _flush(self) -> None:
+        """End of a reader step: write what is queued now; a writer task takes any rest."""
+        self._dirty = False
+        nursery = self._nursery
+        if nursery is None or self._writing:
+            return
+        proto = self.proto
+        leftover = None
+        if not proto.closed:
+            try:
+                while proto.out:
+                    data = proto.take_output()
+                    try:
+                        n = os.write(self._fd, data)
+                    except BlockingIOError:
+                        n = 0
+                    proto.output_sent(n)
+                    if n < len(data):
+                        leftover = data[n:]
+                        break
+                else:
+                    return
+            except OSError:  # reset or broken pipe: the connection is over
+                proto.connection_lost(trio.current_time())
+                leftover = None
+        self._writing = True
+        nursery.start_soon(self._writer, leftover)
 
     def check_deadline(self, now: float) -> None:
         """Called by the server's sweeper: close when the keepalive/CONNECT deadline passed."""
@@ -112,6 +184,8 @@ class Connection:
         # Plain TCP: read the trio socket directly. SocketStream.receive_some would keep a
         # conflict detector and an error-translating generator alive in every idle reader.
         receive = stream.socket.recv if type(stream) is trio.SocketStream else stream.receive_some
+        step = self._step = _step()
+        dirty = step.dirty
         try:
             while not proto.closed:
                 data = await receive(RECEIVE_SIZE)
@@ -119,7 +193,15 @@ class Connection:
                     proto.connection_lost(current_time())
                     return
                 stats.bytes_received += len(data)
-                proto.receive_bytes(data, current_time())
+                step.active = True
+                try:
+                    proto.receive_bytes(data, current_time())
+                finally:
+                    step.active = False
+                    if dirty:
+                        for conn in dirty:
+                            conn._flush()
+                        dirty.clear()
                 connect = proto.auth_request
                 if connect is not None:
                     rc = await trio.to_thread.run_sync(router.authenticate_blocking, proto, connect)
@@ -127,10 +209,13 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             proto.connection_lost(current_time())
 
-    async def _writer(self) -> None:
+    async def _writer(self, leftover: bytes | None = None) -> None:
         proto = self.proto
         stream = self.stream
         try:
+            if leftover:
+                await stream.send_all(leftover)
+                proto.output_sent(len(leftover))
             while proto.out:
                 data = proto.take_output()
                 await stream.send_all(data)
