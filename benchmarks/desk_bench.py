@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/desk_bench.py                # the issue's load on the shipped BANKING77 model
     options: --customers 2000 --agents 200 --capacity 10 --interval 3 --duration 30 --model DIR|off
              --gc tuned|default --no-search-index --profile DIR (py-spy) --core-only
+    env: KEFU_BENCH_STEPS=1 (trio task steps), KEFU_BENCH_STALLS=1 (event-loop heartbeat in both
+         processes, stacks while the loop is overdue, GC pauses, and the server-side share of the
+         latency: send -> the desk's copy for the agent enters the router), KEFU_BENCH_GC_TYPES=1
 
 Two measurements:
 
@@ -212,7 +215,11 @@ class StepTimes(trio.abc.Instrument):
         self.by: dict[str, list] = {}  # task name -> [steps, total s, max s, steps over 5 ms]
         self.hist = [0] * 8  # < 0.1, 0.3, 1, 3, 10, 30, 100 ms, more
 
+    on_step = None
+
     def before_task_step(self, task) -> None:
+        if self.on_step is not None:
+            self.on_step(task)
         self.t0 = time.perf_counter()
 
     def after_task_step(self, task) -> None:
@@ -230,6 +237,123 @@ class StepTimes(trio.abc.Instrument):
         out = ["task steps (< 0.1/0.3/1/3/10/30/100 ms/more): " + " ".join(map(str, self.hist))]
         out += [f"{v[1]:8.2f} s {v[0]:8d} steps max {v[2] * 1000:7.1f} ms  >5ms {v[3]:5d}  {k[-90:]}" for k, v in rows]
         return "\n".join(out)
+
+
+class Stalls:
+    """KEFU_BENCH_STALLS=1: find what stops the server's event loop. A heartbeat task sleeps
+    1 ms at a time and records how late it wakes (with the trio thread's own CPU time over
+    the gap: little CPU means the thread waited for the GIL or a core, much CPU means work
+    on the loop); a watchdog thread samples every thread's stack while a beat is overdue;
+    ``gc.callbacks`` records each collection's length."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.beat = time.perf_counter()
+        self.late: list[tuple[float, float, float]] = []  # (at, wall ms late, trio-thread CPU ms)
+        self.gcs: list[tuple[int, float]] = []  # (generation, ms)
+        self.samples: dict[str, int] = {}
+        self.task = ""
+        self._gc_t0 = 0.0
+        self._main = threading.get_ident()
+        self._stop = False
+        self.server_lat: list[tuple[float, float]] = []
+        self.in_lat: list[tuple[float, float]] = []  # devices: send -> their PUBLISH routed (socket + read)
+        self.active = True  # recording (the server: from SIGUSR1 to SIGUSR2, the measured window)
+        gc.callbacks.append(self._on_gc)
+        threading.Thread(target=self._watch, daemon=True, name="bench-stall-watch").start()
+
+    def on_published(self, ev) -> None:
+        """Server side of a message's latency: the load's send time (same monotonic clock, same
+        machine) to the moment the desk's copy for the agent enters the router."""
+        if self.active and ev.topic.endswith("/in") and ev.payload.startswith(b"b "):
+            t0 = float(ev.payload.split()[2])
+            self.in_lat.append((t0, time.monotonic() - t0))
+        if self.active and ev.topic.endswith("/inbox"):
+            i = ev.payload.find(b'"text":"b ')
+            if i >= 0:
+                t0 = float(ev.payload[i + 8:ev.payload.index(b'"', i + 8)].split()[2])
+                self.server_lat.append((t0, time.monotonic() - t0))
+
+    def _on_gc(self, phase, info) -> None:
+        if phase == "start":
+            if self.active and os.environ.get("KEFU_BENCH_GC_TYPES") and not getattr(self, "gc_types", None):
+                import collections
+
+                young = gc.get_objects(info["generation"])
+                self.gc_types = collections.Counter(type(o).__qualname__ for o in young).most_common(12)
+                self.gc_types.insert(0, ("(all)", len(young)))
+                del young
+            self._gc_t0 = time.perf_counter()
+        elif self.active:
+            self.gcs.append((info["generation"], (time.perf_counter() - self._gc_t0) * 1000))
+
+    def _watch(self) -> None:
+        import traceback
+
+        while not self._stop:
+            time.sleep(0.005)
+            if not self.active or time.perf_counter() - self.beat < 0.030:
+                continue
+            frames = sys._current_frames()
+            for ident, frame in frames.items():
+                if ident == threading_get_ident():
+                    continue
+                who = "trio" if ident == self._main else "thread"
+                stack = traceback.extract_stack(frame)[-6:]
+                key = who + " " + self.task[-40:] * (who == "trio") + " | " + " <- ".join(
+                    f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in reversed(stack))
+                self.samples[key] = self.samples.get(key, 0) + 1
+
+    async def run(self) -> None:
+        while True:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            await trio.sleep(0.001)
+            t1 = time.perf_counter()
+            self.beat = t1
+            late = (t1 - t0) * 1000 - 1
+            if late > 10 and self.active:
+                self.late.append((t1, late, (time.thread_time() - c0) * 1000))
+
+    def report(self) -> str:
+        self._stop = True
+        lates = sorted(x[1] for x in self.late)
+        out = [f"heartbeat: {len(lates)} beats > 10 ms late; > 50 ms: {sum(x > 50 for x in lates)}, "
+               f"> 100 ms: {sum(x > 100 for x in lates)}; worst: "
+               + ", ".join(f"{w:.0f} ms (trio CPU {c:.0f})" for _, w, c in sorted(self.late, key=lambda x: -x[1])[:12])]
+        by_gen = {}
+        for g, ms_ in self.gcs:
+            by_gen.setdefault(g, []).append(ms_)
+        if getattr(self, "gc_types", None):
+            out.append("first collection's generation, by type: " + ", ".join(f"{k} {v}" for k, v in self.gc_types))
+        out.append("gc: " + "; ".join(f"gen {g}: {len(v)} runs, max {max(v):.1f} ms, total {sum(v):.0f} ms"
+                                      for g, v in sorted(by_gen.items())))
+        if self.in_lat:
+            xs = [x for _, x in self.in_lat]
+            out.append(f"devices, send -> their PUBLISH routed in the server: p50 {pct(xs, 50) * 1000:.1f} ms, "
+                       f"p99 {pct(xs, 99) * 1000:.1f} ms, max {max(xs) * 1000:.0f} ms")
+        if self.server_lat:
+            xs = [x for _, x in self.server_lat]
+            t_first = min(t for t, _ in self.server_lat)
+            slow: dict[float, list] = {}
+            for t, x in self.server_lat:
+                if x > 0.020:
+                    e = slow.setdefault(int((t - t_first) * 10) / 10, [0, 0.0])
+                    e[0] += 1
+                    e[1] = max(e[1], x)
+            out.append(f"send -> desk publishes to the agent's inbox: {len(xs)} messages, p50 {pct(xs, 50) * 1000:.1f} ms, "
+                       f"p99 {pct(xs, 99) * 1000:.1f} ms, max {max(xs) * 1000:.0f} ms; over 20 ms by 0.1 s "
+                       "(s:count:worst ms): " + " ".join(f"{k:.1f}:{v[0]}:{v[1] * 1000:.0f}" for k, v in sorted(slow.items())))
+        out.append("stacks while the loop was > 30 ms overdue (5 ms samples):")
+        for k, v in sorted(self.samples.items(), key=lambda kv: -kv[1])[:25]:
+            out.append(f"{v:6d}  {k[:400]}")
+        return "\n".join(out)
+
+
+def threading_get_ident() -> int:
+    import threading
+
+    return threading.get_ident()
 
 
 async def serve(cfg_path: str, model: str | None, gc_mode: str) -> None:
@@ -250,10 +374,31 @@ async def serve(cfg_path: str, model: str | None, gc_mode: str) -> None:
         steps = StepTimes() if os.environ.get("KEFU_BENCH_STEPS") else None
         if steps:
             trio.lowlevel.add_instrument(steps)
+        stalls = Stalls() if os.environ.get("KEFU_BENCH_STALLS") else None
+        if stalls:
+            app.broker.hooks.register("on_message_published", stalls.on_published)
+            if steps:
+                steps.on_step = lambda task: setattr(stalls, "task", task.name)
+            n.start_soon(stalls.run)
         print("ready", flush=True)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
-            async for _ in sigs:
-                break
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2) as sigs:
+            async for sig in sigs:
+                if sig == signal.SIGUSR2:  # the measured window is over (the load is about to disconnect)
+                    if stalls:
+                        stalls.active = False
+                    continue
+                if sig != signal.SIGUSR1:
+                    break
+                # the load process says the measured window starts: count only from here
+                if steps:
+                    steps.by.clear()
+                    steps.hist = [0] * len(steps.hist)
+                if stalls:
+                    stalls.late.clear()
+                    stalls.gcs.clear()
+                    stalls.samples.clear()
+                    stalls.server_lat.clear()
+                    stalls.in_lat.clear()
         desk = app.desk
         stats = {"published": desk.published, "publish_errors": desk.publish_errors}
         with trio.move_on_after(10):
@@ -262,6 +407,8 @@ async def serve(cfg_path: str, model: str | None, gc_mode: str) -> None:
         print("stats " + json.dumps(stats), flush=True)
         if steps:
             print(steps.report(), file=sys.stderr, flush=True)
+        if stalls:
+            print(stalls.report(), file=sys.stderr, flush=True)
         n.cancel_scope.cancel()
 
 
@@ -304,16 +451,20 @@ class Mqtt:
         await self.s.send_all(encode(Publish(topic, payload, 0), 4))
 
 
-async def load(args, ports: dict, on_steady=lambda: None) -> dict:
+async def load(args, ports: dict, on_steady=lambda: None, on_end=lambda: None) -> dict:
     from trio_websocket import open_websocket_url
 
     lat: list[float] = []
+    slow_at: list[tuple[float, float]] = []  # (send time, latency): when in the run the slow ones were sent
     sent_ids: set[str] = set()
     got_ids: set[str] = set()
     joined = 0
     all_joined = trio.Event()
     failures: list[str] = []
     stop = trio.Event()
+    go = trio.Event()  # the measured window starts (set after this process's own GC clean-up)
+    go_at = [0.0]
+    finished = trio.Event()
     n_cust = args.customers
     n_mqtt = n_cust // 2
 
@@ -337,22 +488,32 @@ async def load(args, ports: dict, on_steady=lambda: None) -> dict:
                     if text.startswith("b "):
                         _, mid, t0 = text.split()
                         lat.append(time.monotonic() - float(t0))
+                        slow_at.append((float(t0), lat[-1]))
                         got_ids.add(mid)
 
     async def talk(name: str, send, wait_joined):
         await send("I want to talk to a human")
         await wait_joined()
         on_joined()
-        await all_joined.wait()
-        await trio.sleep(random.uniform(0, args.interval))
+        await go.wait()
+        # Each customer keeps its own random phase on a fixed grid: a late wake-up (a pause of
+        # this process) sends late once, and the next message is back on the customer's phase.
+        # (Sleeping ``interval`` after each send instead kept every customer delayed by one pause
+        # in lock-step for the rest of the run: a burst of 100-200 messages every interval, which
+        # the server can only serve one after the other -- that was the p99, not the server.)
+        at = go_at[0] + random.uniform(0, args.interval)
         k = 0
-        while not stop.is_set():
+        while True:
+            with trio.move_on_at(at):
+                await stop.wait()
+            if stop.is_set():
+                break
             mid = f"{name}.{k}"
             sent_ids.add(mid)
             await send(f"b {mid} {time.monotonic():.6f}")
             k += 1
-            with trio.move_on_after(args.interval):
-                await stop.wait()
+            at += args.interval
+        await finished.wait()  # keep the connection: closing 2000 of them is not the measured load
 
     async def device(i: int):
         try:
@@ -432,10 +593,33 @@ async def load(args, ports: dict, on_steady=lambda: None) -> dict:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         on_steady()
+        t_steady = time.monotonic()
+        own = None
+        if os.environ.get("KEFU_BENCH_STALLS"):  # the measuring process's own stalls inflate latency too
+            own = Stalls()
+            n.start_soon(own.run)
+        go_at[0] = trio.current_time()
+        go.set()
         await trio.sleep(args.duration)
         stop.set()
         await trio.sleep(3.0)  # let the last messages land
+        on_end()
+        await trio.sleep(0.2)  # the server stops recording before the connections close
+        if own is not None:
+            own.active = False
+            failures_report = own.report()
+            print("load process (the measuring side):\n  " + failures_report.replace("\n", "\n  "))
+        finished.set()
         n.cancel_scope.cancel()
+    if os.environ.get("KEFU_BENCH_STALLS"):
+        slow = [(t - t_steady, x) for t, x in slow_at if x > 0.020]
+        per_s: dict[float, list] = {}
+        for t, x in slow:
+            e = per_s.setdefault(int(t * 10) / 10, [0, 0.0])
+            e[0] += 1
+            e[1] = max(e[1], x)
+        print(f"messages over 20 ms: {len(slow)} of {len(lat)}; by 0.1 s of the window when sent "
+              f"(s:count:worst ms): " + " ".join(f"{k:.1f}:{v[0]}:{v[1] * 1000:.0f}" for k, v in sorted(per_s.items())))
     return {"lat": lat, "sent": len(sent_ids), "lost": len(sent_ids - got_ids), "joined": joined,
             "t_joined": t_joined, "failures": failures}
 
@@ -482,14 +666,16 @@ async def stack_bench(args) -> tuple[dict, dict, dict]:
         rss0 = rss_kib(proc.pid)
         cpu0 = cpu_s(proc.pid), time.process_time()
         spy.begin("setup", 600)
-        res = await load(args, ports, on_steady=lambda: (spy.end(), spy.begin("steady", args.duration)))
+        res = await load(args, ports, on_steady=lambda: (spy.end(), spy.begin("steady", args.duration),
+                                                         proc.send_signal(signal.SIGUSR1)),
+                         on_end=lambda: proc.send_signal(signal.SIGUSR2))
         spy.end()
         rss1 = rss_kib(proc.pid)
         res["cpu_server"] = cpu_s(proc.pid) - cpu0[0]
         res["cpu_load"] = time.process_time() - cpu0[1]
         proc.send_signal(signal.SIGTERM)
         out = await trio.to_thread.run_sync(proc.communicate)
-        res["server_log"] = [ln for ln in err_path.read_text().splitlines() if ln.strip()][-20:]
+        res["server_log"] = [ln for ln in err_path.read_text().splitlines() if ln.strip()][-(80 if os.environ.get("KEFU_BENCH_STALLS") or os.environ.get("KEFU_BENCH_STEPS") else 20):]
         stats = {}
         for ln in out[0].decode().splitlines():
             if ln.startswith("stats "):
