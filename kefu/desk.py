@@ -53,6 +53,7 @@ log = logging.getLogger("kefu.desk")
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
 LEASE_TTL = 30.0  # seconds the assignment lease lasts; renewed every LEASE_TTL / 3
+SHARED_ASSIGN_EVERY = 1.0  # seconds between the lease holder's assignment passes on shared state
 
 
 async def _discard(topic: str, payload: bytes) -> None:
@@ -155,7 +156,22 @@ class Desk(DeskQueries):
             if self.s.agent_keepalive > 0:
                 n.start_soon(self._keepalive_loop)
             n.start_soon(self._lease_loop)
+            if getattr(self.store, "shared", False):
+                n.start_soon(self._shared_assign_loop)
             task_status.started(self)
+
+    async def _shared_assign_loop(self) -> None:
+        """With live state shared between nodes, a conversation queued or an agent freed on
+        another node changes nothing here: only the lease holder assigns, and it would wait
+        for an event of its own. So the holder also runs the pass every SHARED_ASSIGN_EVERY
+        seconds; it reads only the queues of teams with a free agent, so an idle desk pays
+        a couple of reads."""
+        while True:
+            await trio.sleep(SHARED_ASSIGN_EVERY)
+            if self._token is None:
+                continue
+            async with self._locked():
+                await self._assign_pass()
 
     async def _lease_loop(self) -> None:
         """Keep the assignment lease. Without it this node still takes messages and

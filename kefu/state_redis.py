@@ -211,6 +211,8 @@ class RedisDeskStore(RedisState):
     ``open()`` it before use, ``close()`` it after.
     """
 
+    shared = True  # other nodes write here too: the desk's lease holder polls for work (Desk._shared_assign_loop)
+
     CACHE = 50_000  # decoded records kept (per kind), keyed by their exact JSON
 
     def __init__(self, url: str, *, prefix: str = "kefu:desk:", concurrency: int = 8) -> None:

@@ -427,3 +427,29 @@ async def test_the_app_runs_its_desk_on_redis(redis_url, tmp_path):
             finally:
                 await live.delete_all()
             await app.stop()
+
+
+async def test_lease_holder_assigns_what_another_node_queued_without_an_event_of_its_own(redis_url):
+    """Node two queues a customer while no agent is free; an agent then signs in on node two
+    too. Node one (the lease holder) sees neither event, yet assigns within its periodic pass."""
+    async with redis_desk_store(redis_url) as s1:
+        s2 = await _second_node(s1)
+        try:
+            settings = small_settings(agents=AGENTS, accept_timeout=0.0, csat=False)
+            one = Desk(settings, store=s1, classify=keyword_classifier, publish=Recorder(), node="one")
+            two = Desk(settings, store=s2, classify=keyword_classifier, publish=Recorder(), node="two")
+            async with trio.open_nursery() as n:
+                await n.start(one.run)
+                await n.start(two.run)
+                assert one._token is not None and two._token is None
+                await two.customer_message("chat", "cu-late", "human please")
+                [queued] = await s1.waiting("general")
+                await two.agent_action("bob", "sign_in")  # node two may not assign: no lease
+                assert (await s1.conversation(queued.id)).status == Status.QUEUED
+                with trio.fail_after(5):  # the pass runs every SHARED_ASSIGN_EVERY (1 s)
+                    while (await s1.conversation(queued.id)).status != Status.ASSIGNED:
+                        await trio.sleep(0.05)  # polling the shared store, as another node would
+                assert (await s1.conversation(queued.id)).assignee == "bob"
+                n.cancel_scope.cancel()
+        finally:
+            await s2.close()
