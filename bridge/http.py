@@ -717,35 +717,49 @@ class HttpListener:
     url: str
 
 
-async def run(st: BridgeState, *, task_status: trio.TaskStatus[HttpListener] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``listeners.http`` until cancelled; started with the bound base URL."""
-    from hypercorn.config import Config as HyperConfig
-    from hypercorn.trio import serve
+def hypercorn_config(lc, errorlog: str):
+    """Hypercorn settings serving the ``listeners.http`` section ``lc``; its errors go to logger ``errorlog``.
 
-    lc = st.cfg.listeners.http
+    Shared with ``kefu.ops_web.serve_alone``, which serves the same listener when the bridge does not."""
+    from hypercorn.config import Config as HyperConfig
+
     hc = HyperConfig()
     host = lc.host if ":" not in lc.host else f"[{lc.host}]"
     hc.bind = [f"{host}:{lc.port}"]
     if lc.certfile and lc.keyfile:
         hc.certfile, hc.keyfile = lc.certfile, lc.keyfile
     hc.accesslog = None
-    hc.errorlog = logging.getLogger("kefu.bridge.http.server")
+    hc.errorlog = logging.getLogger(errorlog)
     hc.graceful_timeout = 1.0
-    app = build_app(st)
+    return hc
 
-    async def _serve(task_status):
-        await serve(app, hc, shutdown_trigger=trio.sleep_forever, task_status=task_status)
+
+async def serve_forever(app, hc, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` with Hypercorn settings ``hc`` until cancelled; started with the list of bound URLs."""
+    from hypercorn.trio import serve
+
+    await serve(app, hc, shutdown_trigger=trio.sleep_forever, task_status=task_status)
+
+
+def local_url(bound: str) -> str:
+    """A bound URL a client on this host can open: a wildcard address becomes the loopback one."""
+    return bound.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+
+
+async def run(st: BridgeState, *, task_status: trio.TaskStatus[HttpListener] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``listeners.http`` until cancelled; started with the bound base URL."""
+    lc = st.cfg.listeners.http
+    hc = hypercorn_config(lc, "kefu.bridge.http.server")
+    app = build_app(st)
 
     from kefu.broker.server import ListenError, _why
 
     started = False
     try:
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serve)
+            binds = await nursery.start(serve_forever, app, hc)
             started = True
-            url = binds[0]
-            url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
-            task_status.started(HttpListener(url))
+            task_status.started(HttpListener(local_url(binds[0])))
     except (OSError, BaseExceptionGroup) as e:
         err = None if started else _os_error_in(e)
         if err is None:

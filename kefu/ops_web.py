@@ -107,25 +107,13 @@ async def serve_alone(ops: Ops, *, task_status=trio.TASK_STATUS_IGNORED) -> None
     """Serve only these routes on listeners.http: for a node whose bridge serves no HTTP (no desk).
 
     Started with the base URL, like the bridge's listener."""
-    from hypercorn.config import Config as HyperConfig
-    from hypercorn.trio import serve
     from starlette.applications import Starlette
 
-    lc = ops.cfg.listeners.http
-    hc = HyperConfig()
-    host = lc.host if ":" not in lc.host else f"[{lc.host}]"
-    hc.bind = [f"{host}:{lc.port}"]
-    if lc.certfile and lc.keyfile:
-        hc.certfile, hc.keyfile = lc.certfile, lc.keyfile
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("kefu.ops.http.server")
-    hc.graceful_timeout = 1.0
+    from kefu.bridge.http import hypercorn_config, local_url, serve_forever
+
+    hc = hypercorn_config(ops.cfg.listeners.http, "kefu.ops.http.server")
     app = Starlette(routes=routes(ops))
 
-    async def _serve(task_status):
-        await serve(app, hc, shutdown_trigger=trio.sleep_forever, task_status=task_status)
-
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(_serve)
-        url = binds[0].replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
-        task_status.started(url)
+        binds = await nursery.start(serve_forever, app, hc)
+        task_status.started(local_url(binds[0]))
