@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
+
+from .cli_storage import _config, _fail
 
 SPARK = "▁▂▃▄▅▆▇█"
 SINCE_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -35,21 +36,6 @@ DEFAULT_STATS = (
     "intents_per_s", "intent_confidence_avg", "intent_latency_p95_seconds", "csat_avg", "sla_breaches_per_s",
     "agents", "agent_occupancy_ratio", "rejected_per_s", "storage_write_p99_seconds",
 )
-
-
-def _fail(msg: str, code: int = 1) -> int:
-    print(f"kefu: {msg}", file=sys.stderr)
-    return code
-
-
-def _config(args):
-    from .config import ConfigError, load
-
-    try:
-        return load(args.config)
-    except ConfigError as e:
-        print(f"kefu: bad config\n{e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def parse_since(text: str) -> float:

@@ -15,14 +15,19 @@ import sys
 import trio
 
 
-def _load(args):
+def _config(args):
+    """The config ``--config`` names; a bad one prints its problems and exits 2 (also used by cli_ops)."""
     from .config import ConfigError, load
 
     try:
-        return load(args.config).storage
+        return load(args.config)
     except ConfigError as e:
         print(f"kefu: bad config\n{e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _load(args):
+    return _config(args).storage
 
 
 def _where(s) -> str:
