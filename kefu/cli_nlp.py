@@ -123,20 +123,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from kefu.nlp import data as D
-
     try:
-        from kefu.nlp.train import TrainError, train
+        from kefu.nlp.train import run
     except ImportError as e:  # numpy etc. are runtime deps; this is torch's absence surfacing early
         print(f"kefu nlp train: {e}; install the train extra: pip install 'kefu[train]'", file=sys.stderr)
         return 2
     args.argv = sys.argv[3:] if len(sys.argv) > 3 and sys.argv[1:3] == ["nlp", "train"] else [args.data]
-    try:
-        train(args)
-    except (TrainError, D.DataError) as e:
-        print(f"kefu nlp train: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -400,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``train(args)`` as a command (this module's main and `kefu nlp train`): a bad CSV or setting
+    prints one line and returns 2."""
     try:
         train(args)
     except (TrainError, D.DataError) as e:
