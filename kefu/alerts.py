@@ -31,7 +31,7 @@ import trio
 
 from . import httpc
 from .timeseries import SERIES_BY_NAME, parse_labels
-from .webhooks import sign
+from .webhooks import post_signed, retryable
 
 log = logging.getLogger("kefu.alerts")
 
@@ -189,19 +189,13 @@ class Alerts:
         data = json.dumps(body, separators=(",", ":"), default=str).encode()
         why = ""
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            ts = int(self.clock())
-            headers = [("Content-Type", "application/json"), ("X-Kefu-Event", body["event"]),
-                       ("X-Kefu-Delivery", body["id"]), ("X-Kefu-Timestamp", str(ts)),
-                       ("X-Kefu-Signature", sign(rule.secret, ts, data))]
-            try:
-                resp = await httpc.request("POST", rule.webhook, headers=headers, body=data, timeout=self.timeout)
-                status, why = resp.status, f"HTTP {resp.status}"
-            except httpc.HttpError as e:
-                status, why = 0, str(e)
+            status, why = await post_signed(
+                rule.webhook, rule.secret, body["event"], body["id"], data, ts=int(self.clock()), timeout=self.timeout
+            )
             if 200 <= status < 300:
                 self.stats.sent += 1
                 return True
-            if status and not (status in (408, 429) or status >= 500):
+            if status and not retryable(status):
                 break
             if attempt < MAX_ATTEMPTS:
                 self.stats.retries += 1

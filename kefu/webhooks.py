@@ -48,6 +48,29 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+async def post_signed(
+    url: str, secret: str, event: str, delivery: str, body: bytes, *, ts: int, timeout: float
+) -> tuple[int, str]:
+    """One signed POST attempt (also alert webhooks'): (HTTP status, why); status 0 when no response came."""
+    headers = [
+        ("Content-Type", "application/json"),
+        ("X-Kefu-Event", event),
+        ("X-Kefu-Delivery", delivery),
+        ("X-Kefu-Timestamp", str(ts)),
+        ("X-Kefu-Signature", sign(secret, ts, body)),
+    ]
+    try:
+        resp = await httpc.request("POST", url, headers=headers, body=body, timeout=timeout)
+    except httpc.HttpError as e:
+        return 0, str(e)
+    return resp.status, f"HTTP {resp.status}"
+
+
+def retryable(status: int) -> bool:
+    """A status worth another attempt: timeout, rate limit or a server error."""
+    return status in (408, 429) or status >= 500
+
+
 def verify(secret: str, timestamp: str, body: bytes, signature: str, *, now: float, tolerance: float = 300) -> bool:
     """What a receiver does: constant-time compare, and refuse stale or future timestamps."""
     try:
@@ -104,10 +127,6 @@ class _Lane:
     wake: trio.Event = field(default_factory=trio.Event)
     cancel: trio.CancelScope | None = None
     stats: Stats = field(default_factory=Stats)
-
-
-def _retryable(status: int) -> bool:
-    return status in (408, 429) or status >= 500
 
 
 class Dispatcher:
@@ -194,23 +213,13 @@ class Dispatcher:
     async def _deliver(self, lane: _Lane, delivery: str, etype: str, body: bytes) -> None:
         p = self.policy
         for attempt in range(1, p.max_attempts + 1):
-            ts = int(self.wall_clock())
-            headers = [
-                ("Content-Type", "application/json"),
-                ("X-Kefu-Event", etype),
-                ("X-Kefu-Delivery", delivery),
-                ("X-Kefu-Timestamp", str(ts)),
-                ("X-Kefu-Signature", sign(lane.ep.secret, ts, body)),
-            ]
-            try:
-                resp = await httpc.request("POST", lane.ep.url, headers=headers, body=body, timeout=p.timeout)
-                status, why = resp.status, f"HTTP {resp.status}"
-            except httpc.HttpError as e:
-                status, why = 0, str(e)
+            status, why = await post_signed(
+                lane.ep.url, lane.ep.secret, etype, delivery, body, ts=int(self.wall_clock()), timeout=p.timeout
+            )
             if 200 <= status < 300:
                 lane.stats.delivered += 1
                 return
-            if status and not _retryable(status):
+            if status and not retryable(status):
                 break
             if attempt < p.max_attempts:
                 lane.stats.retries += 1
