@@ -471,6 +471,10 @@ def oos_threshold(v) -> str | None:
     return None if -1000 <= v <= 1000 else "expected -1 (use the model's own) or a threshold in the model's score units"
 
 
+def exit_threshold(v) -> str | None:
+    return None if v == -1 or 0 <= v <= 1 else "expected -1 (use the model's own) or a confidence 0-1"
+
+
 @dataclass
 class FewShotIntent:
     name: str = opt("", "Intent reported for messages like the examples.")
@@ -481,7 +485,8 @@ class FewShotIntent:
 class Nlp:
     enabled: bool = opt(True, "Classify customer messages (intent, confidence, out-of-scope, sentiment).")
     model: str = opt(
-        "", "Model folder (model.onnx, tokenizer.json, labels.json) made by `kefu nlp train`; empty: the "
+        "", "Model folder (model.onnx or front.onnx + back.onnx, tokenizer.json, labels.json) made by "
+        "`kefu nlp train`; empty: the "
         "shipped BANKING77 model.",
     )
     threads: int = opt(1, "onnxruntime threads for inference; 1 is fastest on a small busy server.", positive)
@@ -492,6 +497,15 @@ class Nlp:
         -1.0, "Score below which a message is out of scope (goes to a human), in the units of the model's "
         "oos_score (labels.json): calibrated confidence 0-1, or energy; -1: the threshold chosen on held-out "
         "data when the model was trained.", oos_threshold,
+    )
+    early_exit: bool = opt(
+        True, "Use the model's early exit when it has one (the shipped model does): a message the lower layers "
+        "are already sure of is answered there, about twice as fast; false: every message goes through every "
+        "layer. Not used while [[nlp.intents]] are set (they need the full model's sentence vectors).",
+    )
+    early_exit_threshold: float = opt(
+        -1.0, "Exit confidence (0-1) at or above which a message stops early; higher is slower and closer to the "
+        "full model; -1: the threshold chosen on held-out data when the model was trained.", exit_threshold,
     )
     sentiment: str = opt("vader", "Sentiment analyser: vader (English lexicon and rules) or off.", one_of("vader", "off"))
     intents: list = opt(

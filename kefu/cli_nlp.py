@@ -37,6 +37,8 @@ def _classifier(args: argparse.Namespace):
         nlp.model = args.model
     if getattr(args, "threads", None):
         nlp.threads = args.threads
+    if getattr(args, "no_early_exit", False):
+        nlp.early_exit = False
     try:
         return from_config(nlp)
     except (ModelError, ConfigProblem) as e:
@@ -58,7 +60,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         flag = "  OUT OF SCOPE -> human" if p.out_of_scope else ""
         print(f"{text}\n  intent: {p.intent}  confidence: {p.confidence:.3f}{flag}\n"
               f"  sentiment: {p.sentiment} ({p.sentiment_score:+.2f})  time: {p.latency_ms:.2f} ms"
-              + (f"  [{p.source}]" if p.source != "model" else ""))
+              + (f"  [{p.source}]" if p.source != "model" else "") + ("  [early exit]" if p.early_exit else ""))
     return 0
 
 
@@ -98,6 +100,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "macro_f1": D.macro_f1(gold_in, [raw[i] for i in ins]),
         **D.oos_scores(rows.labels, flagged, args.oos_label),
         "flagged_out_of_scope": sum(p.out_of_scope for p in preds) / len(preds),
+        "early_exit": sum(p.early_exit for p in preds) / len(preds) if clf.early_exit else None,
         "latency_ms": {q: D.percentile(lat, q) for q in (50, 90, 99)},
         "top_confusions": D.top_confusions(gold_in, [raw[i] for i in ins], args.top),
         "threads": clf.encoder.threads,
@@ -112,6 +115,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if report["oos"]:
         print(f"  out-of-scope recall                     {100 * report['oos_recall']:6.2f}%")
     print(f"  flagged out of scope (all rows)         {100 * report['flagged_out_of_scope']:6.2f}%")
+    if report["early_exit"] is not None:
+        print(f"  answered at the early exit (all rows)   {100 * report['early_exit']:6.2f}%")
     la = report["latency_ms"]
     print(f"  latency per message, {report['threads']} thread(s)       p50 {la[50]:.2f} ms  p90 {la[90]:.2f} ms  "
           f"p99 {la[99]:.2f} ms")
@@ -159,6 +164,8 @@ def register(subparsers) -> None:
         q.add_argument("--model", metavar="DIR", help="model folder (default: [nlp] model, else the shipped one)")
         q.add_argument("--threads", type=int, metavar="N", help="inference threads (default: [nlp] threads)")
         q.add_argument("--json", action="store_true", help="print JSON")
+        q.add_argument("--no-early-exit", action="store_true",
+                       help="run every layer for every message (default: [nlp] early_exit)")
 
     c = sub.add_parser("classify", help="classify messages",
                        description="Print intent, calibrated confidence, sentiment, the out-of-scope flag "

@@ -150,9 +150,14 @@ class Encoder(nn.Module):
 
 
 class BertClassifier(nn.Module):
-    """BERT encoder + mean pooling + linear intent head."""
+    """BERT encoder + mean pooling + linear intent head.
 
-    def __init__(self, cfg: BertConfig, num_labels: int) -> None:
+    With ``exit_layer`` K, a second linear head reads the mean-pooled output of layer K
+    (an early exit): confident messages can stop there at run time and skip the upper
+    layers (see ``kefu.nlp.encoder``).
+    """
+
+    def __init__(self, cfg: BertConfig, num_labels: int, exit_layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
@@ -161,21 +166,73 @@ class BertClassifier(nn.Module):
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
+        self.exit_layer = exit_layer
+        if exit_layer:
+            self.exit_classifier = nn.Linear(cfg.hidden_size, num_labels)
+            nn.init.normal_(self.exit_classifier.weight, std=0.02)
+            nn.init.zeros_(self.exit_classifier.bias)
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        m = attention_mask.to(torch.float32)
-        additive = (1.0 - m)[:, None, None, :] * -10000.0
-        x = self.embeddings(input_ids)
-        for layer in self.encoder.layer:
-            x = layer(x, additive)
-        w = m.unsqueeze(-1)
+    @staticmethod
+    def additive_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+        return (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * -10000.0
+
+    @staticmethod
+    def mean_pool(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        w = attention_mask.to(torch.float32).unsqueeze(-1)
         return (x * w).sum(1) / w.sum(1).clamp(min=1e-6)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        pooled = self.pooled(input_ids, attention_mask)
+    def layers(self, x: torch.Tensor, additive: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        for layer in self.encoder.layer[lo:hi]:
+            x = layer(x, additive)
+        return x
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.embeddings(input_ids), self.additive_mask(attention_mask), 0, len(self.encoder.layer))
+        return self.mean_pool(x, attention_mask)
+
+    def head(self, pooled: torch.Tensor):
         logits = self.classifier(self.dropout(pooled))
         embedding = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-6)
         return logits, embedding
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.head(self.pooled(input_ids, attention_mask))
+
+    def forward_with_exit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(final logits, exit logits, exit-layer pooled vector) for training."""
+        add = self.additive_mask(attention_mask)
+        k = self.exit_layer
+        x = self.layers(self.embeddings(input_ids), add, 0, k)
+        early = self.mean_pool(x, attention_mask)
+        x = self.layers(x, add, k, len(self.encoder.layer))
+        logits = self.classifier(self.dropout(self.mean_pool(x, attention_mask)))
+        return logits, early
+
+
+class FrontPart(nn.Module):
+    """Export view: embeddings and layers below the exit -> (hidden states, exit logits)."""
+
+    def __init__(self, model: BertClassifier) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        m = self.m
+        x = m.layers(m.embeddings(input_ids), m.additive_mask(attention_mask), 0, m.exit_layer)
+        return x, m.exit_classifier(m.mean_pool(x, attention_mask))
+
+
+class BackPart(nn.Module):
+    """Export view: the layers above the exit and the final head -> (logits, embedding)."""
+
+    def __init__(self, model: BertClassifier) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
+        m = self.m
+        x = m.layers(hidden, m.additive_mask(attention_mask), m.exit_layer, len(m.encoder.layer))
+        return m.head(m.mean_pool(x, attention_mask))
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:

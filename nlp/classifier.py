@@ -91,6 +91,7 @@ class Prediction:
     sentiment_score: float  # -1..1
     latency_ms: float  # time to classify this message (queue wait included in the service)
     source: str = "model"  # "model" or "few_shot"
+    early_exit: bool = False  # answered by the model's early exit (lower layers only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,12 +105,15 @@ class IntentClassifier:
     def __init__(self, encoder: Encoder, *, sentiment: Sentiment | None = None,
                  few_shot: dict[str, list[str]] | None = None, few_shot_head: str = "logistic",
                  few_shot_min_similarity: float = 0.6, use_model_intents: bool = True,
-                 oos_threshold: float | None = None) -> None:
+                 oos_threshold: float | None = None, early_exit: bool = True,
+                 early_exit_threshold: float | None = None) -> None:
         self.encoder = encoder
         info = encoder.info
         self.head = IntentHead(info.labels, info.temperature, info.oos_threshold, info.oos_score)
         self.threshold = info.oos_threshold if oos_threshold is None else float(oos_threshold)
         self.sentiment = sentiment or Sentiment("off")
+        self.early_exit = bool(early_exit and encoder.has_exit and not few_shot)
+        self.early_exit_threshold = early_exit_threshold
         self.use_model_intents = use_model_intents
         self.few_shot: FewShotHead | None = None
         if few_shot:
@@ -131,7 +135,12 @@ class IntentClassifier:
         if not texts:
             return []
         t0 = time.perf_counter()
-        logits, emb = self.encoder.run(texts)
+        if self.early_exit:
+            logits, exited = self.encoder.run_cascade(texts, self.early_exit_threshold)
+            emb = None
+        else:
+            logits, emb = self.encoder.run(texts)
+            exited = np.zeros(len(texts), dtype=bool)
         res = self.head(logits)
         fs = self.few_shot(emb) if self.few_shot else None
         out = []
@@ -139,7 +148,9 @@ class IntentClassifier:
             intent = self.head.labels[res.index[r]]
             conf = float(res.confidence[r])
             source = "model"
-            oos = bool(res.scope[r] < self.threshold)
+            # A message leaves at the early exit only when that head is confident enough
+            # that held-out accuracy and out-of-scope recall stayed within budget: in scope.
+            oos = False if exited[r] else bool(res.scope[r] < self.threshold)
             if fs is not None:
                 fres, best_sim = fs
                 matched = best_sim[r] >= self.few_shot.min_similarity
@@ -149,9 +160,9 @@ class IntentClassifier:
                     source = "few_shot"
                     oos = not matched
             s = self.sentiment(text)
-            out.append((intent, conf, oos, s, source))
+            out.append((intent, conf, oos, s, source, bool(exited[r])))
         ms = (time.perf_counter() - t0) * 1000.0
-        return [Prediction(i, c, bool(o), s.label, s.score, ms, src) for i, c, o, s, src in out]
+        return [Prediction(i, c, bool(o), s.label, s.score, ms, src, ex) for i, c, o, s, src, ex in out]
 
     def classify(self, text: str) -> Prediction:
         return self.classify_batch([text])[0]
@@ -188,6 +199,8 @@ def from_config(nlp) -> IntentClassifier:
         few_shot_min_similarity=nlp.few_shot_min_similarity,
         use_model_intents=nlp.use_model_intents,
         oos_threshold=None if nlp.oos_threshold < 0 else nlp.oos_threshold,
+        early_exit=nlp.early_exit,
+        early_exit_threshold=None if nlp.early_exit_threshold < 0 else nlp.early_exit_threshold,
     )
 
 

@@ -9,6 +9,18 @@ Inference sorts a batch by token count and pads each run only to its own longest
 (tokenizer padding is switched off whatever tokenizer.json says: the shipped MiniLM
 tokenizer pads to 128 tokens, 3-6 times slower). One intra-op thread is the default: on a
 small, busy server a second thread mostly adds contention.
+
+Early exit. A model trained with ``--exit-layer K`` ships as two graphs instead of
+``model.onnx``: ``front.onnx`` (embeddings and layers 1..K, giving the hidden states and
+the logits of an exit head on them) and ``back.onnx`` (layers K+1.. and the final head).
+Every text runs the front; a text whose exit confidence (softmax of the exit logits at
+the exit's own fitted temperature) reaches the exit threshold is answered there, the rest
+continue through the back from the hidden states already computed, so nothing is paid
+twice. The threshold is the lowest that keeps held-out accuracy and out-of-scope recall
+within a small budget of the full model's (chosen at training time, see
+``kefu.nlp.train``): most messages are easy and take half the layers, the hard and the
+unfamiliar ones get all of them. ``run`` always gives the full model's answer;
+``run_cascade`` is the fast path.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import numpy as np
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "banking77"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json", "labels.json")
+EXIT_FILES = ("front.onnx", "back.onnx")  # instead of model.onnx in an early-exit folder
 SHIPPED_REBUILD = (
     "reinstall kefu (pip install --force-reinstall kefu) or rebuild it with "
     "`kefu nlp train banking77/train.csv --out DIR` (see docs/nlp.md) and set [nlp] model = DIR"
@@ -47,6 +60,18 @@ class ModelInfo:
     max_length: int
     oos_score: str = "confidence"
     meta: dict = field(default_factory=dict)
+    exit: "ExitInfo | None" = None
+
+    @property
+    def graph_files(self) -> tuple[str, ...]:
+        return EXIT_FILES if self.exit else ("model.onnx",)
+
+
+@dataclass
+class ExitInfo:
+    layer: int  # the exit head reads the output of this layer (1-based)
+    temperature: float  # the exit head's own softmax temperature
+    threshold: float  # exit confidence (0..1) at or above which a text stops early
 
 
 def rebuild_hint(folder: Path) -> str:
@@ -62,13 +87,10 @@ def read_info(folder: str | Path | None = None) -> ModelInfo:
     hint = rebuild_hint(folder)
     if not folder.is_dir():
         raise ModelError(folder, "no such folder", hint)
-    for name in REQUIRED_FILES:
-        p = folder / name
-        if not p.is_file():
-            raise ModelError(p, "missing", hint)
-        if p.stat().st_size == 0:
-            raise ModelError(p, "empty file", hint)
     lp = folder / "labels.json"
+    if not lp.exists() and not (folder / "model.onnx").exists() and not (folder / EXIT_FILES[0]).exists():
+        _check_file(folder / "model.onnx", hint)  # no model at all: name the main file
+    _check_file(lp, hint)
     try:
         meta = json.loads(lp.read_text(encoding="utf-8"))
         labels = meta["labels"]
@@ -76,7 +98,9 @@ def read_info(folder: str | Path | None = None) -> ModelInfo:
         threshold = float(meta.get("oos_threshold", 0.0))
         max_length = int(meta.get("max_length", 64))
         oos_score = str(meta.get("oos_score", "confidence"))
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        ex = meta.get("early_exit")
+        exit_info = None if ex is None else ExitInfo(int(ex["layer"]), float(ex["temperature"]), float(ex["threshold"]))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise ModelError(lp, f"not a kefu labels file ({type(e).__name__}: {e})", hint) from None
     if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
         raise ModelError(lp, "'labels' must be a non-empty list of names", hint)
@@ -86,11 +110,24 @@ def read_info(folder: str | Path | None = None) -> ModelInfo:
         raise ModelError(lp, f"oos_score must be \"confidence\" or \"energy\", not {oos_score!r}", hint)
     if temperature <= 0 or max_length < 2 or (oos_score == "confidence" and not 0 <= threshold <= 1):
         raise ModelError(lp, "temperature must be > 0, max_length >= 2, a confidence threshold 0..1", hint)
-    return ModelInfo(folder, labels, temperature, threshold, max_length, oos_score=oos_score, meta=meta)
+    if exit_info and (exit_info.layer < 1 or exit_info.temperature <= 0 or not 0 <= exit_info.threshold <= 1):
+        raise ModelError(lp, "early_exit needs layer >= 1, temperature > 0 and a threshold 0..1", hint)
+    info = ModelInfo(folder, labels, temperature, threshold, max_length, oos_score=oos_score, meta=meta,
+                     exit=exit_info)
+    for name in ("tokenizer.json",) + info.graph_files:
+        _check_file(folder / name, hint)
+    return info
+
+
+def _check_file(p: Path, hint: str) -> None:
+    if not p.is_file():
+        raise ModelError(p, "missing", hint)
+    if p.stat().st_size == 0:
+        raise ModelError(p, "empty file", hint)
 
 
 class Encoder:
-    """Tokenizer + ONNX session for one model folder. Not thread-safe: one worker uses it."""
+    """Tokenizer + ONNX session(s) for one model folder. Not thread-safe: one worker uses it."""
 
     def __init__(self, folder: str | Path | None = None, threads: int = 1) -> None:
         import onnxruntime as ort
@@ -117,35 +154,60 @@ class Encoder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        mp = self.info.folder / "model.onnx"
-        try:
-            self.session = ort.InferenceSession(str(mp), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime's errors are not a public hierarchy
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(mp, f"onnxruntime cannot load it ({first[:300]})", hint) from None
+        width = None
+        if self.info.exit:
+            self.front = self._session(ort, opts, "front.onnx", ["input_ids", "attention_mask"],
+                                       ["hidden", "exit_logits"], hint)
+            self.session = self._session(ort, opts, "back.onnx", ["hidden", "attention_mask"],
+                                         ["logits", "embedding"], hint)
+            width = self.front.get_outputs()[1].shape[-1]
+        else:
+            self.front = None
+            self.session = self._session(ort, opts, "model.onnx", ["input_ids", "attention_mask"],
+                                         ["logits", "embedding"], hint)
         outs = {o.name: o for o in self.session.get_outputs()}
-        ins = {i.name for i in self.session.get_inputs()}
-        if {"input_ids", "attention_mask"} - ins or {"logits", "embedding"} - set(outs):
-            raise ModelError(mp, f"expected inputs input_ids/attention_mask and outputs logits/embedding, "
-                                 f"found {sorted(ins)} -> {sorted(outs)}", hint)
-        width = outs["logits"].shape[-1]
-        if isinstance(width, int) and width != len(self.info.labels):
-            raise ModelError(self.info.folder / "labels.json",
-                             f"{len(self.info.labels)} labels but model.onnx has {width} outputs", hint)
+        for w in (outs["logits"].shape[-1], width):
+            if isinstance(w, int) and w != len(self.info.labels):
+                raise ModelError(self.info.folder / "labels.json",
+                                 f"{len(self.info.labels)} labels but the model has {w} outputs", hint)
         self.embedding_dim = outs["embedding"].shape[-1]
         # One tiny run now, so a model that loads but cannot execute fails at start-up.
         try:
             self.run(["ok"])
+            if self.front is not None:
+                self.run_cascade(["ok"])
         except Exception as e:
-            raise ModelError(mp, f"loads but fails to run ({str(e)[:300]})", hint) from None
+            raise ModelError(self.info.folder / self.info.graph_files[0],
+                             f"loads but fails to run ({str(e)[:300]})", hint) from None
+
+    def _session(self, ort, opts, name: str, inputs: list[str], outputs: list[str], hint: str):
+        mp = self.info.folder / name
+        try:
+            sess = ort.InferenceSession(str(mp), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's errors are not a public hierarchy
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(mp, f"onnxruntime cannot load it ({first[:300]})", hint) from None
+        ins = {i.name for i in sess.get_inputs()}
+        outs = {o.name for o in sess.get_outputs()}
+        if set(inputs) - ins or set(outputs) - outs:
+            raise ModelError(mp, f"expected inputs {'/'.join(inputs)} and outputs {'/'.join(outputs)}, "
+                                 f"found {sorted(ins)} -> {sorted(outs)}", hint)
+        return sess
 
     @property
     def labels(self) -> list[str]:
         return self.info.labels
 
+    @property
+    def has_exit(self) -> bool:
+        return self.front is not None
+
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         # One text at a time in this thread: encode_batch's own thread pool only fights
         # onnxruntime for the same cores, and tokenizing is ~3% of the work.
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"expected text (str), got {type(t).__name__}")
         return [self.tokenizer.encode(t).ids for t in texts]
 
     @staticmethod
@@ -167,16 +229,9 @@ class Encoder:
             out.append(cur)
         return out
 
-    def run(self, texts: list[str], max_batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [n, labels], embeddings [n, hidden]) in the order of ``texts``."""
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"expected text (str), got {type(t).__name__}")
-        ids = self.tokenize(texts)
-        n = len(ids)
-        order = sorted(range(n), key=lambda i: len(ids[i]))
-        logits = np.empty((n, len(self.labels)), dtype=np.float32)
-        embs = None
+    def _runs(self, ids: list[list[int]], max_batch: int):
+        """(row indices, padded ids, mask) per length-homogeneous run."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for idx in self.chunks([len(x) for x in ids], order, max_batch):
             width = len(ids[idx[-1]])
             arr = np.full((len(idx), width), self.pad_id, dtype=np.int64)
@@ -185,16 +240,65 @@ class Encoder:
                 k = len(ids[i])
                 arr[r, :k] = ids[i]
                 mask[r, :k] = 1
-            lo, em = self.session.run(None, {"input_ids": arr, "attention_mask": mask})
+            yield idx, arr, mask
+
+    def run_all(self, texts: list[str], max_batch: int = 64) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(exit logits or None, logits, embeddings): every layer for every text."""
+        ids = self.tokenize(texts)
+        n = len(ids)
+        logits = np.empty((n, len(self.labels)), dtype=np.float32)
+        early = np.empty_like(logits) if self.front is not None else None
+        embs = None
+        for idx, arr, mask in self._runs(ids, max_batch):
+            if self.front is not None:
+                hidden, ex = self.front.run(None, {"input_ids": arr, "attention_mask": mask})
+                early[idx] = ex
+                lo, em = self.session.run(None, {"hidden": hidden, "attention_mask": mask})
+            else:
+                lo, em = self.session.run(None, {"input_ids": arr, "attention_mask": mask})
             if embs is None:
                 embs = np.empty((n, em.shape[1]), dtype=np.float32)
             logits[idx] = lo
             embs[idx] = em
         if embs is None:
             embs = np.empty((0, 0), dtype=np.float32)
+        return early, logits, embs
+
+    def run(self, texts: list[str], max_batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [n, labels], embeddings [n, hidden]) of the full model, in the order of ``texts``."""
+        _, logits, embs = self.run_all(texts, max_batch)
         return logits, embs
 
-    def timed_run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
-        t = time.perf_counter()
-        lo, em = self.run(texts)
-        return lo, em, (time.perf_counter() - t) * 1000.0
+    def run_cascade(self, texts: list[str], threshold: float | None = None,
+                    max_batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, exited): texts confident at the exit stop there, the rest run every layer.
+
+        An exited row's logits are the exit head's, rescaled so that dividing by the final
+        head's temperature gives exit_logits / exit temperature: one softmax serves both.
+        Without an exit (or with ``threshold`` above 1) this is ``run`` without embeddings.
+        """
+        ex = self.info.exit
+        if self.front is None:
+            return self.run(texts, max_batch)[0], np.zeros(len(texts), dtype=bool)
+        th = ex.threshold if threshold is None else threshold
+        scale = self.info.temperature / ex.temperature
+        ids = self.tokenize(texts)
+        n = len(ids)
+        logits = np.empty((n, len(self.labels)), dtype=np.float32)
+        exited = np.zeros(n, dtype=bool)
+        for idx, arr, mask in self._runs(ids, max_batch):
+            hidden, early = self.front.run(None, {"input_ids": arr, "attention_mask": mask})
+            z = early / ex.temperature
+            z = z - z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            conf = 1.0 / p.sum(axis=1)  # softmax of the top label: exp(0) / sum
+            stop = conf >= th
+            idx = np.asarray(idx)
+            logits[idx[stop]] = early[stop] * scale
+            exited[idx[stop]] = True
+            rest = ~stop
+            if rest.any():
+                if stop.any():
+                    hidden, mask = hidden[rest], mask[rest]
+                logits[idx[rest]] = self.session.run(["logits"], {"hidden": hidden, "attention_mask": mask})[0]
+        return logits, exited

@@ -45,6 +45,31 @@ def export_onnx(model, path: Path, opset: int = 17) -> None:
         )
 
 
+def export_parts(model, front: Path, back: Path, opset: int = 17) -> None:
+    """An early-exit model -> fp32 front (to the exit) and back (the rest) graphs."""
+    import torch
+
+    from .bert import BackPart, FrontPart
+
+    model.eval()
+    top = model.cfg.vocab_size - 1
+    ids = torch.tensor([[1, 2, 3, 4], [1, 5, 4, 0]], dtype=torch.long).clamp(max=top)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
+    seq = {0: "batch", 1: "seq"}
+    with torch.no_grad():
+        torch.onnx.export(
+            FrontPart(model), (ids, mask), str(front), input_names=["input_ids", "attention_mask"],
+            output_names=["hidden", "exit_logits"], opset_version=opset, dynamo=False,
+            dynamic_axes={"input_ids": seq, "attention_mask": seq, "hidden": seq, "exit_logits": {0: "batch"}},
+        )
+        hidden = FrontPart(model)(ids, mask)[0]
+        torch.onnx.export(
+            BackPart(model), (hidden, mask), str(back), input_names=["hidden", "attention_mask"],
+            output_names=["logits", "embedding"], opset_version=opset, dynamo=False,
+            dynamic_axes={"hidden": seq, "attention_mask": seq, "logits": {0: "batch"}, "embedding": {0: "batch"}},
+        )
+
+
 def quantize(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation, per-channel weights (MatMul and the embedding Gather)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -95,6 +120,49 @@ class QuantisationError(Exception):
     pass
 
 
+def _checked(lf, ef, lq, eq, log) -> dict:
+    check = {
+        "embedding_cosine": compare(ef, eq),
+        "logits_cosine": compare(lf, lq),
+        "prediction_agreement": float((lf.argmax(1) == lq.argmax(1)).mean()),
+        "texts": len(lf),
+    }
+    log(f"int8 vs fp32 on {len(lf)} held-out texts: embedding cosine mean "
+        f"{check['embedding_cosine']['mean']:.4f} (min {check['embedding_cosine']['min']:.4f}), "
+        f"same prediction {100 * check['prediction_agreement']:.2f}%")
+    if check["embedding_cosine"]["mean"] < MIN_COSINE:
+        raise QuantisationError(
+            f"int8 model drifted from fp32: mean embedding cosine "
+            f"{check['embedding_cosine']['mean']:.4f} < {MIN_COSINE}"
+        )
+    return check
+
+
+def export_and_quantize_parts(model, tokenizer, texts: list[str], out: Path, run_folder, log=print) -> dict:
+    """Early-exit model: fp32 full export for reference, int8 front/back written into ``out``.
+
+    ``run_folder(folder, texts)`` gives (exit logits, logits, embeddings) for a folder
+    holding front.onnx and back.onnx (the run-time encoder), so the check runs the very
+    code that serves.
+    """
+    with tempfile.TemporaryDirectory(prefix="kefu-export-") as tmp:
+        tmp = Path(tmp)
+        log("exporting to ONNX (fp32): full model for reference, front and back parts")
+        export_onnx(model, tmp / "fp32.onnx")
+        export_parts(model, tmp / "front32.onnx", tmp / "back32.onnx")
+        log("quantising both parts to int8 (dynamic, per-channel)")
+        out.mkdir(parents=True, exist_ok=True)
+        quantize(tmp / "front32.onnx", out / "front.onnx")
+        quantize(tmp / "back32.onnx", out / "back.onnx")
+        sample = texts[:2000]
+        lf, ef = run_onnx(tmp / "fp32.onnx", tokenizer, sample)
+        _, lq, eq = run_folder(out, sample)
+        check = _checked(lf, ef, lq, eq, log)
+        check["fp32_bytes"] = (tmp / "fp32.onnx").stat().st_size
+        check["int8_bytes"] = (out / "front.onnx").stat().st_size + (out / "back.onnx").stat().st_size
+    return check
+
+
 def export_and_quantize(model, tokenizer, texts: list[str], out_onnx: Path, log=print) -> dict:
     """fp32 export, int8 quantisation and the cosine check; writes ``out_onnx`` (int8)."""
     with tempfile.TemporaryDirectory(prefix="kefu-export-") as tmp:
@@ -107,20 +175,7 @@ def export_and_quantize(model, tokenizer, texts: list[str], out_onnx: Path, log=
         sample = texts[:2000]
         lf, ef = run_onnx(fp32, tokenizer, sample)
         lq, eq = run_onnx(int8, tokenizer, sample)
-        check = {
-            "embedding_cosine": compare(ef, eq),
-            "logits_cosine": compare(lf, lq),
-            "prediction_agreement": float((lf.argmax(1) == lq.argmax(1)).mean()),
-            "texts": len(sample),
-        }
-        log(f"int8 vs fp32 on {len(sample)} held-out texts: embedding cosine mean "
-            f"{check['embedding_cosine']['mean']:.4f} (min {check['embedding_cosine']['min']:.4f}), "
-            f"same prediction {100 * check['prediction_agreement']:.2f}%")
-        if check["embedding_cosine"]["mean"] < MIN_COSINE:
-            raise QuantisationError(
-                f"int8 model drifted from fp32: mean embedding cosine "
-                f"{check['embedding_cosine']['mean']:.4f} < {MIN_COSINE}"
-            )
+        check = _checked(lf, ef, lq, eq, log)
         out_onnx.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(int8, out_onnx)
         check["fp32_bytes"] = fp32.stat().st_size
@@ -156,11 +211,23 @@ def write_model_card(out: Path, info: dict) -> None:
         "Runs with onnxruntime and tokenizers only.",
         "",
         "## Files",
-        "- `model.onnx`: inputs `input_ids`, `attention_mask` (int64, [batch, seq]); outputs `logits`",
-        "  [batch, labels] and `embedding` [batch, hidden] (L2-normalised mean-pooled vector).",
+    ]
+    if m.get("exit_layer"):
+        lines += [
+            f"- `front.onnx`: embeddings and layers 1-{m['exit_layer']}; inputs `input_ids`, `attention_mask` (int64,",
+            "  [batch, seq]); outputs `hidden` [batch, seq, hidden] and `exit_logits` [batch, labels] (the early exit).",
+            "- `back.onnx`: the remaining layers; inputs `hidden`, `attention_mask`; outputs `logits` [batch, labels]",
+            "  and `embedding` [batch, hidden] (L2-normalised mean-pooled vector).",
+        ]
+    else:
+        lines += [
+            "- `model.onnx`: inputs `input_ids`, `attention_mask` (int64, [batch, seq]); outputs `logits`",
+            "  [batch, labels] and `embedding` [batch, hidden] (L2-normalised mean-pooled vector).",
+        ]
+    lines += [
         "- `tokenizer.json`: truncation to `max_length` tokens, no padding (batches pad to their longest).",
         "- `labels.json`: label order, softmax temperature, out-of-scope score (`confidence` or `energy`,",
-        "  T*logsumexp(logits/T)) and its threshold.",
+        "  T*logsumexp(logits/T)) and its threshold" + ("; the early exit's layer, temperature and threshold." if m.get("exit_layer") else "."),
         "",
         "## Provenance",
         f"- Training data: {info['data']}",
@@ -184,5 +251,14 @@ def write_model_card(out: Path, info: dict) -> None:
     if m.get("oos_recall") is not None:
         lines.append(f"| out-of-scope recall at the threshold ({m['oos_count']} examples) | {_pct(m['oos_recall'])} |")
     lines.append(f"| in-scope accuracy at the threshold | {_pct(m['in_scope_accuracy'])} |")
+    if m.get("exit_layer"):
+        lines += [
+            f"| early exit after layer {m['exit_layer']}: accuracy of its head alone | {_pct(m['exit_accuracy_alone'])} |",
+            f"| early exit: confidence threshold (temperature {m['exit_temperature']:.3f}) | {m['exit_threshold']:.3f} |",
+            f"| held-out messages that stop at the exit | {_pct(m['exit_rate'])} |",
+            f"| accuracy with early exit (as served) | {_pct(m['cascade_accuracy'])} |",
+        ]
+        if m.get("cascade_oos_recall") is not None:
+            lines.append(f"| out-of-scope recall with early exit | {_pct(m['cascade_oos_recall'])} |")
     lines += ["", info.get("notes", "").strip(), ""]
     (out / "MODEL_CARD.md").write_text("\n".join(lines), encoding="utf-8")

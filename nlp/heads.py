@@ -104,6 +104,43 @@ def choose_threshold(conf_in: np.ndarray, correct_in: np.ndarray, conf_oos: np.n
     return out
 
 
+def choose_exit_threshold(exit_conf: np.ndarray, exit_correct: np.ndarray, final_correct: np.ndarray,
+                          exit_conf_oos: np.ndarray | None = None, final_flags_oos: np.ndarray | None = None,
+                          max_accuracy_drop: float = 0.003, max_recall_drop: float = 0.01) -> dict:
+    """The early-exit threshold: the lowest exit confidence that costs almost nothing.
+
+    A held-out row whose exit confidence reaches the threshold takes the exit head's
+    answer, in scope; the others take the full model's. The rule scans thresholds from
+    "nobody exits" downwards and keeps the lowest one such that it and every threshold
+    above it keep held-out accuracy within ``max_accuracy_drop`` of the full model's and,
+    with out-of-scope examples, their recall within ``max_recall_drop`` (an out-of-scope
+    text that exits is a miss). Lower thresholds send more messages out early, so this is
+    the most speed the budget buys.
+    """
+    n = len(exit_conf)
+    base = float(final_correct.mean())
+    oos = exit_conf_oos is not None and final_flags_oos is not None and len(exit_conf_oos) > 0
+    base_recall = float(final_flags_oos.mean()) if oos else None
+    cands = np.unique(np.concatenate([exit_conf, exit_conf_oos if oos else []]))[::-1]
+    best, best_acc, best_recall = 1.0 + 1e-9, base, base_recall
+    for t in cands:  # descending: more rows exit at every step
+        stop = exit_conf >= t
+        acc = float(np.where(stop, exit_correct, final_correct).mean())
+        recall = float((final_flags_oos & (exit_conf_oos < t)).mean()) if oos else None
+        if acc < base - max_accuracy_drop - 1e-12 or (oos and recall < base_recall - max_recall_drop - 1e-12):
+            break
+        best, best_acc, best_recall = float(t), acc, recall
+    # 1.0 when nobody may exit: a softmax's top probability stays below 1 unless the logits
+    # differ by hundreds, so in practice no message reaches it.
+    best = min(best, 1.0)
+    out = {"threshold": best, "accuracy": best_acc, "accuracy_full": base,
+           "exit_rate": float((exit_conf >= best).mean()) if n else 0.0}
+    if oos:
+        out.update(oos_recall=best_recall, oos_recall_full=base_recall,
+                   oos_exit_rate=float((exit_conf_oos >= best).mean()))
+    return out
+
+
 @dataclass
 class HeadResult:
     index: np.ndarray  # best label index per row

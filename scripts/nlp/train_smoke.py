@@ -1,6 +1,7 @@
 """Training smoke test (needs the train extra, so it is not part of the pytest suite).
 
     .venv/bin/python scripts/nlp/train_smoke.py [--install tests/nlp/data/tiny_zh]
+    .venv/bin/python scripts/nlp/train_smoke.py --exit-layer 1 [--install tests/nlp/data/tiny_zh_exit]
 
 Builds a tiny Chinese BERT folder the way bert-base-chinese is laid out (config.json,
 vocab.txt without tokenizer.json, pytorch_model.bin with the ``bert.`` prefix, old
@@ -9,6 +10,8 @@ vocab.txt without tokenizer.json, pytorch_model.bin with the ``bert.`` prefix, o
 ``kefu nlp export``, and checks the result classifies Chinese text with the runtime alone.
 Runs in well under a minute on 2 cores. ``--install`` copies the model folder to the test
 fixture that tests/nlp uses for the CJK pipeline test (no torch needed there).
+``--exit-layer 1`` trains the same model with an early exit after its first layer
+(front.onnx + back.onnx), the fixture of the early-exit tests.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def kefu(*args: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--install", type=Path, help="copy the trained model folder here (test fixture)")
+    p.add_argument("--exit-layer", type=int, default=0, help="train with an early exit after this layer")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="kefu-smoke-") as tmp:
         t = Path(tmp)
@@ -84,7 +88,8 @@ def main() -> int:
                 w.writerows((x, label) for x in ps)
         kefu("nlp", "train", str(t / "zh.csv"), "--base", str(t / "base"), "--out", str(t / "model"),
              "--epochs", "40", "--lr", "2e-3", "--head-lr", "5e-3", "--batch-size", "8", "--threads", "1",
-             "--max-length", "32", "--train-embeddings", "--name", "tiny-zh (test fixture)",
+             "--max-length", "32", "--train-embeddings", "--exit-layer", str(args.exit_layer),
+             "--exit-weight", "1" if args.exit_layer else "0", "--name", "tiny-zh (test fixture)",
              "--card-data", "40 Chinese customer-service phrases written for kefu's tests (scripts/nlp/train_smoke.py)",
              "--card-base", "a randomly initialised 2-layer BERT (hidden 32) with a character vocabulary")
         kefu("nlp", "export", str(t / "model" / "checkpoint.pt"), "--out", str(t / "export"))
@@ -100,7 +105,8 @@ def main() -> int:
             sys.exit("smoke test failed: the tiny model did not learn its training phrases")
         if args.install:
             args.install.mkdir(parents=True, exist_ok=True)
-            for name in ("model.onnx", "tokenizer.json", "labels.json", "MODEL_CARD.md"):
+            graphs = ("front.onnx", "back.onnx") if args.exit_layer else ("model.onnx",)
+            for name in graphs + ("tokenizer.json", "labels.json", "MODEL_CARD.md"):
                 shutil.copyfile(t / "model" / name, args.install / name)
             print(f"installed into {args.install}")
     return 0

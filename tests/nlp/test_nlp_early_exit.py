@@ -1,0 +1,142 @@
+"""Early exit: a model in two parts answers confident messages after its lower layers.
+
+The fixture ``tiny_zh_exit`` is a 2-layer Chinese BERT trained with ``--exit-layer 1`` by
+``scripts/nlp/train_smoke.py --exit-layer 1`` (front.onnx + back.onnx, no model.onnx).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kefu.config import ConfigError, from_dict
+from kefu.nlp.classifier import IntentClassifier, from_config
+from kefu.nlp.encoder import Encoder, ModelError, read_info
+from kefu.nlp.heads import choose_exit_threshold, softmax
+
+TINY_EXIT = Path(__file__).resolve().parent / "data" / "tiny_zh_exit"
+TEXTS = ["我的卡丢了", "转人工", "今天美元汇率是多少", "转账失败了", "卡", "我想和真人说话，我的卡也丢了，怎么办？"]
+
+
+@pytest.fixture(scope="module")
+def enc() -> Encoder:
+    return Encoder(TINY_EXIT)
+
+
+def test_the_folder_holds_two_parts_and_an_exit(enc):
+    info = read_info(TINY_EXIT)
+    assert info.exit is not None and info.exit.layer == 1
+    assert info.graph_files == ("front.onnx", "back.onnx")
+    assert not (TINY_EXIT / "model.onnx").exists()
+    assert enc.has_exit
+
+
+def test_run_is_the_full_model_whatever_the_threshold(enc):
+    logits, emb = enc.run(TEXTS)
+    assert logits.shape == (len(TEXTS), 4) and emb.shape[0] == len(TEXTS)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    # Nobody exits above confidence 1: the cascade then is exactly the full model.
+    full, exited = enc.run_cascade(TEXTS, threshold=1.01)
+    assert not exited.any()
+    assert np.allclose(full, logits, atol=1e-5)
+
+
+def test_everyone_exits_at_threshold_zero_with_the_exit_heads_answer(enc):
+    early, _, _ = enc.run_all(TEXTS)
+    logits, exited = enc.run_cascade(TEXTS, threshold=0.0)
+    assert exited.all()
+    # Rescaled so that the final head's temperature yields the exit head's own calibration.
+    ex = enc.info.exit
+    assert np.allclose(softmax(logits / enc.info.temperature), softmax(early / ex.temperature), atol=1e-5)
+
+
+def test_cascade_mixes_per_message(enc):
+    early, full, _ = enc.run_all(TEXTS)
+    conf = softmax(early / enc.info.exit.temperature).max(1)
+    th = float(np.median(conf))
+    logits, exited = enc.run_cascade(TEXTS, threshold=th)
+    assert exited.tolist() == (conf >= th).tolist()
+    assert 0 < exited.sum() < len(TEXTS)
+    # The rest ran every layer; dynamic int8 quantisation scales activations per batch, so
+    # leaving rows out moves the logits in the third decimal, never the decision.
+    assert np.allclose(logits[~exited], full[~exited], atol=0.05)
+    assert (logits[~exited].argmax(1) == full[~exited].argmax(1)).all()
+    assert (logits[exited].argmax(1) == early[exited].argmax(1)).all()
+
+
+def test_classifier_reports_early_exit_and_can_turn_it_off(enc):
+    fast = IntentClassifier(enc, early_exit=True, early_exit_threshold=0.0)
+    full = IntentClassifier(enc, early_exit=False)
+    fp = fast.classify_batch(TEXTS)
+    assert all(p.early_exit and not p.out_of_scope for p in fp)
+    slow = full.classify_batch(TEXTS)
+    assert not any(p.early_exit for p in slow)
+    assert [p.intent for p in slow] == [enc.labels[i] for i in enc.run(TEXTS)[0].argmax(1)]
+    assert fast.classify("我的卡丢了").intent == "lost_card"
+
+
+def test_few_shot_intents_need_the_full_model(enc):
+    clf = IntentClassifier(enc, few_shot={"greeting": ["你好", "早上好", "嗨"]})
+    assert not clf.early_exit
+    assert not any(p.early_exit for p in clf.classify_batch(TEXTS))
+
+
+def test_config_switches_and_validates_the_exit():
+    cfg = from_dict({"nlp": {"model": str(TINY_EXIT), "early_exit": False}})
+    assert not from_config(cfg.nlp).early_exit
+    cfg = from_dict({"nlp": {"model": str(TINY_EXIT), "early_exit_threshold": 0.99}})
+    clf = from_config(cfg.nlp)
+    assert clf.early_exit and clf.early_exit_threshold == 0.99
+    with pytest.raises(ConfigError) as e:
+        from_dict({"nlp": {"early_exit_threshold": 1.5}})
+    assert "nlp.early_exit_threshold" in str(e.value) and "0-1" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["front.onnx", "back.onnx"])
+def test_a_missing_or_broken_part_is_a_start_up_error_naming_it(tmp_path, name):
+    dst = tmp_path / "m"
+    shutil.copytree(TINY_EXIT, dst)
+    (dst / name).unlink()
+    with pytest.raises(ModelError) as e:
+        Encoder(dst)
+    assert str(dst / name) in str(e.value) and "missing" in str(e.value)
+    shutil.copytree(TINY_EXIT, dst, dirs_exist_ok=True)
+    (dst / name).write_bytes(b"garbage" * 50)
+    with pytest.raises(ModelError) as e:
+        Encoder(dst)
+    assert str(dst / name) in str(e.value)
+
+
+def test_a_bad_exit_entry_names_labels_json(tmp_path):
+    dst = tmp_path / "m"
+    shutil.copytree(TINY_EXIT, dst)
+    meta = json.loads((dst / "labels.json").read_text(encoding="utf-8"))
+    meta["early_exit"]["threshold"] = 3
+    (dst / "labels.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ModelError) as e:
+        read_info(dst)
+    assert "labels.json" in str(e.value) and "early_exit" in str(e.value)
+
+
+def test_exit_threshold_is_the_lowest_within_budget():
+    # Five held-out rows, the full model gets all right; the exit head is wrong on the
+    # row it is 0.7 sure of. Budget 0: exiting may cost nothing, so stop above 0.7.
+    conf = np.array([0.99, 0.95, 0.9, 0.7, 0.5])
+    exit_ok = np.array([True, True, True, False, True])
+    full_ok = np.ones(5, dtype=bool)
+    r = choose_exit_threshold(conf, exit_ok, full_ok, max_accuracy_drop=0.0)
+    assert r["threshold"] == 0.9 and r["exit_rate"] == 0.6 and r["accuracy"] == 1.0
+    # A budget of one row in five lets the 0.7 row exit too, and then the 0.5 row (right).
+    r = choose_exit_threshold(conf, exit_ok, full_ok, max_accuracy_drop=0.2)
+    assert r["threshold"] == 0.5 and r["exit_rate"] == 1.0 and r["accuracy"] == pytest.approx(0.8)
+    # Out-of-scope examples the full model flags must not slip out at the exit.
+    r = choose_exit_threshold(conf, exit_ok, full_ok, np.array([0.92, 0.3]), np.array([True, True]),
+                              max_accuracy_drop=0.2, max_recall_drop=0.0)
+    assert r["threshold"] == 0.95 and r["oos_recall"] == 1.0
+    # Nobody may exit when even the most confident row is wrong and there is no budget.
+    r = choose_exit_threshold(conf, ~exit_ok, full_ok, max_accuracy_drop=0.0)
+    assert r["exit_rate"] == 0.0 and r["accuracy"] == 1.0
