@@ -501,7 +501,8 @@ class Nlp:
     early_exit: bool = opt(
         True, "Use the model's early exit when it has one (the shipped model does): a message the lower layers "
         "are already sure of is answered there, about twice as fast; false: every message goes through every "
-        "layer. Not used while [[nlp.intents]] are set (they need the full model's sentence vectors).",
+        "layer. Not used while [[nlp.intents]] are set (they need the full model's sentence vectors) or "
+        "oos_threshold is set (the exit was calibrated against the model's own).",
     )
     early_exit_threshold: float = opt(
         -1.0, "Exit confidence (0-1) at or above which a message stops early; higher is slower and closer to the "

@@ -120,6 +120,9 @@ class Metrics:
         self.intent_latency = Histogram(
             "kefu_intent_latency_seconds", "Time to classify one message, queueing in the intent service included.",
             buckets=INTENT_LATENCY_BUCKETS, registry=r)
+        self.intent_early_exit = Counter(
+            "kefu_intent_early_exit", "Messages the intent model answered at its early exit (lower layers only; "
+            "divided by kefu_intents: the share that took the fast path).", registry=r)
         self.intent_errors = Counter(
             "kefu_intent_errors", "Classification calls that failed (the message goes on without an intent).",
             registry=r)
@@ -194,6 +197,7 @@ class Metrics:
     def instrument_classifier(self, classify: Callable[[str], Awaitable[Any]]) -> Callable[[str], Awaitable[Any]]:
         """Wrap the desk's ``classify(text)``: count intents, confidence and latency."""
         intents, conf, lat, errors = self.intents, self.intent_confidence, self.intent_latency, self.intent_errors
+        early = self.intent_early_exit
         overloaded = self.extra_rejects
         perf = time.perf_counter
 
@@ -213,6 +217,8 @@ class Metrics:
                 c = getattr(pred, "confidence", None)
                 if c is not None:
                     conf.observe(c)
+                if getattr(pred, "early_exit", False):
+                    early.inc()
             return pred
 
         return classify_measured

@@ -112,7 +112,9 @@ class IntentClassifier:
         self.head = IntentHead(info.labels, info.temperature, info.oos_threshold, info.oos_score)
         self.threshold = info.oos_threshold if oos_threshold is None else float(oos_threshold)
         self.sentiment = sentiment or Sentiment("off")
-        self.early_exit = bool(early_exit and encoder.has_exit and not few_shot)
+        # The exit threshold was chosen against the model's own scope rule; a message leaving
+        # early skips that rule, so an operator's own oos_threshold needs every layer.
+        self.early_exit = bool(early_exit and encoder.has_exit and not few_shot and oos_threshold is None)
         self.early_exit_threshold = early_exit_threshold
         self.use_model_intents = use_model_intents
         self.few_shot: FewShotHead | None = None
@@ -208,7 +210,7 @@ def config_problems(nlp) -> list[str]:
     """"key.path: message" lines for an [nlp] section, without loading the model (for `kefu config check`).
 
     Checks the few-shot entries and that the model folder is complete with a readable
-    labels.json; whether onnxruntime can load model.onnx is only known at start-up.
+    labels.json; whether onnxruntime can load the model's graphs is only known at start-up.
     """
     from .encoder import ModelError, read_info
 

@@ -1,7 +1,7 @@
 """The run-time encoder: a kefu model folder loaded into onnxruntime + tokenizers.
 
-A model folder (see ``kefu.nlp.export``) holds ``model.onnx``, ``tokenizer.json`` and
-``labels.json``. Loading checks every file and fails with ``ModelError`` naming the file,
+A model folder (see ``kefu.nlp.export``) holds ``model.onnx`` (or ``front.onnx`` and
+``back.onnx``, below), ``tokenizer.json`` and ``labels.json``. Loading checks every file and fails with ``ModelError`` naming the file,
 what is wrong and the command that rebuilds it: a missing or damaged model must stop
 start-up, never degrade into keyword matching.
 
@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "banking77"
-REQUIRED_FILES = ("model.onnx", "tokenizer.json", "labels.json")
 EXIT_FILES = ("front.onnx", "back.onnx")  # instead of model.onnx in an early-exit folder
 SHIPPED_REBUILD = (
     "reinstall kefu (pip install --force-reinstall kefu) or rebuild it with "

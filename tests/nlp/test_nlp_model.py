@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
+from kefu.nlp.classifier import IntentClassifier
 from kefu.nlp.encoder import DEFAULT_MODEL_DIR, Encoder, ModelError, read_info
+
+GRAPHS = read_info().graph_files  # front.onnx + back.onnx: the shipped model has an early exit
 
 KNOWN = [
     ("I lost my card", "lost_or_stolen_card"),
@@ -28,6 +31,8 @@ def test_shipped_model_folder_is_complete():
     assert info.folder == DEFAULT_MODEL_DIR
     assert len(info.labels) == 77 and "lost_or_stolen_card" in info.labels
     assert info.temperature > 0 and info.oos_score == "energy" and info.oos_threshold > 0
+    assert info.exit is not None and info.exit.layer == 3 and 0.5 < info.exit.threshold < 1
+    assert GRAPHS == ("front.onnx", "back.onnx")
     card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "BANKING77" in card and "CC BY 4.0" in card and "Casanueva" in card
     assert "Apache" in (DEFAULT_MODEL_DIR / "BASE_LICENSE").read_text(encoding="utf-8")
@@ -38,6 +43,15 @@ def test_known_phrases(classifier, text, intent):
     p = classifier.classify(text)
     assert p.intent == intent, (text, p)
     assert 0.0 <= p.confidence <= 1.0
+
+
+def test_easy_messages_leave_at_the_early_exit_with_the_full_models_answer(encoder, classifier):
+    served = classifier.classify_batch([t for t, _ in KNOWN])
+    full = IntentClassifier(encoder, early_exit=False).classify_batch([t for t, _ in KNOWN])
+    assert classifier.early_exit
+    assert sum(p.early_exit for p in served) >= len(KNOWN) // 2
+    assert [p.intent for p in served] == [p.intent for p in full] == [y for _, y in KNOWN]
+    assert not any(p.early_exit for p in full)
 
 
 def test_lost_card_is_confident_and_in_scope(classifier):
@@ -114,7 +128,7 @@ def _load_error(folder) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json", "labels.json"])
+@pytest.mark.parametrize("name", [*GRAPHS, "tokenizer.json", "labels.json"])
 def test_missing_file_is_named(model_copy, name):
     (model_copy / name).unlink()
     msg = _load_error(model_copy)
@@ -122,16 +136,18 @@ def test_missing_file_is_named(model_copy, name):
     assert "kefu nlp" in msg  # the command that rebuilds it
 
 
-def test_corrupt_onnx_is_named(model_copy):
-    data = (model_copy / "model.onnx").read_bytes()
-    (model_copy / "model.onnx").write_bytes(data[: len(data) // 3])  # a truncated download
+@pytest.mark.parametrize("name", GRAPHS)
+def test_corrupt_onnx_is_named(model_copy, name):
+    data = (model_copy / name).read_bytes()
+    (model_copy / name).write_bytes(data[: len(data) // 3])  # a truncated download
     msg = _load_error(model_copy)
-    assert str(model_copy / "model.onnx") in msg and "kefu nlp" in msg
+    assert str(model_copy / name) in msg and "kefu nlp" in msg
 
 
-def test_garbage_onnx_is_named(model_copy):
-    (model_copy / "model.onnx").write_bytes(b"not a model at all" * 100)
-    assert str(model_copy / "model.onnx") in _load_error(model_copy)
+@pytest.mark.parametrize("name", GRAPHS)
+def test_garbage_onnx_is_named(model_copy, name):
+    (model_copy / name).write_bytes(b"not a model at all" * 100)
+    assert str(model_copy / name) in _load_error(model_copy)
 
 
 def test_corrupt_tokenizer_is_named(model_copy):

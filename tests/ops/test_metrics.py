@@ -32,8 +32,8 @@ def value(fams: dict, family: str, sample: str | None = None, **labels) -> float
 
 
 class Prediction:  # what the intent engine returns (nlp.classifier.Prediction), as far as the desk reads it
-    def __init__(self, intent, confidence, out_of_scope=False):
-        self.intent, self.confidence, self.out_of_scope = intent, confidence, out_of_scope
+    def __init__(self, intent, confidence, out_of_scope=False, early_exit=False):
+        self.intent, self.confidence, self.out_of_scope, self.early_exit = intent, confidence, out_of_scope, early_exit
         self.sentiment, self.sentiment_score, self.latency_ms, self.source = "neutral", 0.0, 1.0, "model"
 
 
@@ -41,7 +41,7 @@ async def classify(text: str):
     await trio.sleep(0)
     if "human" in text:
         return Prediction("talk_to_human", 0.4, out_of_scope=True)
-    return Prediction("card_lost", 0.93)
+    return Prediction("card_lost", 0.93, early_exit=True)
 
 
 def paho_client(port: int, client_id: str) -> mqtt.Client:
@@ -117,6 +117,7 @@ async def test_exposition_after_a_conversation(tmp_path):
     assert value(fams, "kefu_intents", "kefu_intents_total", intent="out_of_scope") == 1
     assert value(fams, "kefu_intents", "kefu_intents_total", intent="card_lost") == 1
     assert value(fams, "kefu_intent_confidence", "kefu_intent_confidence_count") == 2
+    assert value(fams, "kefu_intent_early_exit", "kefu_intent_early_exit_total") == 1
     assert value(fams, "kefu_intent_latency_seconds", "kefu_intent_latency_seconds_count") == 2
     assert value(fams, "kefu_connections", channel="mqtt", protocol="3.1.1") == 1  # the paho device
     assert value(fams, "kefu_messages_rejected", "kefu_messages_rejected_total", reason="acl") == 1
