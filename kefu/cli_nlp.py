@@ -199,6 +199,8 @@ def register(subparsers) -> None:
     x.add_argument("--out", metavar="DIR", required=True, help="model folder to write")
     x.add_argument("--data", metavar="FILE.csv", help="training CSV (default: the path recorded in the checkpoint)")
     x.add_argument("--oos-file", action="append", metavar="FILE", help="out-of-scope examples (CSV or one per line)")
+    x.add_argument("--oos-recall", type=float, metavar="R",
+                   help="out-of-scope threshold by recall on the examples (default: what the checkpoint recorded)")
     for opt in ("--name", "--card-data", "--card-base", "--card-notes", "--card-command"):
         x.add_argument(opt, help="model card text (default: what the checkpoint recorded)")
     x.set_defaults(func=_cmd_export)

@@ -104,6 +104,24 @@ def choose_threshold(conf_in: np.ndarray, correct_in: np.ndarray, conf_oos: np.n
     return out
 
 
+def threshold_for_recall(conf_in: np.ndarray, correct_in: np.ndarray, conf_oos: np.ndarray,
+                         recall: float) -> dict:
+    """The out-of-scope threshold that flags ``recall`` of the out-of-scope examples.
+
+    The alternative rule to ``choose_threshold`` when the requirement is stated as recall
+    ("catch 85% of what we cannot answer"): the lowest threshold that flags at least that
+    share of the examples, so it costs the least in-scope accuracy for it.
+    """
+    if not 0 < recall <= 1 or not len(conf_oos):
+        raise ValueError("recall must be in (0, 1] and there must be out-of-scope examples")
+    s = np.sort(conf_oos)
+    k = int(np.ceil(recall * len(s) - 1e-9))  # examples to flag: those strictly below the threshold
+    t = float(np.nextafter(s[k - 1], np.inf))
+    return {"threshold": t, "in_scope_accuracy": float((correct_in & (conf_in >= t)).mean()),
+            "accuracy_no_threshold": float(correct_in.mean()), "oos_recall": float((conf_oos < t).mean()),
+            "oos_count": int(len(conf_oos))}
+
+
 def choose_exit_threshold(exit_conf: np.ndarray, exit_correct: np.ndarray, final_correct: np.ndarray,
                           exit_conf_oos: np.ndarray | None = None, final_flags_oos: np.ndarray | None = None,
                           max_accuracy_drop: float = 0.003, max_recall_drop: float = 0.01) -> dict:

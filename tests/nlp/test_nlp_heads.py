@@ -12,7 +12,8 @@ import pytest
 from kefu.config import ConfigError, from_dict
 from kefu.nlp.classifier import ConfigProblem, IntentClassifier, few_shot_from_config, from_config
 from kefu.nlp.encoder import Encoder
-from kefu.nlp.heads import choose_threshold, expected_calibration_error, fit_temperature, softmax
+from kefu.nlp.heads import (choose_threshold, expected_calibration_error, fit_temperature, softmax,
+                            threshold_for_recall)
 
 TINY_ZH = Path(__file__).resolve().parent / "data" / "tiny_zh"
 
@@ -137,6 +138,19 @@ def test_threshold_rule_spends_at_most_the_accuracy_budget():
     assert r["in_scope_accuracy"] == pytest.approx(0.7)
     assert r["oos_recall"] == pytest.approx(0.75)
     assert choose_threshold(conf_in, correct, None, 0.0)["threshold"] == pytest.approx(0.4)
+
+
+def test_recall_rule_flags_the_asked_share_at_the_least_cost():
+    conf_in = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    correct = np.array([True, True, True, True, True, True, True, True, False, False])
+    conf_oos = np.array([0.1, 0.25, 0.45, 0.65])
+    r = threshold_for_recall(conf_in, correct, conf_oos, 0.75)  # catch 3 of 4: the lowest such threshold
+    assert 0.45 < r["threshold"] < 0.5 and r["oos_recall"] == 0.75
+    assert r["in_scope_accuracy"] == pytest.approx(0.7)  # the correct row at 0.4 is lost, no more
+    assert threshold_for_recall(conf_in, correct, conf_oos, 1.0)["oos_recall"] == 1.0
+    assert threshold_for_recall(conf_in, correct, conf_oos, 0.2)["oos_recall"] == 0.25
+    with pytest.raises(ValueError):
+        threshold_for_recall(conf_in, correct, conf_oos[:0], 0.5)
 
 
 # ---- a Chinese model: CJK through tokenizer, model, heads and service -----------
