@@ -166,11 +166,16 @@ class BertClassifier(nn.Module):
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
-        self.exit_layer = exit_layer
+        self.exit_layer = 0
         if exit_layer:
-            self.exit_classifier = nn.Linear(cfg.hidden_size, num_labels)
-            nn.init.normal_(self.exit_classifier.weight, std=0.02)
-            nn.init.zeros_(self.exit_classifier.bias)
+            self.add_exit(exit_layer, num_labels)
+
+    def add_exit(self, layer: int, num_labels: int) -> None:
+        """A fresh early-exit head on the output of ``layer`` (1-based)."""
+        self.exit_layer = layer
+        self.exit_classifier = nn.Linear(self.cfg.hidden_size, num_labels)
+        nn.init.normal_(self.exit_classifier.weight, std=0.02)
+        nn.init.zeros_(self.exit_classifier.bias)
 
     @staticmethod
     def additive_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The run-time encoder: a kefu model folder loaded into onnxruntime + tokenizers.
 
 A model folder (see ``kefu.nlp.export``) holds ``model.onnx`` (or ``front.onnx`` and
-``back.onnx``, below), ``tokenizer.json`` and ``labels.json``. Loading checks every file and fails with ``ModelError`` naming the file,
-what is wrong and the command that rebuilds it: a missing or damaged model must stop
-start-up, never degrade into keyword matching.
+``back.onnx``, below), ``tokenizer.json`` and ``labels.json``. Loading checks every file
+and fails with ``ModelError`` naming the file, what is wrong and the command that rebuilds
+it: a missing or damaged model must stop start-up, never degrade into keyword matching.
 
 Inference sorts a batch by token count and pads each run only to its own longest text
 (tokenizer padding is switched off whatever tokenizer.json says: the shipped MiniLM
@@ -26,7 +26,6 @@ unfamiliar ones get all of them. ``run`` always gives the full model's answer;
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
