@@ -201,6 +201,10 @@ def register(subparsers) -> None:
     x.add_argument("--oos-file", action="append", metavar="FILE", help="out-of-scope examples (CSV or one per line)")
     x.add_argument("--oos-recall", type=float, metavar="R",
                    help="out-of-scope threshold by recall on the examples (default: what the checkpoint recorded)")
+    x.add_argument("--knn-weight", type=float, metavar="W",
+                   help="weight of the nearest training examples' vote (default: what the checkpoint recorded)")
+    x.add_argument("--knn-k", type=int, metavar="K", help="nearest training examples that vote")
+    x.add_argument("--knn-temperature", type=float, metavar="T", help="softness of their vote")
     for opt in ("--name", "--card-data", "--card-base", "--card-notes", "--card-command"):
         x.add_argument(opt, help="model card text (default: what the checkpoint recorded)")
     x.set_defaults(func=_cmd_export)

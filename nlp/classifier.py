@@ -106,7 +106,7 @@ class IntentClassifier:
                  few_shot: dict[str, list[str]] | None = None, few_shot_head: str = "logistic",
                  few_shot_min_similarity: float = 0.6, use_model_intents: bool = True,
                  oos_threshold: float | None = None, early_exit: bool = True,
-                 early_exit_threshold: float | None = None) -> None:
+                 early_exit_threshold: float | None = None, neighbours: bool = True) -> None:
         self.encoder = encoder
         info = encoder.info
         self.head = IntentHead(info.labels, info.temperature, info.oos_threshold, info.oos_score)
@@ -116,6 +116,7 @@ class IntentClassifier:
         # early skips that rule, so an operator's own oos_threshold needs every layer.
         self.early_exit = bool(early_exit and encoder.has_exit and not few_shot and oos_threshold is None)
         self.early_exit_threshold = early_exit_threshold
+        self.neighbours = encoder.neighbours if neighbours else None
         self.use_model_intents = use_model_intents
         self.few_shot: FewShotHead | None = None
         if few_shot:
@@ -138,12 +139,21 @@ class IntentClassifier:
             return []
         t0 = time.perf_counter()
         if self.early_exit:
-            logits, exited = self.encoder.run_cascade(texts, self.early_exit_threshold)
-            emb = None
+            logits, exited, emb = self.encoder.run_cascade(texts, self.early_exit_threshold)
         else:
             logits, emb = self.encoder.run(texts)
             exited = np.zeros(len(texts), dtype=bool)
         res = self.head(logits)
+        nb = self.neighbours
+        if nb is not None and not exited.all():
+            # Nearest training examples vote on what reached the final layer; the scope
+            # score stays the model's own (a copy, since confidence may be that score).
+            rows = np.flatnonzero(~exited)
+            p = nb.mix(res.probs[rows], emb[rows])
+            best = p.argmax(axis=1)
+            res.index, res.confidence = res.index.copy(), res.confidence.copy()
+            res.index[rows] = best
+            res.confidence[rows] = p[np.arange(len(rows)), best]
         fs = self.few_shot(emb) if self.few_shot else None
         out = []
         for r, text in enumerate(texts):
@@ -203,6 +213,7 @@ def from_config(nlp) -> IntentClassifier:
         oos_threshold=None if nlp.oos_threshold < 0 else nlp.oos_threshold,
         early_exit=nlp.early_exit,
         early_exit_threshold=None if nlp.early_exit_threshold < 0 else nlp.early_exit_threshold,
+        neighbours=nlp.neighbours,
     )
 
 

@@ -59,10 +59,15 @@ class ModelInfo:
     oos_score: str = "confidence"
     meta: dict = field(default_factory=dict)
     exit: "ExitInfo | None" = None
+    neighbours: dict | None = None  # {"file", "temperature", "weight"}: see heads.Neighbours
 
     @property
     def graph_files(self) -> tuple[str, ...]:
         return EXIT_FILES if self.exit else ("model.onnx",)
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        return self.graph_files + ((self.neighbours["file"],) if self.neighbours else ())
 
 
 @dataclass
@@ -98,6 +103,9 @@ def read_info(folder: str | Path | None = None) -> ModelInfo:
         oos_score = str(meta.get("oos_score", "confidence"))
         ex = meta.get("early_exit")
         exit_info = None if ex is None else ExitInfo(int(ex["layer"]), float(ex["temperature"]), float(ex["threshold"]))
+        nb = meta.get("neighbours")
+        if nb is not None:
+            nb = {"file": str(nb["file"]), "temperature": float(nb["temperature"]), "weight": float(nb["weight"])}
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise ModelError(lp, f"not a kefu labels file ({type(e).__name__}: {e})", hint) from None
     if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
@@ -110,9 +118,11 @@ def read_info(folder: str | Path | None = None) -> ModelInfo:
         raise ModelError(lp, "temperature must be > 0, max_length >= 2, a confidence threshold 0..1", hint)
     if exit_info and (exit_info.layer < 1 or exit_info.temperature <= 0 or not 0 <= exit_info.threshold <= 1):
         raise ModelError(lp, "early_exit needs layer >= 1, temperature > 0 and a threshold 0..1", hint)
+    if nb and (nb["temperature"] <= 0 or not 0 < nb["weight"] <= 1 or "/" in nb["file"] or "\\" in nb["file"]):
+        raise ModelError(lp, "neighbours needs temperature > 0, a weight in (0, 1] and a plain file name", hint)
     info = ModelInfo(folder, labels, temperature, threshold, max_length, oos_score=oos_score, meta=meta,
-                     exit=exit_info)
-    for name in ("tokenizer.json",) + info.graph_files:
+                     exit=exit_info, neighbours=nb)
+    for name in ("tokenizer.json",) + info.model_files:
         _check_file(folder / name, hint)
     return info
 
@@ -169,11 +179,14 @@ class Encoder:
                 raise ModelError(self.info.folder / "labels.json",
                                  f"{len(self.info.labels)} labels but the model has {w} outputs", hint)
         self.embedding_dim = outs["embedding"].shape[-1]
+        self.neighbours = self._neighbours(ort, opts, hint) if self.info.neighbours else None
         # One tiny run now, so a model that loads but cannot execute fails at start-up.
         try:
             self.run(["ok"])
             if self.front is not None:
                 self.run_cascade(["ok"])
+            if self.neighbours is not None:
+                self.neighbours.vote(self.run(["ok"])[1])
         except Exception as e:
             raise ModelError(self.info.folder / self.info.graph_files[0],
                              f"loads but fails to run ({str(e)[:300]})", hint) from None
@@ -191,6 +204,18 @@ class Encoder:
             raise ModelError(mp, f"expected inputs {'/'.join(inputs)} and outputs {'/'.join(outputs)}, "
                                  f"found {sorted(ins)} -> {sorted(outs)}", hint)
         return sess
+
+    def _neighbours(self, ort, opts, hint: str):
+        from .heads import Neighbours
+
+        nb = self.info.neighbours
+        sess = self._session(ort, opts, nb["file"], ["embedding"], ["neighbour_cosine", "neighbour_labels"], hint)
+
+        def search(emb: np.ndarray):
+            cos, lab = sess.run(None, {"embedding": emb})
+            return cos, lab
+
+        return Neighbours(search, len(self.info.labels), nb["temperature"], nb["weight"])
 
     @property
     def labels(self) -> list[str]:
@@ -268,22 +293,25 @@ class Encoder:
         return logits, embs
 
     def run_cascade(self, texts: list[str], threshold: float | None = None,
-                    max_batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, exited): texts confident at the exit stop there, the rest run every layer.
+                    max_batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits, exited, embeddings): texts confident at the exit stop there, the rest run every layer.
 
         An exited row's logits are the exit head's, rescaled so that dividing by the final
-        head's temperature gives exit_logits / exit temperature: one softmax serves both.
-        Without an exit (or with ``threshold`` above 1) this is ``run`` without embeddings.
+        head's temperature gives exit_logits / exit temperature: one softmax serves both; its
+        embedding row is zero (the upper layers never ran). Without an exit (or with
+        ``threshold`` above 1) this is ``run``.
         """
         ex = self.info.exit
         if self.front is None:
-            return self.run(texts, max_batch)[0], np.zeros(len(texts), dtype=bool)
+            logits, embs = self.run(texts, max_batch)
+            return logits, np.zeros(len(texts), dtype=bool), embs
         th = ex.threshold if threshold is None else threshold
         scale = self.info.temperature / ex.temperature
         ids = self.tokenize(texts)
         n = len(ids)
         logits = np.empty((n, len(self.labels)), dtype=np.float32)
         exited = np.zeros(n, dtype=bool)
+        embs = None  # only rows that reach the back get one; allocated at its first run
         for idx, arr, mask in self._runs(ids, max_batch):
             hidden, early = self.front.run(None, {"input_ids": arr, "attention_mask": mask})
             z = early / ex.temperature
@@ -298,5 +326,12 @@ class Encoder:
             if rest.any():
                 if stop.any():
                     hidden, mask = hidden[rest], mask[rest]
-                logits[idx[rest]] = self.session.run(["logits"], {"hidden": hidden, "attention_mask": mask})[0]
-        return logits, exited
+                lo, em = self.session.run(None, {"hidden": hidden, "attention_mask": mask})
+                logits[idx[rest]] = lo
+                if embs is None:
+                    embs = np.zeros((n, em.shape[1]), dtype=np.float32)
+                embs[idx[rest]] = em
+        if embs is None:
+            dim = self.embedding_dim if isinstance(self.embedding_dim, int) else 0
+            embs = np.zeros((n, dim), dtype=np.float32)
+        return logits, exited, embs

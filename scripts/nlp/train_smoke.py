@@ -11,7 +11,8 @@ vocab.txt without tokenizer.json, pytorch_model.bin with the ``bert.`` prefix, o
 Runs in well under a minute on 2 cores. ``--install`` copies the model folder to the test
 fixture that tests/nlp uses for the CJK pipeline test (no torch needed there).
 ``--exit-layer 1`` trains the same model with an early exit after its first layer
-(front.onnx + back.onnx), the fixture of the early-exit tests.
+(front.onnx + back.onnx) and nearest-example voting (neighbours.onnx), the fixture of the
+early-exit and neighbours tests.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def main() -> int:
         kefu("nlp", "train", str(t / "zh.csv"), "--base", str(t / "base"), "--out", str(t / "model"),
              "--epochs", "40", "--lr", "2e-3", "--head-lr", "5e-3", "--batch-size", "8", "--threads", "1",
              "--max-length", "32", "--train-embeddings", "--exit-layer", str(args.exit_layer),
-             "--exit-weight", "1" if args.exit_layer else "0", "--name", "tiny-zh (test fixture)",
+             "--exit-weight", "1" if args.exit_layer else "0",
+             "--knn-weight", "0.1" if args.exit_layer else "0", "--name", "tiny-zh (test fixture)",
              "--card-data", "40 Chinese customer-service phrases written for kefu's tests (scripts/nlp/train_smoke.py)",
              "--card-base", "a randomly initialised 2-layer BERT (hidden 32) with a character vocabulary")
         kefu("nlp", "export", str(t / "model" / "checkpoint.pt"), "--out", str(t / "export"))
@@ -106,7 +108,9 @@ def main() -> int:
         if args.install:
             args.install.mkdir(parents=True, exist_ok=True)
             graphs = ("front.onnx", "back.onnx") if args.exit_layer else ("model.onnx",)
-            for name in graphs + ("tokenizer.json", "labels.json", "MODEL_CARD.md"):
+            for name in graphs + ("neighbours.onnx", "tokenizer.json", "labels.json", "MODEL_CARD.md"):
+                if not (t / "model" / name).exists():
+                    continue
                 shutil.copyfile(t / "model" / name, args.install / name)
             print(f"installed into {args.install}")
     return 0

@@ -1,7 +1,8 @@
-"""Early exit: a model in two parts answers confident messages after its lower layers.
+"""Early exit and nearest-example voting on a model in parts.
 
 The fixture ``tiny_zh_exit`` is a 2-layer Chinese BERT trained with ``--exit-layer 1`` by
-``scripts/nlp/train_smoke.py --exit-layer 1`` (front.onnx + back.onnx, no model.onnx).
+``scripts/nlp/train_smoke.py --exit-layer 1`` (front.onnx + back.onnx, no model.onnx, and
+neighbours.onnx with its training rows' vectors).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from kefu.config import ConfigError, from_dict
 from kefu.nlp.classifier import IntentClassifier, from_config
 from kefu.nlp.encoder import Encoder, ModelError, read_info
-from kefu.nlp.heads import choose_exit_threshold, softmax
+from kefu.nlp.heads import Neighbours, choose_exit_threshold, softmax
 
 TINY_EXIT = Path(__file__).resolve().parent / "data" / "tiny_zh_exit"
 TEXTS = ["我的卡丢了", "转人工", "今天美元汇率是多少", "转账失败了", "卡", "我想和真人说话，我的卡也丢了，怎么办？"]
@@ -40,15 +41,15 @@ def test_run_is_the_full_model_whatever_the_threshold(enc):
     assert logits.shape == (len(TEXTS), 4) and emb.shape[0] == len(TEXTS)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     # Nobody exits above confidence 1: the cascade then is exactly the full model.
-    full, exited = enc.run_cascade(TEXTS, threshold=1.01)
+    full, exited, _ = enc.run_cascade(TEXTS, threshold=1.01)
     assert not exited.any()
     assert np.allclose(full, logits, atol=1e-5)
 
 
 def test_everyone_exits_at_threshold_zero_with_the_exit_heads_answer(enc):
     early, _, _ = enc.run_all(TEXTS)
-    logits, exited = enc.run_cascade(TEXTS, threshold=0.0)
-    assert exited.all()
+    logits, exited, emb = enc.run_cascade(TEXTS, threshold=0.0)
+    assert exited.all() and not emb.any()  # the upper layers never ran
     # Rescaled so that the final head's temperature yields the exit head's own calibration.
     ex = enc.info.exit
     assert np.allclose(softmax(logits / enc.info.temperature), softmax(early / ex.temperature), atol=1e-5)
@@ -58,13 +59,14 @@ def test_cascade_mixes_per_message(enc):
     early, full, _ = enc.run_all(TEXTS)
     conf = softmax(early / enc.info.exit.temperature).max(1)
     th = float(np.median(conf))
-    logits, exited = enc.run_cascade(TEXTS, threshold=th)
+    logits, exited, emb = enc.run_cascade(TEXTS, threshold=th)
     assert exited.tolist() == (conf >= th).tolist()
     assert 0 < exited.sum() < len(TEXTS)
     # The rest ran every layer; dynamic int8 quantisation scales activations per batch, so
     # leaving rows out moves the logits in the third decimal, never the decision.
     assert np.allclose(logits[~exited], full[~exited], atol=0.05)
     assert (logits[~exited].argmax(1) == full[~exited].argmax(1)).all()
+    assert np.allclose(np.linalg.norm(emb[~exited], axis=1), 1.0, atol=1e-4) and not emb[exited].any()
     assert (logits[exited].argmax(1) == early[exited].argmax(1)).all()
 
 
@@ -101,7 +103,7 @@ def test_config_switches_and_validates_the_exit():
     assert "nlp.early_exit_threshold" in str(e.value) and "0-1" in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["front.onnx", "back.onnx"])
+@pytest.mark.parametrize("name", ["front.onnx", "back.onnx", "neighbours.onnx"])
 def test_a_missing_or_broken_part_is_a_start_up_error_naming_it(tmp_path, name):
     dst = tmp_path / "m"
     shutil.copytree(TINY_EXIT, dst)
@@ -145,3 +147,39 @@ def test_exit_threshold_is_the_lowest_within_budget():
     # Nobody may exit when even the most confident row is wrong and there is no budget.
     r = choose_exit_threshold(conf, ~exit_ok, full_ok, max_accuracy_drop=0.0)
     assert r["exit_rate"] == 0.0 and r["accuracy"] == 1.0
+
+
+def test_neighbours_vote_by_similarity_and_mix_lightly():
+    def search(emb):  # two rows: nearest labels and cosines, as neighbours.onnx gives them
+        return (np.array([[0.9, 0.8, 0.1], [0.5, 0.5, 0.5]], dtype=np.float32),
+                np.array([[2, 1, 1], [0, 1, 2]], dtype=np.int64))
+
+    nb = Neighbours(search, n_labels=3, temperature=0.1, weight=0.2)
+    vote = nb.vote(np.zeros((2, 4), dtype=np.float32))
+    w = np.exp(np.array([0.9, 0.8, 0.1]) / 0.1)
+    assert vote[0] == pytest.approx([0.0, (w[1] + w[2]) / w.sum(), w[0] / w.sum()])
+    assert vote[1] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    probs = np.array([[0.5, 0.4, 0.1], [0.2, 0.7, 0.1]])
+    mixed = nb.mix(probs, np.zeros((2, 4), dtype=np.float32))
+    assert mixed == pytest.approx(0.8 * probs + 0.2 * vote)
+    assert mixed.sum(axis=1) == pytest.approx([1.0, 1.0])
+
+
+def test_neighbours_vote_only_where_the_final_layer_ran(enc):
+    assert enc.neighbours is not None and enc.info.neighbours["file"] == "neighbours.onnx"
+    head_only = IntentClassifier(enc, early_exit=False, neighbours=False)
+    voting = IntentClassifier(enc, early_exit=False)
+    logits, emb = enc.run(TEXTS)
+    probs = enc.neighbours.mix(head_only.head(logits).probs, emb)
+    got = voting.classify_batch(TEXTS)
+    assert [p.intent for p in got] == [enc.labels[i] for i in probs.argmax(1)]
+    assert [p.confidence for p in got] == pytest.approx(probs.max(1).tolist(), abs=1e-6)
+    # Messages answered at the exit never reach the vectors the vote needs: untouched.
+    fast = IntentClassifier(enc, early_exit_threshold=0.0).classify_batch(TEXTS)
+    plain_fast = IntentClassifier(enc, early_exit_threshold=0.0, neighbours=False).classify_batch(TEXTS)
+    assert [p.to_dict() | {"latency_ms": 0} for p in fast] == [p.to_dict() | {"latency_ms": 0} for p in plain_fast]
+
+
+def test_config_turns_the_vote_off():
+    assert from_config(from_dict({"nlp": {"model": str(TINY_EXIT)}}).nlp).neighbours is not None
+    assert from_config(from_dict({"nlp": {"model": str(TINY_EXIT), "neighbours": False}}).nlp).neighbours is None

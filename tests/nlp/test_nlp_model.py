@@ -12,7 +12,7 @@ import pytest
 from kefu.nlp.classifier import IntentClassifier
 from kefu.nlp.encoder import DEFAULT_MODEL_DIR, Encoder, ModelError, read_info
 
-GRAPHS = read_info().graph_files  # front.onnx + back.onnx: the shipped model has an early exit
+GRAPHS = read_info().model_files  # front.onnx + back.onnx (early exit) + neighbours.onnx
 
 KNOWN = [
     ("I lost my card", "lost_or_stolen_card"),
@@ -32,7 +32,8 @@ def test_shipped_model_folder_is_complete():
     assert len(info.labels) == 77 and "lost_or_stolen_card" in info.labels
     assert info.temperature > 0 and info.oos_score == "energy" and info.oos_threshold > 0
     assert info.exit is not None and info.exit.layer == 3 and 0.5 < info.exit.threshold < 1
-    assert GRAPHS == ("front.onnx", "back.onnx")
+    assert GRAPHS == ("front.onnx", "back.onnx", "neighbours.onnx")
+    assert info.neighbours is not None and 0 < info.neighbours["weight"] < 0.5
     card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "BANKING77" in card and "CC BY 4.0" in card and "Casanueva" in card
     assert "Apache" in (DEFAULT_MODEL_DIR / "BASE_LICENSE").read_text(encoding="utf-8")
