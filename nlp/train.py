@@ -218,6 +218,9 @@ def train(args: argparse.Namespace, log=print) -> dict:
         raise TrainError("training needs torch: pip install 'kefu[train]'") from None
     from .bert import load_base
     torch.set_num_threads(args.threads)
+    # Seed before the heads are created: torch's default seed differs per process, so an
+    # unseeded head initialisation made two runs of the same command differ.
+    torch.manual_seed(args.seed)
     started = time.monotonic()
     rows, oos_texts, labels, train_set, held = _split(args)
     log(f"{args.data}: {len(rows)} rows, {len(labels)} labels; training {len(train_set)}, "
