@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds kefu's shipped intent model (nlp/models/banking77) from the BANKING77 training
 # split. Needs the train extra: pip install torch==2.13.0 && pip install -e '.[train]'.
-# About 25 minutes on 2 quiet CPU cores.
+# About 15 minutes on 2 quiet CPU cores (training uses one thread).
 # Usage: scripts/nlp/build_banking77.sh [DATA_DIR] [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
