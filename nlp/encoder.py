@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .heads import Neighbours, softmax
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "banking77"
 EXIT_FILES = ("front.onnx", "back.onnx")  # instead of model.onnx in an early-exit folder
 SHIPPED_REBUILD = (
@@ -182,11 +184,11 @@ class Encoder:
         self.neighbours = self._neighbours(ort, opts, hint) if self.info.neighbours else None
         # One tiny run now, so a model that loads but cannot execute fails at start-up.
         try:
-            self.run(["ok"])
+            _, emb = self.run(["ok"])
             if self.front is not None:
                 self.run_cascade(["ok"])
             if self.neighbours is not None:
-                self.neighbours.vote(self.run(["ok"])[1])
+                self.neighbours.vote(emb)
         except Exception as e:
             raise ModelError(self.info.folder / self.info.graph_files[0],
                              f"loads but fails to run ({str(e)[:300]})", hint) from None
@@ -206,16 +208,10 @@ class Encoder:
         return sess
 
     def _neighbours(self, ort, opts, hint: str):
-        from .heads import Neighbours
-
         nb = self.info.neighbours
         sess = self._session(ort, opts, nb["file"], ["embedding"], ["neighbour_cosine", "neighbour_labels"], hint)
-
-        def search(emb: np.ndarray):
-            cos, lab = sess.run(None, {"embedding": emb})
-            return cos, lab
-
-        return Neighbours(search, len(self.info.labels), nb["temperature"], nb["weight"])
+        return Neighbours(lambda emb: sess.run(None, {"embedding": emb}), len(self.info.labels),
+                          nb["temperature"], nb["weight"])
 
     @property
     def labels(self) -> list[str]:
@@ -314,11 +310,7 @@ class Encoder:
         embs = None  # only rows that reach the back get one; allocated at its first run
         for idx, arr, mask in self._runs(ids, max_batch):
             hidden, early = self.front.run(None, {"input_ids": arr, "attention_mask": mask})
-            z = early / ex.temperature
-            z = z - z.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            conf = 1.0 / p.sum(axis=1)  # softmax of the top label: exp(0) / sum
-            stop = conf >= th
+            stop = softmax(early / ex.temperature).max(axis=1) >= th
             idx = np.asarray(idx)
             logits[idx[stop]] = early[stop] * scale
             exited[idx[stop]] = True
