@@ -18,6 +18,11 @@ from kefu.config import ConfigError, from_dict
 from kefu.nlp.classifier import IntentClassifier, from_config
 from kefu.nlp.encoder import Encoder, ModelError, read_info
 from kefu.nlp.heads import Neighbours, choose_exit_threshold, softmax
+from model_checks import assert_predictions_follow, assert_same_decisions
+
+# "卡" (one character) is a near tie between lost_card and human in this tiny model: which
+# of the two wins can change with the CPU's int8 kernels and with the batch it runs in, so
+# the tests compare decisions across runs only up to such ties (see model_checks).
 
 TINY_EXIT = Path(__file__).resolve().parent / "data" / "tiny_zh_exit"
 TEXTS = ["我的卡丢了", "转人工", "今天美元汇率是多少", "转账失败了", "卡", "我想和真人说话，我的卡也丢了，怎么办？"]
@@ -63,22 +68,36 @@ def test_cascade_mixes_per_message(enc):
     assert exited.tolist() == (conf >= th).tolist()
     assert 0 < exited.sum() < len(TEXTS)
     # The rest ran every layer; dynamic int8 quantisation scales activations per batch, so
-    # leaving rows out moves the logits in the third decimal, never the decision.
+    # leaving rows out moves the logits in the second or third decimal, and a decision only
+    # where two labels are nearly tied.
     assert np.allclose(logits[~exited], full[~exited], atol=0.05)
-    assert (logits[~exited].argmax(1) == full[~exited].argmax(1)).all()
+    t = enc.info.temperature
+    assert_same_decisions(softmax(logits[~exited] / t), softmax(full[~exited] / t), enc.labels)
     assert np.allclose(np.linalg.norm(emb[~exited], axis=1), 1.0, atol=1e-4) and not emb[exited].any()
     assert (logits[exited].argmax(1) == early[exited].argmax(1)).all()
 
 
 def test_classifier_reports_early_exit_and_can_turn_it_off(enc):
     fast = IntentClassifier(enc, early_exit=True, early_exit_threshold=0.0)
-    full = IntentClassifier(enc, early_exit=False)
     fp = fast.classify_batch(TEXTS)
     assert all(p.early_exit and not p.out_of_scope for p in fp)
+    early, _, _ = enc.run_all(TEXTS)
+    assert [p.intent for p in fp] == [enc.labels[i] for i in early.argmax(1)]  # the exit head's, same run
+    # Off: the full model's own answer, the argmax of its logits for the same batch.
+    full = IntentClassifier(enc, early_exit=False, neighbours=False)
     slow = full.classify_batch(TEXTS)
     assert not any(p.early_exit for p in slow)
     assert [p.intent for p in slow] == [enc.labels[i] for i in enc.run(TEXTS)[0].argmax(1)]
+    # With the neighbours' vote (the default) too: the mixed probabilities of the same run.
+    voting = IntentClassifier(enc, early_exit=False)
+    assert not any(p.early_exit for p in assert_predictions_follow_run(voting))
     assert fast.classify("我的卡丢了").intent == "lost_card"
+
+
+def assert_predictions_follow_run(clf):
+    preds = clf.classify_batch(TEXTS)
+    assert_predictions_follow(clf, TEXTS, preds)
+    return preds
 
 
 def test_few_shot_intents_need_the_full_model(enc):
