@@ -31,6 +31,8 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from kefu import edge
+
 from .deskport import Bus, Desk, DeskError
 from .frames import FrameError, parse_client_frame
 from .identity import AuthError, Identities
@@ -221,7 +223,8 @@ class _Session:
     # --- I/O helpers -----------------------------------------------------------------
     async def send(self, frame: dict) -> None:
         async with self.send_lock:
-            await self.ws.send_message(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+            # dumps_text: always valid UTF-8, whatever another party's text contained.
+            await self.ws.send_message(edge.dumps_text(frame))
 
     async def refuse(self, e: FrameError | DeskError | AuthError, ref: str | None = None, *, counts: bool = True) -> None:
         if isinstance(e, FrameError):

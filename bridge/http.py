@@ -25,7 +25,6 @@ live desk first, the stored row when the desk no longer holds it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from kefu import __version__
+from kefu import __version__, edge
 
 from .deskport import Desk, DeskError
 from .identity import Identities, TokenInfo
@@ -48,6 +47,7 @@ from .identity import Identities, TokenInfo
 log = logging.getLogger("kefu.bridge.http")
 
 WEB = resources.files("kefu.bridge").joinpath("web")
+MAX_BODY = 1_000_000
 
 
 @dataclass
@@ -163,12 +163,13 @@ class ApiRoute:
 
 async def _json_body(req: Request) -> dict:
     raw = await req.body()
-    if len(raw) > 1_000_000:
+    if len(raw) > MAX_BODY:
         raise HTTPException(413, "request body over 1 MB")
     try:
-        body = json.loads(raw or b"{}")
-    except ValueError as e:
-        raise HTTPException(400, f"body is not valid JSON: {e}") from None
+        # The edge check: valid UTF-8, no lone surrogates, nesting bounded (kefu/edge.py).
+        body = edge.loads(raw or b"{}", max_bytes=MAX_BODY)
+    except edge.EdgeError as e:
+        raise HTTPException(400, f"body refused: {e.message}") from None
     if not isinstance(body, dict):
         raise HTTPException(400, "body must be a JSON object")
     return body
@@ -471,12 +472,33 @@ async def h_webhooks(req: Request, ctx: Ctx):
 async def h_add_webhook(req: Request, ctx: Ctx):
     body = await _json_body(req)
     url = _need(body, "url")
-    if not url.startswith(("http://", "https://")):
-        raise HTTPException(422, "field url: expected an http:// or https:// URL")
+    why = webhook_url_problem(url)
+    if why:
+        raise HTTPException(422, f"field url: {why}")
     events = body.get("subscriptions", body.get("events", []))
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
         raise HTTPException(422, "field subscriptions: expected a list of event names")
     return {"data": await ctx.st.desk.add_webhook(url, events)}
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook target, or None. Checked before anything is stored."""
+    from urllib.parse import urlsplit
+
+    if len(url) > 2048:
+        return "longer than 2048 characters"
+    if any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in url):
+        return "expected an http:// or https:// URL of printable ASCII (no spaces; punycode for IDN hosts)"
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        return f"not a URL: {e}"
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return "expected an http:// or https:// URL with a host"
+    if u.username or u.password:
+        return "credentials in the URL are not accepted; the payload is signed with the webhook's secret"
+    return None
 
 
 async def h_delete_webhook(req: Request, ctx: Ctx):
@@ -619,6 +641,9 @@ def _token_of(req: Request) -> str | None:
     return None
 
 
+_http_errors = edge.RateLimitedLog(log, per_minute=60)
+
+
 def _endpoint(r: ApiRoute, st: BridgeState):
     async def endpoint(req: Request) -> Response:
         who = None
@@ -637,6 +662,10 @@ def _endpoint(r: ApiRoute, st: BridgeState):
             return _error(e.status, e.code, str(e) or e.code)
         except ApiError as e:
             return _error(e.status, e.code, e.message)
+        except Exception as e:  # noqa: BLE001 - the request's boundary: a 500 with a logged reason
+            _http_errors(logging.ERROR, "%s %s: internal error: %s: %s", req.method, req.url.path,
+                         type(e).__name__, str(e)[:200], exc_info=e)
+            return _error(500, "internal", "internal error; it is logged on the server")
         if r.status == 204:
             return Response(status_code=204)
         # The widget's endpoints are read from the shops' own origins: public, no credentials.
