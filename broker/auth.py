@@ -281,6 +281,7 @@ class Authenticator:
             except ValueError as e:
                 raise ValueError(f"auth.users[{i}].password_hash: {e}") from None
             self._users[name] = h
+        self.usernames = frozenset(self._users)  # the configured (password-checked) users
         self.rules = compile_rules(auth_cfg.acl)
         self._dummy_hash: str | None = None
         self._login_key = os.urandom(32)

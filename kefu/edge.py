@@ -39,7 +39,8 @@ _DECEPTIVE = re.compile("[\u202a-\u202e\u2066-\u2069\u200b\u200e\u200f\u061c\u20
 
 
 class EdgeError(ValueError):
-    """Input refused at the edge. ``code``: too_large, too_deep, bad_json, bad_text."""
+    """Input refused at the edge. ``code``: too_large, too_deep, bad_json (syntax, not UTF-8),
+    bad_text (a lone surrogate)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -117,7 +118,7 @@ def loads(raw: str | bytes | bytearray, *, max_bytes: int, max_depth: int = MAX_
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise EdgeError("bad_text", f"not valid UTF-8 (byte {e.start})") from None
+            raise EdgeError("bad_json", f"not valid JSON: not UTF-8 text (byte {e.start})") from None
     try:
         obj = json.loads(raw)
     except RecursionError:
