@@ -43,6 +43,7 @@ from kefu import __version__, edge
 
 from .deskport import Desk, DeskError
 from .identity import Identities, TokenInfo
+from .visibility import Visibility, visible
 
 log = logging.getLogger("kefu.bridge.http")
 
@@ -61,6 +62,11 @@ class BridgeState:
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     extra_routes: list = field(default_factory=list)  # added by other parts: kefu/ops_web.py (/metrics, /dashboard)
     store: Any = None  # kefu.storage store: its health() is part of /readyz
+    visibility: Visibility | None = None  # who may read which conversation (set from cfg and desk)
+
+    def __post_init__(self) -> None:
+        if self.visibility is None:
+            self.visibility = Visibility(self.cfg, self.desk)
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,35 +202,46 @@ def _filters(req: Request, ctx: Ctx) -> dict:
 OPEN_STATUSES = ("bot", "queued", "assigned")
 
 
-async def list_conversations(desk: Desk, viewer: str | None, f: dict) -> list[dict]:
-    """The desk's list, with status "open" meaning bot, queued or assigned (the console's lists)."""
+async def list_conversations(desk: Desk, viewer: str | None, f: dict, vis: Visibility | None = None) -> list[dict]:
+    """The desk's list, with status "open" meaning bot, queued or assigned (the console's lists),
+    and only what ``viewer`` may read (bridge/visibility.py)."""
     if f.get("status") != "open":
-        return await desk.conversations(viewer=viewer, filters=f)
-    out: list[dict] = []
-    for st in OPEN_STATUSES:
-        out += await desk.conversations(viewer=viewer, filters={**f, "status": st})
-    out.sort(key=lambda c: c.get("updated_at") or c.get("created_at") or 0, reverse=True)
-    return out
+        out = await desk.conversations(viewer=viewer, filters=f)
+    else:
+        out = []
+        for st in OPEN_STATUSES:
+            out += await desk.conversations(viewer=viewer, filters={**f, "status": st})
+        out.sort(key=lambda c: c.get("updated_at") or c.get("created_at") or 0, reverse=True)
+    return out if vis is None else await vis.filter(viewer, out)
 
 
 async def h_conversations(req: Request, ctx: Ctx):
     d = ctx.st.desk
     f = _filters(req, ctx)
-    items = await list_conversations(d, ctx.agent, f)
+    vis = ctx.st.visibility
+    items = await list_conversations(d, ctx.agent, f, vis)
     base = {k: v for k, v in f.items() if k != "assignee"}
     base["status"] = base.get("status", "open")
-    mine = len(await list_conversations(d, ctx.agent, {**base, "assignee": ctx.agent})) if ctx.agent else 0
-    unassigned = len(await list_conversations(d, ctx.agent, {**base, "assignee": "none"}))
-    all_ = len(await list_conversations(d, ctx.agent, base))
+    mine = len(await list_conversations(d, ctx.agent, {**base, "assignee": ctx.agent}, vis)) if ctx.agent else 0
+    unassigned = len(await list_conversations(d, ctx.agent, {**base, "assignee": "none"}, vis))
+    all_ = len(await list_conversations(d, ctx.agent, base, vis))
     meta = {"mine_count": mine, "unassigned_count": unassigned, "all_count": all_}
     return {"data": {"meta": meta, "payload": items}}
 
 
+async def _readable(ctx: Ctx, conv_id: str) -> None:
+    """404 for a conversation this token may not read (as for one that does not exist)."""
+    if not await ctx.st.visibility.may_read(ctx.agent, conv_id):
+        raise HTTPException(404, f"no conversation {conv_id!r}")
+
+
 async def h_conversation(req: Request, ctx: Ctx):
+    await _readable(ctx, req.path_params["id"])
     return {"data": await ctx.st.desk.conversation(req.path_params["id"])}
 
 
 async def h_messages(req: Request, ctx: Ctx):
+    await _readable(ctx, req.path_params["id"])
     q = req.query_params
     before = _int_param(q.get("before"), "before")
     limit = min(_int_param(q.get("limit"), "limit") or 50, 200)
@@ -280,10 +297,7 @@ def highlight(body: str, terms: list[str], width: int = SNIPPET_CONTEXT) -> list
 async def _visible(ctx: Ctx, conv_ids: list[str]) -> dict[str, dict | None]:
     """conversation id -> {"customer", "status"} when the token may see it, else None."""
     st, out = ctx.st, {}
-    me = None
-    if ctx.agent is not None:
-        me = await st.desk.agent(ctx.agent)
-    teams = set((me or {}).get("teams") or ())
+    teams = await st.visibility.teams_of(ctx.agent)  # None: sees everything
     for cid in conv_ids:
         try:
             c = await st.desk.conversation(cid)
@@ -291,14 +305,11 @@ async def _visible(ctx: Ctx, conv_ids: list[str]) -> dict[str, dict | None]:
         except DeskError:  # no longer in the live desk: the stored row (written behind by the desk)
             row = await st.store.get_conversation(cid)
             if row is None:
-                out[cid] = None if ctx.agent else {"customer": None, "status": None}
+                out[cid] = None if teams is not None else {"customer": None, "status": None}
                 continue
             customer, status = row.contact_id, row.state
             team, assignee = (row.meta or {}).get("team"), row.assigned_agent
-        if ctx.agent is None:
-            ok = True
-        else:
-            ok = assignee == ctx.agent or (team is not None and team in teams) or (team is None and assignee is None)
+        ok = visible(team, assignee, ctx.agent or "", teams)
         out[cid] = {"customer": customer, "status": status} if ok else None
     return out
 
@@ -438,6 +449,7 @@ async def h_contact(req: Request, ctx: Ctx):
 
 async def h_contact_conversations(req: Request, ctx: Ctx):
     items = await ctx.st.desk.conversations(viewer=ctx.agent, filters={"customer": req.path_params["id"]})
+    items = await ctx.st.visibility.filter(ctx.agent, items)
     return {"data": {"meta": {"count": len(items)}, "payload": items}}
 
 

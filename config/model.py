@@ -350,6 +350,8 @@ class AgentEntry:
     skills: list = opt([], "Skills (matched against a rule's skills).")
     capacity: int = opt(5, "Conversations this agent handles at once.", positive)
     tier: int = opt(0, "VIP tier: conversations needing a higher min_tier never reach this agent.", non_negative)
+    supervisor: bool = opt(False, "Sees every team's conversations (lists, transcripts, the live console); "
+                                  "other agents see their teams', their own and the unrouted pool.")
 
 
 @dataclass

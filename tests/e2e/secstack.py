@@ -27,7 +27,8 @@ CONFIG_DIR = ROOT / "config"
 sys.path.insert(0, str(ROOT / "tests" / "broker"))
 from realclients import KefuThread, Paho  # noqa: E402
 
-TOKENS = {"alice": "tok-alice-sec-0123456789", "vera": "tok-vera-sec-0123456789"}
+TOKENS = {"alice": "tok-alice-sec-0123456789", "vera": "tok-vera-sec-0123456789",
+          "chen": "tok-chen-sec-0123456789"}  # chen: a supervisor here (sees every team)
 OPERATOR = "tok-operator-sec-0123456789"
 SITE_SECRET = "shop-secret-for-sec-tests"
 DEVICE_PASSWORD = "dev-pass-7"
@@ -46,6 +47,9 @@ def sec_config(tmp: Path, **sections):
     data.setdefault("mqtt", {})["sys_interval"] = 0
     data["nlp"] = {"enabled": False}
     data["bot"]["answers_file"] = str(CONFIG_DIR / "answers.toml")
+    for a in data["agents"]:
+        if a["id"] == "chen":
+            a["supervisor"] = True
     data["api"] = {"tokens": [
         *({"name": a, "token_sha256": sha256_hex(t), "role": "agent", "agent": a} for a, t in TOKENS.items()),
         {"name": "ops", "token_sha256": sha256_hex(OPERATOR), "role": "operator"},
