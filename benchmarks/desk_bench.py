@@ -518,8 +518,8 @@ async def load(args, ports: dict, on_steady=lambda: None, on_end=lambda: None) -
     async def device(i: int):
         try:
             c = await Mqtt.open(ports["mqtt"], f"dev{i}")
-            await c.subscribe(f"kefu/c/dev{i}/main/out")
-            topic = f"kefu/c/dev{i}/main/in"
+            await c.subscribe(f"kefu/c/anon:dev{i}/main/out")  # anonymous: the customer anon:<client id>
+            topic = f"kefu/c/anon:dev{i}/main/in"
 
             async def wait_joined():
                 while True:

@@ -31,9 +31,12 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from kefu import edge
+
 from .deskport import Bus, Desk, DeskError
 from .frames import FrameError, parse_client_frame
 from .identity import AuthError, Identities
+from .visibility import Visibility, visible
 from .ws import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, ConnInfo, origin_allowed
 
 log = logging.getLogger("kefu.bridge.chat")
@@ -187,6 +190,7 @@ class ChatServer:
         self.bus = bus
         self.prefix = desk.topic_prefix()
         self.thread = cfg.widget.thread
+        self.visibility = Visibility(cfg, desk)
         self.connections = 0
         self.frames_in = 0
 
@@ -217,11 +221,16 @@ class _Session:
         self.id = ""
         self.conv_id: str | None = None
         self.send_lock = trio.Lock()
+        # An agent console: its teams (None: sees everything) and what it knows of the
+        # conversations it hears about (id -> (team, assignee)), to filter the live stream.
+        self.teams: frozenset[str] | None = None
+        self.seen: dict[str, tuple[str | None, str | None]] = {}
 
     # --- I/O helpers -----------------------------------------------------------------
     async def send(self, frame: dict) -> None:
         async with self.send_lock:
-            await self.ws.send_message(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+            # dumps_text: always valid UTF-8, whatever another party's text contained.
+            await self.ws.send_message(edge.dumps_text(frame))
 
     async def refuse(self, e: FrameError | DeskError | AuthError, ref: str | None = None, *, counts: bool = True) -> None:
         if isinstance(e, FrameError):
@@ -360,6 +369,7 @@ class _Session:
         if agent is None:
             raise AuthError(f"agent {info.agent} is not configured")
         self.role, self.id = "agent", info.agent
+        self.teams = await self.srv.visibility.teams_of(info.agent)
         return {"type": "ready", "role": "agent", "id": info.agent, "name": str(agent.get("name") or info.agent),
                 "agent": agent}
 
@@ -377,12 +387,45 @@ class _Session:
             for frame in event_frames(evt, for_agent=agent):
                 if not agent:
                     self.track(frame)
+                elif not await self.agent_may_see(frame):
+                    continue
                 try:
                     await self.send(frame)
                 except ConnectionClosed:
                     return  # the reader side notices too and ends the session
         # The subscription was closed under us: this browser fell too far behind.
         raise Closing(1013, "too slow; reconnect and fetch history")
+
+    async def agent_may_see(self, frame: dict) -> bool:
+        """The live stream: a console receives only frames of conversations its agent may read."""
+        if self.teams is None:
+            return True
+        t = frame["type"]
+        if t == "conversation":
+            c = frame["conversation"]
+            before = self.seen.get(c["id"])
+            self.seen[c["id"]] = (c.get("team"), c.get("assignee"))
+            if len(self.seen) > 10_000:
+                self.seen.pop(next(iter(self.seen)))
+            # Visible now, or it was until this change (the console drops it from its lists).
+            return visible(c.get("team"), c.get("assignee"), self.id, self.teams) or (
+                before is not None and visible(before[0], before[1], self.id, self.teams))
+        if t == "message":
+            conv = frame["message"].get("conversation")
+        elif t in ("typing", "read", "queue"):
+            conv = frame.get("conversation")
+        else:
+            return True  # agent presence: not a conversation's content
+        if not conv:
+            return False
+        known = self.seen.get(conv)
+        if known is None:
+            try:
+                c = await self.srv.desk.conversation(conv)
+            except DeskError:
+                return False
+            known = self.seen[conv] = (c.get("team"), c.get("assignee"))
+        return visible(known[0], known[1], self.id, self.teams)
 
     def track(self, frame: dict) -> None:
         if frame["type"] == "conversation":
@@ -484,6 +527,8 @@ class _Session:
         elif t == "read":
             await d.agent_action(self.id, "read", f["conversation"], up_to=f["up_to"])
         elif t == "history":
+            if not await self.srv.visibility.may_read(self.id, f["conversation"]):
+                raise FrameError("not_found", f"no conversation {f['conversation'][:40]!r}", "conversation", ref)
             await self.send_history(f["conversation"], f, include_private=True)
             return
         elif t == "status":

@@ -6,8 +6,9 @@ here only turns a schema failure into an error frame that names the problem in w
 developer can act on — "missing field text", "unknown field colour" — rather than a
 validator dump.
 
-Order of checks, each producing its own error code: size (too_large), JSON syntax
-(bad_json), top-level object (not_an_object), ``type`` present and known (missing_field /
+Order of checks, each producing its own error code: size (too_large), JSON syntax or
+nesting deeper than ``MAX_DEPTH`` (bad_json), lone UTF-16 surrogates in any string
+(bad_text; see ``kefu/edge.py``), top-level object (not_an_object), ``type`` present and known (missing_field /
 unknown_type), then the type's schema (missing_field, unknown_field, invalid_field).
 """
 
@@ -22,6 +23,10 @@ from importlib import resources
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
+
+from kefu import edge
+
+MAX_DEPTH = 16  # the deepest client frame (auth with a profile) is 3 levels
 
 CLIENT_TYPES = ("auth", "message", "typing", "read", "history", "action", "status", "csat", "ping")
 SERVER_TYPES = (
@@ -123,13 +128,16 @@ def _ref_of(obj: dict) -> str | None:
 
 def parse_client_frame(raw: str | bytes, max_bytes: int) -> dict:
     """Decode and validate one client frame; raises FrameError naming the problem."""
-    size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
+    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
     if size > max_bytes:
         raise FrameError("too_large", f"frame of {size} bytes is over the limit of {max_bytes} bytes")
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FrameError("bad_json", f"not valid JSON: {e}") from None
+        # Text is checked once, here: JSON nested deeper than MAX_DEPTH or carrying a lone
+        # surrogate ("\udfff": valid JSON syntax, not text) never reaches the desk.
+        obj = edge.loads(raw, max_bytes=max_bytes, max_depth=MAX_DEPTH)
+    except edge.EdgeError as e:
+        code = {"too_large": "too_large", "bad_text": "bad_text"}.get(e.code, "bad_json")
+        raise FrameError(code, e.message) from None
     if not isinstance(obj, dict):
         raise FrameError("not_an_object", f"a frame is a JSON object, got {type(obj).__name__}")
     ref = _ref_of(obj)

@@ -25,7 +25,6 @@ live desk first, the stored row when the desk no longer holds it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -40,14 +39,16 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from kefu import __version__
+from kefu import __version__, edge
 
 from .deskport import Desk, DeskError
 from .identity import Identities, TokenInfo
+from .visibility import Visibility, visible
 
 log = logging.getLogger("kefu.bridge.http")
 
 WEB = resources.files("kefu.bridge").joinpath("web")
+MAX_BODY = 1_000_000
 
 
 @dataclass
@@ -61,6 +62,11 @@ class BridgeState:
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     extra_routes: list = field(default_factory=list)  # added by other parts: kefu/ops_web.py (/metrics, /dashboard)
     store: Any = None  # kefu.storage store: its health() is part of /readyz
+    visibility: Visibility | None = None  # who may read which conversation (set from cfg and desk)
+
+    def __post_init__(self) -> None:
+        if self.visibility is None:
+            self.visibility = Visibility(self.cfg, self.desk)
 
 
 # ---------------------------------------------------------------------------------------
@@ -163,12 +169,13 @@ class ApiRoute:
 
 async def _json_body(req: Request) -> dict:
     raw = await req.body()
-    if len(raw) > 1_000_000:
+    if len(raw) > MAX_BODY:
         raise HTTPException(413, "request body over 1 MB")
     try:
-        body = json.loads(raw or b"{}")
-    except ValueError as e:
-        raise HTTPException(400, f"body is not valid JSON: {e}") from None
+        # The edge check: valid UTF-8, no lone surrogates, nesting bounded (kefu/edge.py).
+        body = edge.loads(raw or b"{}", max_bytes=MAX_BODY)
+    except edge.EdgeError as e:
+        raise HTTPException(400, f"body refused: {e.message}") from None
     if not isinstance(body, dict):
         raise HTTPException(400, "body must be a JSON object")
     return body
@@ -195,35 +202,46 @@ def _filters(req: Request, ctx: Ctx) -> dict:
 OPEN_STATUSES = ("bot", "queued", "assigned")
 
 
-async def list_conversations(desk: Desk, viewer: str | None, f: dict) -> list[dict]:
-    """The desk's list, with status "open" meaning bot, queued or assigned (the console's lists)."""
+async def list_conversations(desk: Desk, viewer: str | None, f: dict, vis: Visibility | None = None) -> list[dict]:
+    """The desk's list, with status "open" meaning bot, queued or assigned (the console's lists),
+    and only what ``viewer`` may read (bridge/visibility.py)."""
     if f.get("status") != "open":
-        return await desk.conversations(viewer=viewer, filters=f)
-    out: list[dict] = []
-    for st in OPEN_STATUSES:
-        out += await desk.conversations(viewer=viewer, filters={**f, "status": st})
-    out.sort(key=lambda c: c.get("updated_at") or c.get("created_at") or 0, reverse=True)
-    return out
+        out = await desk.conversations(viewer=viewer, filters=f)
+    else:
+        out = []
+        for st in OPEN_STATUSES:
+            out += await desk.conversations(viewer=viewer, filters={**f, "status": st})
+        out.sort(key=lambda c: c.get("updated_at") or c.get("created_at") or 0, reverse=True)
+    return out if vis is None else await vis.filter(viewer, out)
 
 
 async def h_conversations(req: Request, ctx: Ctx):
     d = ctx.st.desk
     f = _filters(req, ctx)
-    items = await list_conversations(d, ctx.agent, f)
+    vis = ctx.st.visibility
+    items = await list_conversations(d, ctx.agent, f, vis)
     base = {k: v for k, v in f.items() if k != "assignee"}
     base["status"] = base.get("status", "open")
-    mine = len(await list_conversations(d, ctx.agent, {**base, "assignee": ctx.agent})) if ctx.agent else 0
-    unassigned = len(await list_conversations(d, ctx.agent, {**base, "assignee": "none"}))
-    all_ = len(await list_conversations(d, ctx.agent, base))
+    mine = len(await list_conversations(d, ctx.agent, {**base, "assignee": ctx.agent}, vis)) if ctx.agent else 0
+    unassigned = len(await list_conversations(d, ctx.agent, {**base, "assignee": "none"}, vis))
+    all_ = len(await list_conversations(d, ctx.agent, base, vis))
     meta = {"mine_count": mine, "unassigned_count": unassigned, "all_count": all_}
     return {"data": {"meta": meta, "payload": items}}
 
 
+async def _readable(ctx: Ctx, conv_id: str) -> None:
+    """404 for a conversation this token may not read (as for one that does not exist)."""
+    if not await ctx.st.visibility.may_read(ctx.agent, conv_id):
+        raise HTTPException(404, f"no conversation {conv_id!r}")
+
+
 async def h_conversation(req: Request, ctx: Ctx):
+    await _readable(ctx, req.path_params["id"])
     return {"data": await ctx.st.desk.conversation(req.path_params["id"])}
 
 
 async def h_messages(req: Request, ctx: Ctx):
+    await _readable(ctx, req.path_params["id"])
     q = req.query_params
     before = _int_param(q.get("before"), "before")
     limit = min(_int_param(q.get("limit"), "limit") or 50, 200)
@@ -279,10 +297,7 @@ def highlight(body: str, terms: list[str], width: int = SNIPPET_CONTEXT) -> list
 async def _visible(ctx: Ctx, conv_ids: list[str]) -> dict[str, dict | None]:
     """conversation id -> {"customer", "status"} when the token may see it, else None."""
     st, out = ctx.st, {}
-    me = None
-    if ctx.agent is not None:
-        me = await st.desk.agent(ctx.agent)
-    teams = set((me or {}).get("teams") or ())
+    teams = await st.visibility.teams_of(ctx.agent)  # None: sees everything
     for cid in conv_ids:
         try:
             c = await st.desk.conversation(cid)
@@ -290,14 +305,11 @@ async def _visible(ctx: Ctx, conv_ids: list[str]) -> dict[str, dict | None]:
         except DeskError:  # no longer in the live desk: the stored row (written behind by the desk)
             row = await st.store.get_conversation(cid)
             if row is None:
-                out[cid] = None if ctx.agent else {"customer": None, "status": None}
+                out[cid] = None if teams is not None else {"customer": None, "status": None}
                 continue
             customer, status = row.contact_id, row.state
             team, assignee = (row.meta or {}).get("team"), row.assigned_agent
-        if ctx.agent is None:
-            ok = True
-        else:
-            ok = assignee == ctx.agent or (team is not None and team in teams) or (team is None and assignee is None)
+        ok = visible(team, assignee, ctx.agent or "", teams)
         out[cid] = {"customer": customer, "status": status} if ok else None
     return out
 
@@ -437,6 +449,7 @@ async def h_contact(req: Request, ctx: Ctx):
 
 async def h_contact_conversations(req: Request, ctx: Ctx):
     items = await ctx.st.desk.conversations(viewer=ctx.agent, filters={"customer": req.path_params["id"]})
+    items = await ctx.st.visibility.filter(ctx.agent, items)
     return {"data": {"meta": {"count": len(items)}, "payload": items}}
 
 
@@ -471,12 +484,33 @@ async def h_webhooks(req: Request, ctx: Ctx):
 async def h_add_webhook(req: Request, ctx: Ctx):
     body = await _json_body(req)
     url = _need(body, "url")
-    if not url.startswith(("http://", "https://")):
-        raise HTTPException(422, "field url: expected an http:// or https:// URL")
+    why = webhook_url_problem(url)
+    if why:
+        raise HTTPException(422, f"field url: {why}")
     events = body.get("subscriptions", body.get("events", []))
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
         raise HTTPException(422, "field subscriptions: expected a list of event names")
     return {"data": await ctx.st.desk.add_webhook(url, events)}
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook target, or None. Checked before anything is stored."""
+    from urllib.parse import urlsplit
+
+    if len(url) > 2048:
+        return "longer than 2048 characters"
+    if any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in url):
+        return "expected an http:// or https:// URL of printable ASCII (no spaces; punycode for IDN hosts)"
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        return f"not a URL: {e}"
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return "expected an http:// or https:// URL with a host"
+    if u.username or u.password:
+        return "credentials in the URL are not accepted; the payload is signed with the webhook's secret"
+    return None
 
 
 async def h_delete_webhook(req: Request, ctx: Ctx):
@@ -619,6 +653,9 @@ def _token_of(req: Request) -> str | None:
     return None
 
 
+_http_errors = edge.RateLimitedLog(log, per_minute=60)
+
+
 def _endpoint(r: ApiRoute, st: BridgeState):
     async def endpoint(req: Request) -> Response:
         who = None
@@ -637,6 +674,10 @@ def _endpoint(r: ApiRoute, st: BridgeState):
             return _error(e.status, e.code, str(e) or e.code)
         except ApiError as e:
             return _error(e.status, e.code, e.message)
+        except Exception as e:  # noqa: BLE001 - the request's boundary: a 500 with a logged reason
+            _http_errors(logging.ERROR, "%s %s: internal error: %s: %s", req.method, req.url.path,
+                         type(e).__name__, str(e)[:200], exc_info=e)
+            return _error(500, "internal", "internal error; it is logged on the server")
         if r.status == 204:
             return Response(status_code=204)
         # The widget's endpoints are read from the shops' own origins: public, no credentials.

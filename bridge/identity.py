@@ -104,14 +104,15 @@ class Identities:
 
     def visitor(self, site: Site, *, identity: dict | None, visitor_token: str | None) -> tuple[str, str, bool]:
         """(customer id, visitor_token to keep, identified?) or AuthError saying why not."""
-        from kefu.topics import valid_id  # ids become MQTT topic levels: the desk's rule
+        from kefu.topics import reserved_customer_id, valid_id  # ids become MQTT topic levels: the desk's rule
 
         if identity is not None:
             if not site.identity_secret:
                 raise AuthError(f"site {site.name} does not accept signed identities (no identity_secret)")
             vid = identity["id"]
-            if not valid_id(vid) or vid.startswith(ANON_PREFIX):
-                raise AuthError("identity.id: expected 1-64 characters from A-Z a-z 0-9 _ . @ : - (not starting anon-)")
+            if not valid_id(vid) or reserved_customer_id(vid):
+                raise AuthError("identity.id: expected 1-64 characters from A-Z a-z 0-9 _ . @ : - "
+                                "(not starting anon- or anon:, kept for anonymous customers)")
             want = sign_identity(site.identity_secret, vid)
             if not hmac.compare_digest(want, identity["hash"].lower()):
                 raise AuthError("identity.hash does not match identity.id (HMAC-SHA256 with the site's identity_secret)")

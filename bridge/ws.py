@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
+from kefu import edge
+
 log = logging.getLogger("kefu.bridge.ws")
 
 MQTT_SUBPROTOCOLS = ("mqtt", "mqttv3.1")
@@ -35,6 +37,7 @@ CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,11 @@ class WebSocketStream(trio.abc.Stream):
     async def aclose(self) -> None:
         self._eof = True
         await self._ws.aclose()
+
+
+async def _close_internal(ws: WebSocketConnection) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        await ws.aclose(CLOSE_INTERNAL, "internal error")
 
 
 def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
@@ -218,7 +226,8 @@ class WsGateway:
             ws = await request.accept(subprotocol=chosen)
             self.stats.mqtt += 1
             try:
-                await self.mqtt_handler(WebSocketStream(ws), info)
+                await edge.contain("ws /mqtt", info.remote, lambda: self.mqtt_handler(WebSocketStream(ws), info),
+                                   lambda e: _close_internal(ws))
             finally:
                 self.stats.mqtt -= 1
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -228,7 +237,10 @@ class WsGateway:
             ws = await request.accept()
             self.stats.chat += 1
             try:
-                await self.chat_handler(ws, info)
+                # A boundary: whatever goes wrong in this connection ends it alone (1011),
+                # logged once, and never reaches the listener's nursery.
+                await edge.contain("ws /chat", info.remote, lambda: self.chat_handler(ws, info),
+                                   lambda e: _close_internal(ws))
             finally:
                 self.stats.chat -= 1
                 with trio.CancelScope(shield=True), trio.move_on_after(1):

@@ -16,7 +16,11 @@ is meant to run in a worker thread (``trio.to_thread.run_sync``; it is thread sa
 A successful login is remembered as an HMAC of the password under a per-process
 random key, so a reconnect storm of known clients costs a SHA-256 each instead of an
 scrypt. A username that is not configured is checked against a dummy hash so a
-wrong user and a wrong password take the same time.
+wrong user and a wrong password take the same time. Failed logins close the source
+address and the user name for an exponentially growing time (``LoginThrottle``,
+``auth.login_free_failures``, ``auth.login_backoff_max``): a login that would need scrypt
+then gets 0x9F at once. How many scrypt run at once is bounded by the caller
+(``Router.auth_limiter``, ``auth.max_concurrent_hashes``).
 
 Who may connect
 ---------------
@@ -62,6 +66,7 @@ import hmac
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +85,7 @@ log = logging.getLogger("kefu.broker.auth")
 SUCCESS = 0x00
 BAD_USER_NAME_OR_PASSWORD = 0x86
 NOT_AUTHORIZED = 0x87
+CONNECTION_RATE_EXCEEDED = 0x9F  # 3.1.1: return code 3 (server unavailable)
 
 PUBLISH = "publish"
 SUBSCRIBE = "subscribe"
@@ -251,6 +257,53 @@ def compile_rules(acl: Iterable[Any]) -> list[_Rule]:
 _CACHE_PER_CLIENT = 1024
 _CACHE_CLIENTS = 65536
 _LOGIN_CACHE = 65536
+_BACKOFF_KEYS = 65536  # sources and user names with recent failures kept at most
+
+
+def _host(peer: str) -> str:
+    """The source address of "host:port" / "[v6]:port" (failures are counted per host)."""
+    host, sep, _port = peer.rpartition(":")
+    return host if sep else peer
+
+
+class LoginThrottle:
+    """Exponential back-off per source address and per user name after failed logins.
+
+    ``free`` failures are allowed; each one after that closes the key for 1, 2, 4, ...
+    seconds up to ``max_delay``. A success clears the user's and the source's record.
+    While a key is closed, a login that would need scrypt is refused at once (0x9F)
+    without hashing -- but a client whose password matches a cached successful login
+    still gets in, so hammering someone's user name does not lock them out.
+    Thread safe; the clock is injectable for tests.
+    """
+
+    def __init__(self, free: int = 5, max_delay: float = 60.0, clock=time.monotonic) -> None:
+        self.free = free
+        self.max_delay = max_delay
+        self.clock = clock
+        self._state: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (failures, closed until)
+        self._lock = threading.Lock()
+
+    def closed(self, *keys: tuple[str, str]) -> bool:
+        now = self.clock()
+        with self._lock:
+            return any(self._state.get(k, (0, 0.0))[1] > now for k in keys)
+
+    def failed(self, *keys: tuple[str, str]) -> None:
+        now = self.clock()
+        with self._lock:
+            for k in keys:
+                n, _until = self._state.pop(k, (0, 0.0))
+                n += 1
+                until = now + min(self.max_delay, 2.0 ** (n - self.free - 1)) if n > self.free else 0.0
+                if len(self._state) >= _BACKOFF_KEYS:
+                    self._state.pop(next(iter(self._state)), None)
+                self._state[k] = (n, until)
+
+    def succeeded(self, *keys: tuple[str, str]) -> None:
+        with self._lock:
+            for k in keys:
+                self._state.pop(k, None)
 
 
 class Authenticator:
@@ -281,12 +334,18 @@ class Authenticator:
             except ValueError as e:
                 raise ValueError(f"auth.users[{i}].password_hash: {e}") from None
             self._users[name] = h
+        self.usernames = frozenset(self._users)  # the configured (password-checked) users
         self.rules = compile_rules(auth_cfg.acl)
         self._dummy_hash: str | None = None
         self._login_key = os.urandom(32)
         self._logins: dict[str, tuple[str, bytes]] = {}
         self._lock = threading.Lock()
         self._acl_cache: dict[str, tuple[str | None, dict[tuple[str, str], bool]]] = {}
+        self.throttle = LoginThrottle(int(getattr(auth_cfg, "login_free_failures", 5)),
+                                      float(getattr(auth_cfg, "login_backoff_max", 60.0)))
+        # What /metrics shows (kefu_auth_failures, kefu_auth_cache_hits); ints under the GIL.
+        self.failures = {"bad_password": 0, "unknown_user": 0, "throttled": 0}
+        self.cache_hits = 0
         # Nothing to decide: every authorize() is True without a lookup.
         self._open = not self.rules and self.acl_default
 
@@ -319,19 +378,32 @@ class Authenticator:
             return SUCCESS if self.allow_anonymous else BAD_USER_NAME_OR_PASSWORD
         stored = self._users.get(username)
         if password is None:
+            self.failures["bad_password"] += 1
             return BAD_USER_NAME_OR_PASSWORD
         pw = _to_bytes(password)
+        keys = (("src", _host(peer)), ("user", username))
+        if stored is not None:
+            mac = hmac.new(self._login_key, pw, hashlib.sha256).digest()
+            with self._lock:
+                seen = self._logins.get(username)
+            if seen is not None and seen[0] == stored and hmac.compare_digest(seen[1], mac):
+                self.cache_hits += 1
+                return SUCCESS
+        if self.throttle.closed(*keys):
+            # Too many failures from this source or for this user just now: no scrypt.
+            self.failures["throttled"] += 1
+            return CONNECTION_RATE_EXCEEDED
         if stored is None:
             # Spend the same time as for a known user, then refuse.
             verify_password(pw, self._dummy())
+            self.failures["unknown_user"] += 1
+            self.throttle.failed(*keys)
             return BAD_USER_NAME_OR_PASSWORD
-        mac = hmac.new(self._login_key, pw, hashlib.sha256).digest()
-        with self._lock:
-            seen = self._logins.get(username)
-        if seen is not None and seen[0] == stored and hmac.compare_digest(seen[1], mac):
-            return SUCCESS
         if not verify_password(pw, stored):
+            self.failures["bad_password"] += 1
+            self.throttle.failed(*keys)
             return BAD_USER_NAME_OR_PASSWORD
+        self.throttle.succeeded(*keys)
         with self._lock:
             if len(self._logins) >= _LOGIN_CACHE:
                 self._logins.pop(next(iter(self._logins)), None)

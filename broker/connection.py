@@ -204,7 +204,8 @@ class Connection:
                         dirty.clear()
                 connect = proto.auth_request
                 if connect is not None:
-                    rc = await trio.to_thread.run_sync(router.authenticate_blocking, proto, connect)
+                    rc = await trio.to_thread.run_sync(router.authenticate_blocking, proto, connect,
+                                                       limiter=getattr(router, "auth_limiter", None))
                     proto.auth_result(rc, current_time())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             proto.connection_lost(current_time())

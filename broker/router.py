@@ -198,6 +198,13 @@ class Router:
 
     def authenticate(self, proto, connect) -> int | None:
         """0, a refusal code, or None: finish with ``authenticate_blocking`` in a thread."""
+        held = self.sessions.get(proto.client_id)
+        if (held is not None and held.proto is not None and held.username != connect.username
+                and connect.username not in self.password_auth.usernames):
+            # A client id in use by another identity is not free for the taking: an
+            # unverified newcomer may not disconnect a signed-in client by naming its id.
+            log.info("client %s (%s): refused, the client id is in use by another user", proto.client_id, proto.peer)
+            return RC.NOT_AUTHORIZED
         hooks = self.hooks
         if hooks.active("on_authenticate"):
             d = hooks.decide("on_authenticate", AuthenticateEvent(
@@ -225,7 +232,11 @@ class Router:
             s.will = None
             s.will_at = None
             s.expires_at = None
-            if proto.clean_start:
+            # A session is never inherited by another identity: its subscriptions were
+            # authorised for its owner and its queue holds the owner's messages. (A session
+            # restored from storage has no username: it is resumed only when every one of
+            # its subscriptions is one the newcomer may make itself.)
+            if proto.clean_start or (s.username != proto.username and not self._may_inherit(s, proto)):
                 self._end_session(s, now)
                 s = None
         present = s is not None
@@ -238,6 +249,11 @@ class Router:
         if self.persister is not None:
             self.persister.attached(s, proto)
         return s, present
+
+    def _may_inherit(self, s: SessionState, proto) -> bool:
+        if s.username is not None:
+            return False
+        return all(self.auth.authorize(proto.client_id, proto.username, "subscribe", f) for f in s.subscriptions)
 
     def restore_session(self, s: SessionState) -> None:
         """Put back a (disconnected) session read from storage at start: subscriptions into

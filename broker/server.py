@@ -94,6 +94,9 @@ class Broker:
         self.config = config
         self.hooks = hooks if hooks is not None else HookRegistry()
         self.router = Router(config, self.hooks)
+        # At most this many scrypt password checks at once (each ~16 MiB): a flood of bad
+        # logins waits here instead of filling memory and the shared worker threads.
+        self.router.auth_limiter = trio.CapacityLimiter(max(1, int(getattr(config.auth, "max_concurrent_hashes", 4))))
         self.addresses: list[Address] = []
         self.connections: set[Connection] = set()
         self._accept_scope: trio.CancelScope | None = None

@@ -136,6 +136,13 @@ class AclRule:
 class Auth:
     allow_anonymous: bool = opt(True, "Accept clients that send no username.")
     users: list = opt([], "Users allowed to connect: [[auth.users]] tables with username and password_hash.")
+    max_concurrent_hashes: int = opt(4, "Password checks (scrypt, ~16 MiB and tens of ms each) running at once; "
+                                        "further logins wait their turn.", positive)
+    login_free_failures: int = opt(5, "Failed logins from one source address, or for one user name, before "
+                                      "back-off starts.", non_negative)
+    login_backoff_max: float = opt(60.0, "Longest back-off in seconds (1, 2, 4 ... after each further failure); "
+                                         "during it a login needing a password check gets 0x9F. A password that "
+                                         "already succeeded still gets in.", positive)
     acl: list = opt(
         [],
         "Ordered [[auth.acl]] rules; the first match decides. When no rule matches (or there are none), acl_default decides.",
@@ -350,6 +357,8 @@ class AgentEntry:
     skills: list = opt([], "Skills (matched against a rule's skills).")
     capacity: int = opt(5, "Conversations this agent handles at once.", positive)
     tier: int = opt(0, "VIP tier: conversations needing a higher min_tier never reach this agent.", non_negative)
+    supervisor: bool = opt(False, "Sees every team's conversations (lists, transcripts, the live console); "
+                                  "other agents see their teams', their own and the unrouted pool.")
 
 
 @dataclass

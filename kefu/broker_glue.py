@@ -33,7 +33,8 @@ from .broker.hooks import ALLOW, DENY, Decision, HookRegistry
 from .desk import Desk
 from .settings import DeskSettings
 from .settings import from_config as settings_from_config
-from .topics import Verdict, identify
+from .config import ConfigError
+from .topics import Verdict, identify, reserved_customer_id
 
 log = logging.getLogger("kefu.desk.glue")
 
@@ -75,7 +76,7 @@ class DeskGlue:
 
     def principal(self, username: str | None, client_id: str):
         return identify(username, client_id, agents=self._agents, service_users=self._services,
-                        agent_prefix=self._prefix)
+                        agent_prefix=self._prefix, verified_users=self.users)
 
     def on_authorize(self, ev) -> Decision | None:
         who = self.principal(ev.username, ev.client_id)
@@ -172,7 +173,12 @@ async def run(
         if names:
             log.info("desk plugins: %s", ", ".join(names))
     desk = Desk(s, classify=classify, publish=bus.publish, store=store, hooks=desk_hooks)
-    glue = DeskGlue(desk, broker.hooks, users=frozenset(u.username for u in cfg.auth.users))
+    users = frozenset(u.username for u in cfg.auth.users)
+    reserved = sorted(u for u in users if reserved_customer_id(u))
+    if reserved:
+        raise ConfigError([f"auth.users: {', '.join(reserved)}: names starting with anon: or anon- are kept "
+                           "for anonymous customers; choose another username"])
+    glue = DeskGlue(desk, broker.hooks, users=users)
     glue.install()
     desk.glue = glue
     async with trio.open_nursery() as n:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from . import agents as A
+from . import edge
 from . import conversations as C
 from . import tickets as T
 from .contacts import Contact
@@ -377,9 +378,13 @@ def _decode(payload: bytes) -> dict:
         raise Invalid("payload: not UTF-8 text") from None
     s = text.strip()
     if s.startswith("{"):
+        # An MQTT payload has no error frame of its own: lone surrogates ("\ud800", valid
+        # JSON, not text) become U+FFFD and the message is kept; too deep is refused.
         try:
-            doc = json.loads(s)
-        except ValueError:
+            doc = edge.loads_lenient(s, max_bytes=len(payload), max_depth=edge.MAX_DEPTH)
+        except edge.EdgeError as e:
+            if e.code == "too_deep":
+                raise Invalid(f"payload: {e.message}") from None
             raise Invalid("payload: starts with '{' but is not valid JSON") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
             raise Invalid("payload: a JSON payload needs a string field \"type\"")

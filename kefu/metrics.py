@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from . import __version__
+from . import __version__, edge
 
 log = logging.getLogger("kefu.metrics")
 
@@ -458,6 +458,19 @@ class _LiveCollector:
                                     value=len(router.sessions))
             yield GaugeMetricFamily("kefu_mqtt_subscriptions", "MQTT subscriptions.", value=router.subscription_count)
             yield GaugeMetricFamily("kefu_mqtt_retained_messages", "Retained messages.", value=router.retained.count)
+            pa = getattr(router, "password_auth", None)
+            if pa is not None:
+                fails = CounterMetricFamily("kefu_auth_failures", "Refused MQTT logins, by reason: bad_password, "
+                                            "unknown_user, throttled (refused without a password check during "
+                                            "back-off).", labels=["reason"])
+                for reason, n in sorted(pa.failures.items()):
+                    fails.add_metric([reason], n)
+                yield fails
+                yield CounterMetricFamily("kefu_auth_cache_hits", "Logins accepted from the cache of successful "
+                                          "password checks (no scrypt).", value=pa.cache_hits)
+        yield CounterMetricFamily("kefu_connection_errors", "Connections closed after an unexpected error in their "
+                                  "handler (the error is logged; other connections are not affected).",
+                                  value=edge.contained["count"])
 
         svc = m.intent_service
         if svc is not None:

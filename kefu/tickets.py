@@ -14,10 +14,10 @@ severity got worse), a recovery state closes it. Severity maps to ticket priorit
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from . import edge
 from .conversations import PRIORITIES
 from .events import SLA_BREACHED, TICKET_CREATED, TICKET_UPDATED, Event
 from .topics import valid_id
@@ -245,7 +245,7 @@ def _path(doc: Any, dotted: str) -> Any:
 def parse_alarm(payload: bytes, mapping: AlarmMapping, *, topic_device: str | None) -> Alarm:
     """Decode an alarm message; AlarmError says which field is missing or wrong."""
     try:
-        doc = json.loads(payload)
+        doc = edge.loads_lenient(payload, max_bytes=len(payload))  # lone surrogates -> U+FFFD
     except (ValueError, UnicodeDecodeError) as e:
         raise AlarmError(f"alarm payload is not JSON: {e}") from None
     if not isinstance(doc, dict):

@@ -154,6 +154,15 @@ class Principal:
     teams: frozenset[str] = field(default_factory=frozenset)
 
 
+ANON_PREFIX = "anon:"  # MQTT clients nobody vouched for: customer "anon:<client id>"
+RESERVED_PREFIXES = ("anon:", "anon-")  # "anon-...": the widget's anonymous visitors (bridge/identity.py)
+
+
+def reserved_customer_id(s: str) -> bool:
+    """Ids only kefu hands out (anonymous customers); no proven identity may take one."""
+    return s.startswith(RESERVED_PREFIXES)
+
+
 def identify(
     username: str | None,
     client_id: str,
@@ -161,14 +170,21 @@ def identify(
     agents: dict[str, frozenset[str]],
     service_users: frozenset[str] = frozenset(),
     agent_prefix: str = "agent:",
+    verified_users: frozenset[str] | None = frozenset(),
 ) -> Principal | None:
     """Map an authenticated broker identity to a principal.
 
     ``agent:{id}`` usernames are agents (only ids listed in ``agents``, which maps
     agent id -> its teams); usernames in ``service_users`` are trusted services (the
-    bridge, the desk); every other client is a customer named by its username, or by
-    its client id when it sent none. Returns None for an identity that cannot be used
-    as a topic level (such a client gets nothing in kefu's namespace).
+    bridge, the desk). A customer identity must be proven: a username in
+    ``verified_users`` (the ``[[auth.users]]`` entries, whose password the broker checked)
+    is that customer. Every other client -- no username, or a name nobody verified
+    because the broker admits anyone -- is an *anonymous* customer ``anon:{client id}``,
+    an id no configured user and no signed-in widget visitor can have, so choosing a
+    client id (``-i user-2001``) never makes anyone somebody else. ``verified_users=None``
+    trusts every username (only for a broker whose ``on_authenticate`` hooks verify all).
+    Returns None for an identity that cannot be used as a topic level (such a client
+    gets nothing in kefu's namespace).
     """
     if username and username in service_users:
         return Principal("service", username)
@@ -177,7 +193,11 @@ def identify(
         if aid in agents:
             return Principal("agent", aid, frozenset(agents[aid]))
         return None
-    cid = username or client_id
+    if username and (verified_users is None or username in verified_users):
+        if not valid_id(username) or reserved_customer_id(username):
+            return None
+        return Principal("customer", username)
+    cid = ANON_PREFIX + client_id
     if not valid_id(cid):
         return None
     return Principal("customer", cid)

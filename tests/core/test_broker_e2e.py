@@ -34,6 +34,7 @@ NOT_AUTHORIZED = 0x87
 # PUBACK for a customer's message may say 0x10 "no matching subscribers": still a success.
 OK = (0x00, 0x10)
 PASSWORD = "alice-secret"
+DEVICE_PASSWORD = "dev-1-secret"  # a customer's name is only ever used with its password (issue 12)
 
 
 def cfg():
@@ -41,7 +42,8 @@ def cfg():
         "listeners": {"mqtt": {"host": "127.0.0.1", "port": 0}, "ws": {"enabled": False},
                       "http": {"enabled": False}},
         "mqtt": {"sys_interval": 0},
-        "auth": {"allow_anonymous": True, "users": [{"username": "agent:alice", "password_hash": hash_password(PASSWORD)}]},
+        "auth": {"allow_anonymous": True, "users": [{"username": "agent:alice", "password_hash": hash_password(PASSWORD)},
+                                                   {"username": "dev-1", "password_hash": hash_password(DEVICE_PASSWORD, log_n=4)}]},
         "teams": [{"id": "general"}, {"id": "vip"}],
         "agents": [{"id": "alice", "name": "Alice", "teams": ["general"], "capacity": 2},
                    {"id": "bob", "name": "Bob", "teams": ["general"]}],
@@ -105,7 +107,7 @@ def frames(client: Paho, pred, timeout=10.0) -> dict:
 
 def test_device_bot_agent_over_real_sockets_and_the_acl_holds():
     with DeskThread() as k:
-        dev = Paho(k.port, "dev-1", version=5)
+        dev = Paho(k.port, "dev-1", version=5, username="dev-1", password=DEVICE_PASSWORD)
         assert dev.connect()[1] == 0
         assert dev.subscribe("kefu/c/dev-1/+/out", qos=1) == [1]
         assert dev.subscribe("kefu/c/dev-1/main/events", qos=1) == [1]
@@ -157,7 +159,9 @@ def test_device_bot_agent_over_real_sockets_and_the_acl_holds():
         for f in ["kefu/c/+/main/out", "kefu/c/dev-1/#", "kefu/#", "#", "+/c/dev-1/main/out", "kefu/agent/alice/inbox",
                   "kefu/agent/+/inbox", "kefu/team/general/queue", "kefu/desk/events", "$share/g/kefu/c/dev-1/main/out"]:
             assert evil.subscribe(f, qos=1) == [NOT_AUTHORIZED], f
-        assert evil.subscribe("kefu/c/evil/#", qos=1) == [1]  # its own conversations are fine
+        # its own conversations are fine: an anonymous client is the customer anon:<client id>
+        assert evil.subscribe("kefu/c/anon:evil/#", qos=1) == [1]
+        assert evil.subscribe("kefu/c/evil/#", qos=1) == [NOT_AUTHORIZED]
         for t in ["kefu/c/dev-1/main/in", "kefu/c/dev-1/main/out", f"kefu/agent/alice/conv/{cid}", "kefu/agent/alice/ctl",
                   "kefu/desk/events", "kefu/d/dev-1/alarm"]:
             assert evil.publish(t, b"spoof", qos=1) == NOT_AUTHORIZED, t

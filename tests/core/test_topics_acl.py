@@ -212,7 +212,14 @@ def test_identify():
     assert identify("agent:a1", "x", agents=agents) == Principal("agent", "a1", frozenset({"general"}))
     assert identify("agent:nobody", "x", agents=agents) is None  # unknown agents get nothing
     assert identify("bridge", "x", agents=agents, service_users=frozenset({"bridge"})).kind == "service"
-    assert identify(None, "dev-42", agents=agents) == Principal("customer", "dev-42")
-    assert identify("alice@example.com", "x", agents=agents).id == "alice@example.com"
+    # Nobody vouched for these: anonymous customers, namespaced by client id (issue 12)
+    assert identify(None, "dev-42", agents=agents) == Principal("customer", "anon:dev-42")
+    assert identify("alice@example.com", "x", agents=agents) == Principal("customer", "anon:x")
+    # A configured (password-checked) user is that customer
+    verified = frozenset({"alice@example.com", "anon:bob"})
+    assert identify("alice@example.com", "x", agents=agents, verified_users=verified).id == "alice@example.com"
+    assert identify("anon:bob", "x", agents=agents, verified_users=verified) is None  # reserved prefix
+    assert identify(None, "user-2001", agents=agents, verified_users=frozenset({"user-2001"})).id == "anon:user-2001"
     assert identify(None, "bad/id", agents=agents) is None
     assert identify(None, "+", agents=agents) is None
+    assert identify(None, "x" * 60, agents=agents) is None  # anon: + 60 is over 64 characters

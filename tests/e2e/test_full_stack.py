@@ -80,19 +80,20 @@ class Device:
 
     def __init__(self, port: int, cid: str) -> None:
         self.cid = cid
+        self.customer = "anon:" + cid  # an anonymous MQTT client is the customer anon:<client id>
         self.p = Paho(port, cid, version=5)
 
     async def start(self) -> "Device":
         _, rc = await trio.to_thread.run_sync(self.p.connect, limiter=self.limiter)
         assert rc == 0
         for leaf in ("out", "events"):
-            codes = await trio.to_thread.run_sync(self.p.subscribe, f"kefu/c/{self.cid}/main/{leaf}", 1,
+            codes = await trio.to_thread.run_sync(self.p.subscribe, f"kefu/c/{self.customer}/main/{leaf}", 1,
                                                   limiter=self.limiter)
             assert codes == [1], codes
         return self
 
     async def say(self, text: str) -> None:
-        rc = await trio.to_thread.run_sync(self.p.publish, f"kefu/c/{self.cid}/main/in", text.encode(), 1,
+        rc = await trio.to_thread.run_sync(self.p.publish, f"kefu/c/{self.customer}/main/in", text.encode(), 1,
                                            limiter=self.limiter)
         assert rc in OK, rc
 
