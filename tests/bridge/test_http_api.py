@@ -86,6 +86,10 @@ async def test_every_operation_answers_as_documented():
 
         p = await api("GET", "/api/v1/profile", "/api/v1/profile")
         assert p["data"]["agent"]["id"] == "alice" and p["data"]["ws_url"].startswith("ws://")
+        lang = await api("PUT", "/api/v1/profile/language", "/api/v1/profile/language", body={"language": "zh-CN"})
+        assert lang["data"]["language"] == "zh-CN"
+        assert (await api("GET", "/api/v1/profile", "/api/v1/profile"))["data"]["agent"]["language"] == "zh-CN"
+        await api("PUT", "/api/v1/profile/language", "/api/v1/profile/language", body={"language": "fr"}, expect=422)
         lst = await api("GET", "/api/v1/conversations?assignee=me&status=open", "/api/v1/conversations")
         assert conv in [c["id"] for c in lst["data"]["payload"]]
         assert lst["data"]["meta"]["mine_count"] >= 1
