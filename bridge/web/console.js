@@ -150,7 +150,7 @@
     S.refs += 1;
     frame.ref = "c" + S.refs;
     return new Promise(function (resolve, reject) {
-      if (!S.ws || S.ws.readyState !== 1) { reject(new Error("not connected")); return; }
+      if (!S.ws || S.ws.readyState !== 1) { reject(new Error(T("console.not_connected"))); return; }
       S.waiting[frame.ref] = { resolve: resolve, reject: reject };
       S.ws.send(JSON.stringify(frame));
     });
