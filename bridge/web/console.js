@@ -53,8 +53,11 @@
     var nav = navigator.languages && navigator.languages.length ? Array.prototype.slice.call(navigator.languages) : [navigator.language || ""];
     return stored ? [stored] : nav;
   }
+  // the connection line: kept as a key, so a language switch redraws it
+  function showConn(key, vals) { S.conn = [key, vals]; $("conn").textContent = T(key, vals); }
   function rerender() {
     if (!S.me) return;
+    if (S.conn) showConn(S.conn[0], S.conn[1]);
     fillTransfer(); fillCanned(); renderList();
     if (S.current) { renderHeader(); renderLabels(); renderMessages(); renderProfile(); }
     if ($("search").value.trim()) runSearch();
@@ -84,7 +87,9 @@
     if (text !== undefined && text !== null) e.textContent = text;
     return e;
   }
-  function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : ""; }
+  function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString(S.lang || [], { hour: "2-digit", minute: "2-digit" }) : ""; }
+  // who wrote: the bot and the desk by the catalogue's names, people by their own
+  function author(a) { return a.kind === "bot" || a.kind === "system" ? T("console.author." + a.kind) : (a.name || a.id); }
 
   // ------------------------------------------------------------------ sign in
   function showSignin(msg) {
@@ -136,12 +141,12 @@
   function connect() {
     var ws = new WebSocket(wsUrl());
     S.ws = ws;
-    $("conn").textContent = T("console.conn.connecting");
+    showConn("console.conn.connecting");
     ws.onopen = function () { ws.send(JSON.stringify({ type: "auth", role: "agent", token: S.token, ref: "auth" })); };
     ws.onmessage = function (ev) { var f; try { f = JSON.parse(ev.data); } catch (e) { return; } onFrame(f); };
     ws.onclose = function () {
       clearInterval(S.ping);
-      $("conn").textContent = T("console.conn.offline");
+      showConn("console.conn.offline");
       var wait = S.backoff; S.backoff = Math.min(S.backoff * 2, 30000);
       setTimeout(connect, wait);
     };
@@ -164,7 +169,7 @@
     switch (f.type) {
       case "ready":
         S.backoff = 1000;
-        $("conn").textContent = T("console.conn.live");
+        showConn("console.conn.live");
         if (S.me.status === "offline") setStatus("online");
         clearInterval(S.ping);
         S.ping = setInterval(function () { if (S.ws.readyState === 1) S.ws.send('{"type":"ping"}'); }, 25000);
@@ -199,7 +204,7 @@
         fillTransfer();
         break;
       case "error":
-        $("conn").textContent = T("console.conn.error", { message: f.message });
+        showConn("console.conn.error", { message: f.message });
         break;
     }
   }
@@ -214,7 +219,7 @@
       $("n-unassigned").textContent = d.meta.unassigned_count;
       $("n-all").textContent = d.meta.all_count;
       renderList();
-    }).catch(function (e) { $("conn").textContent = e.message; });
+    }).catch(function (e) { showConn("console.conn.error", { message: e.message }); });
   }
   function renderList() {
     var ul = $("convs"); ul.textContent = "";
@@ -288,7 +293,7 @@
       var kind = m.private ? "note" : m.author.kind;
       var d = el("div", "m " + kind);
       d.dataset.id = m.id;
-      var by = m.private ? T("console.note_by", { name: m.author.name || m.author.id }) : (m.author.kind === "customer" ? "" : (m.author.name || m.author.id));
+      var by = m.private ? T("console.note_by", { name: author(m.author) }) : (m.author.kind === "customer" ? "" : author(m.author));
       if (by) d.appendChild(el("div", "by", by + " · " + fmtTime(m.ts)));
       d.appendChild(document.createTextNode(m.text));
       if (S.hit && m.id === S.hit) d.classList.add("hit");
@@ -479,12 +484,12 @@
       var li = el("li", "hit"); li.dataset.conversation = h.conversation; li.dataset.message = h.id;
       var top = el("div", "top");
       top.appendChild(el("span", "cust", h.customer || h.conversation));
-      top.appendChild(el("span", "when", new Date(h.ts * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
+      top.appendChild(el("span", "when", new Date(h.ts * 1000).toLocaleString(S.lang || [], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
       li.appendChild(top);
       var snip = el("div", "snip");
       h.highlights.forEach(function (p) { snip.appendChild(p.match ? el("mark", null, p.text) : document.createTextNode(p.text)); });
       li.appendChild(snip);
-      var who = h.private ? T("console.note_by", { name: h.author.name || h.author.id }) : h.author.kind === "customer" ? T("console.customer") : (h.author.name || h.author.id);
+      var who = h.private ? T("console.note_by", { name: author(h.author) }) : h.author.kind === "customer" ? T("console.customer") : author(h.author);
       li.appendChild(el("div", "who", who + " · " + h.conversation + (h.status ? " · " + h.status : "")));
       li.addEventListener("click", function () {
         Array.prototype.forEach.call(ul.children, function (x) { x.classList.toggle("sel", x === li); });

@@ -130,7 +130,7 @@
       if (!mine && m.author.kind !== "system") {
         var who = document.createElement("div");
         who.className = "who";
-        who.textContent = m.author.name || (m.author.kind === "bot" ? T("widget.assistant") : m.author.kind === "agent" ? T("widget.agent") : "");
+        who.textContent = m.author.kind === "bot" ? T("widget.assistant") : (m.author.name || (m.author.kind === "agent" ? T("widget.agent") : ""));
         if (who.textContent) list.appendChild(who);
       }
       var el = document.createElement("div");
@@ -278,7 +278,7 @@
         break;
       case "typing":
         if (f.author.kind !== "customer") {
-          state.agentTyping = f.on ? (f.author.name || (f.author.kind === "bot" ? T("widget.assistant") : T("widget.agent"))) : null;
+          state.agentTyping = f.on ? (f.author.kind === "bot" ? T("widget.assistant") : (f.author.name || T("widget.agent"))) : null;
           showTyping();
           clearTimeout(state.agentTypingTimer);
           if (f.on) state.agentTypingTimer = setTimeout(function () { state.agentTyping = null; showTyping(); }, 8000);

@@ -117,7 +117,7 @@
   function draw(id, xs, ls, step, opts) {
     opts = opts || {};
     var el = document.getElementById(id);
-    var series = [{}];
+    var series = [{ label: T("dashboard.time") }];
     var ys = [];
     ls.forEach(function (l, i) {
       var color = l.color || NAMED[l.label] || COLORS[i % COLORS.length];
