@@ -173,7 +173,9 @@ async def test_health_and_pages():
         s, body, _ = await call("GET", st.http + "/readyz")
         assert s == 200 and body["checks"] == {"ws": True, "desk": True}
         for path, needle, ctype in [
-            ("/", b"Agent console", "text/html"),
+            ("/", b'href="/console" data-i18n="index.console"', "text/html"),
+            ("/i18n?lang=zh-Hans,en", '"language":"zh-CN"'.encode(), "application/json"),
+            ("/i18n?lang=fr", '"widget.send":"Send"'.encode(), "application/json"),
             ("/demo", b'src="/widget.js" data-site="demo"', "text/html"),
             ("/console", b"console.js", "text/html"),
             ("/widget.js", b"attachShadow", "javascript"),
