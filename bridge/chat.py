@@ -348,7 +348,7 @@ class _Session:
             v = ident.get(k) or profile.get(k)
             if v:
                 fields[k] = v
-        for k in ("page", "locale", "user_agent"):
+        for k in ("page", "locale", "language", "user_agent"):  # language: the widget's, for the desk's messages
             if profile.get(k):
                 attrs[k] = profile[k]
         attrs.update({"site": site.name, "identified": identified})

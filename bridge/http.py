@@ -39,7 +39,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from kefu import __version__, edge
+from kefu import __version__, edge, i18n
 
 from .deskport import Desk, DeskError
 from .identity import Identities, TokenInfo
@@ -100,7 +100,8 @@ COMPONENTS: dict[str, dict] = {
     "Message": _obj(["id", "conversation", "author", "text", "ts"], id=S, seq=I, conversation=S,
                     author=_obj(["kind", "id"], kind={"enum": ["customer", "agent", "bot", "system"]}, id=S, name=NS),
                     text=S, private=B, channel=S, ts=N, meta={"type": "object"}),
-    "Agent": _obj(["id", "status"], id=S, name=S, teams=ARR_S, skills=ARR_S, capacity=I, tier=I, status=S, load=I),
+    "Agent": _obj(["id", "status"], id=S, name=S, teams=ARR_S, skills=ARR_S, capacity=I, tier=I, status=S, load=I,
+                  language={"type": "string", "description": "console language: en, zh-CN, or \"\" (the browser's)"}),
     "Contact": _obj(["id"], id=S, name=NS, email=NS, phone=NS, tier={"type": ["string", "integer", "null"]}, kind=S, attributes={"type": "object"},
                     sidebar={"type": "object", "description": "contact, CRM data and recent conversations"}),
     "Ticket": _obj(["id", "status"], id=S, title=S, status=S, priority=S, source=S, conv_id=NS, customer_id=NS,
@@ -438,6 +439,13 @@ async def h_profile(req: Request, ctx: Ctx):
     return {"data": {"role": ctx.who.role, "name": ctx.who.name, "agent": agent, "ws_url": _ws_base(req, ctx.st)}}
 
 
+async def h_profile_language(req: Request, ctx: Ctx):
+    if not ctx.agent:
+        raise HTTPException(403, "only an agent has a console language")
+    lang = (await _json_body(req)).get("language")
+    return {"data": await ctx.st.desk.agent_action(ctx.agent, "language", language=lang)}
+
+
 async def h_contacts(req: Request, ctx: Ctx):
     items = await ctx.st.desk.contacts(q=req.query_params.get("q"))
     return {"data": {"meta": {"count": len(items)}, "payload": items}}
@@ -550,6 +558,8 @@ CONV_QUERY = (("status", "bot, queued, assigned, resolved, closed, or open (= bo
 
 ROUTES: list[ApiRoute] = [
     ApiRoute("GET", "/profile", h_profile, "Who the token belongs to", "profile", "token", single("Profile")),
+    ApiRoute("PUT", "/profile/language", h_profile_language, "Set the signed-in agent's console language (kept)",
+             "profile", "token", single("Agent"), body=_obj(["language"], language={"enum": ["en", "zh-CN", ""]})),
     ApiRoute("GET", "/conversations", h_conversations, "List conversations, filtered; meta counts Mine/Unassigned/All",
              "conversations", "token", listing("Conversation", CONV_META), query=CONV_QUERY),
     ApiRoute("GET", "/conversations/{id}", h_conversation, "One conversation", "conversations", "token", single("Conversation")),
@@ -734,6 +744,10 @@ def build_app(st: BridgeState) -> Starlette:
         return Response(_page("widget.js"), media_type="text/javascript; charset=utf-8",
                         headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"})
 
+    async def messages(req: Request) -> Response:
+        return JSONResponse(i18n.document(req.query_params.get("lang")),
+                            headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"})
+
     async def not_found(req: Request, exc: HTTPException) -> Response:
         return _error(exc.status_code, "not_found" if exc.status_code == 404 else "error", str(exc.detail))
 
@@ -744,6 +758,7 @@ def build_app(st: BridgeState) -> Starlette:
         Route("/demo", demo),
         Route("/console", console),
         Route("/widget.js", widget_js),
+        Route("/i18n", messages),
         Route("/api/v1/openapi.json", openapi),
     ]
     for r in ROUTES:

@@ -232,8 +232,10 @@ class Widget:
         "Serve /demo and accept the public token \"demo\" for anonymous visitors, so a fresh install can be tried. "
         "Turn off in production.",
     )
-    title: str = opt("Support", "Title of the chat window.")
-    greeting: str = opt("Hi! How can we help?", "First line a visitor sees before writing.")
+    title: str = opt("", "Title of the chat window; empty: \"Support\" in the visitor's language (kefu/locales/).")
+    greeting: str = opt(
+        "", "First line a visitor sees before writing; empty: \"Hi! How can we help?\" in the visitor's language."
+    )
     color: str = opt("#1f6feb", "Accent colour of the bubble and the visitor's messages (CSS colour).")
     sites: list = opt([], "Sites that embed the widget: [[widget.sites]] tables.")
     visitor_secret: str = opt(
@@ -303,12 +305,20 @@ class Desk:
     handle_seconds: float = opt(300.0, "Average handle time assumed for the estimated queue wait.", positive)
     ticket_on_handoff: bool = opt(True, "Open a ticket (with SLA timers) when a conversation is handed to a human.")
     csat: bool = opt(True, "Ask the customer for a 1-5 rating when an agent resolves the conversation.")
+    language: str = opt(
+        "en", "Language of system messages and bot answers for a customer whose language is not known (an MQTT "
+        "device that names none, the API): en or zh-CN. A widget visitor gets the widget's language; a contact's "
+        "`language` attribute (set by a device's message, the API or the widget) wins over this default.",
+        one_of("en", "zh-CN"),
+    )
     csat_message: str = opt(
-        "How did we do? Reply with a number from 1 (poor) to 5 (great).", "The rating request sent on resolve."
+        "", "The rating request sent on resolve; empty: the message catalogue's, in the customer's language "
+        "(\"How did we do? Reply with a number from 1 (poor) to 5 (great).\"). Set, it is sent to everyone as written."
     )
     queue_message: str = opt(
-        "You are number {position} in the queue. Estimated wait: {wait}.",
-        "Sent when a conversation starts waiting for a human; {position} and {wait} are filled in.",
+        "",
+        "Sent when a conversation starts waiting for a human; {position} and {wait} are filled in. Empty: the "
+        "catalogue's, in the customer's language (\"You are number {position} in the queue. Estimated wait: {wait}.\").",
     )
     max_text_chars: int = opt(4000, "Longest message text accepted from a customer or agent.", positive)
     labels: list = opt([], "Labels agents may put on conversations; empty: any label.")
@@ -359,6 +369,10 @@ class AgentEntry:
     tier: int = opt(0, "VIP tier: conversations needing a higher min_tier never reach this agent.", non_negative)
     supervisor: bool = opt(False, "Sees every team's conversations (lists, transcripts, the live console); "
                                   "other agents see their teams', their own and the unrouted pool.")
+    language: str = opt(
+        "", "Language of this agent's console: en or zh-CN; empty: the browser's. The agent's own choice in the "
+        "console's switcher is kept and wins over this.", one_of("", "en", "zh-CN"),
+    )
 
 
 @dataclass
@@ -378,8 +392,14 @@ class Bot:
         "Phrases that mark the previous answer as failed.",
     )
     human_intents: list = opt([], "Intents that always hand off (e.g. a classifier's talk_to_human).")
-    handoff_message: str = opt("I'm passing you to a colleague who can help.", "Sent when the bot hands off.")
-    retry_prefix: str = opt("Let me try again: ", "Put before an answer repeated after a failed one (when it has no retry text).")
+    handoff_message: str = opt(
+        "", "Sent when the bot hands off; empty: the catalogue's, in the customer's language "
+        "(\"I'm passing you to a colleague who can help.\")."
+    )
+    retry_prefix: str = opt(
+        "", "Put before an answer repeated after a failed one (when it has no retry text); empty: the catalogue's, "
+        "in the customer's language (\"Let me try again: \")."
+    )
 
 
 @dataclass
@@ -457,8 +477,9 @@ class BusinessHours:
     sun: str = opt("", "Sunday.", hhmm_range)
     holidays: list = opt([], "Closed dates, \"YYYY-MM-DD\".")
     offline_message: str = opt(
-        "We're closed right now. Leave your message and we'll get back to you when we open.",
-        "Sent when a conversation is handed off outside opening hours.",
+        "",
+        "Sent when a conversation is handed off outside opening hours; empty: the catalogue's, in the customer's "
+        "language (\"We're closed right now. Leave your message and we'll get back to you when we open.\").",
     )
 
 

@@ -35,6 +35,7 @@ class Agent:
     status: AgentStatus = AgentStatus.OFFLINE
     last_seen: float = 0.0
     rr: int = 0  # round robin: the assignment counter value when this agent last got one
+    language: str = ""  # console language (en, zh-CN); "": the browser's
     version: int = 0
 
     def summary(self) -> dict[str, Any]:
@@ -46,6 +47,7 @@ class Agent:
             "capacity": self.capacity,
             "tier": self.tier,
             "status": self.status.value,
+            "language": self.language,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,11 +78,13 @@ def from_config(entry: Any) -> Agent:
         skills=frozenset(entry.skills),
         capacity=entry.capacity,
         tier=entry.tier,
+        language=getattr(entry, "language", ""),
     )
 
 
 def merge_config(stored: Agent | None, configured: Agent) -> Agent:
-    """Config owns identity, teams, skills, capacity and tier; the store owns presence."""
+    """Config owns identity, teams, skills, capacity and tier; the store owns presence and the
+    agent's own choice of console language (config's language only fills in until it chooses)."""
     if stored is None:
         return configured
     return replace(
@@ -90,6 +94,7 @@ def merge_config(stored: Agent | None, configured: Agent) -> Agent:
         skills=configured.skills,
         capacity=configured.capacity,
         tier=configured.tier,
+        language=stored.language or configured.language,
     )
 
 

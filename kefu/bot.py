@@ -27,16 +27,28 @@ model. Answers live in a TOML file (``[bot] answers_file``)::
 ``{name}`` is a file variable (unknown names are an error when the file loads);
 ``{contact.field}`` is the customer's contact field or custom attribute, with an
 optional fallback after ``|`` used when the contact has no such value.
+
+Answers in other languages sit in a sub-table named by the language (``en``,
+``zh-CN``: the catalogues of kefu/i18n.py), with variables of their own that override
+the plain ones for that language::
+
+    [variables.zh-CN]
+    bank = "客服银行"
+    [answers.card_arrival.zh-CN]
+    text = "您好，{contact.name|}！{bank}的银行卡一般在下单后 3 到 5 个工作日内送达。"
+
+A customer whose language has no answer of its own gets the plain one.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import i18n
 from .routing import Route
 
 VAR_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?:\|([^{}]*))?\}")
@@ -50,17 +62,24 @@ class AnswersError(ValueError):
 class Answer:
     text: str
     retry: str = ""
+    langs: Mapping[str, "Answer"] = field(default_factory=dict)  # language -> its own text and retry
+
+    def in_language(self, lang: str | None) -> "Answer":
+        return self.langs.get(lang or "", self)
 
 
 @dataclass(frozen=True)
 class Answers:
     variables: Mapping[str, str]
     answers: Mapping[str, Answer]
+    lang_variables: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def has(self, intent: str | None) -> bool:
         return intent is not None and intent in self.answers
 
-    def render(self, template: str, contact: Mapping[str, Any]) -> str:
+    def render(self, template: str, contact: Mapping[str, Any], lang: str | None = None) -> str:
+        own = self.lang_variables.get(lang or "", {})
+
         def sub(m: re.Match) -> str:
             name, fallback = m.group(1), m.group(2)
             if name.startswith("contact."):
@@ -68,7 +87,7 @@ class Answers:
                 if v in (None, ""):
                     return fallback if fallback is not None else ""
                 return str(v)
-            return str(self.variables[name])
+            return str(own[name] if name in own else self.variables[name])
 
         return VAR_RE.sub(sub, template)
 
@@ -88,26 +107,50 @@ def parse_answers(doc: dict, source: str = "answers", known_intents: frozenset[s
     variables = doc.get("variables", {})
     if not isinstance(variables, dict):
         raise AnswersError(f"{source}: variables: expected a table")
-    for k, v in variables.items():
-        if not isinstance(v, (str, int, float)):
+    lang_vars: dict[str, dict[str, str]] = {}
+    for k, v in list(variables.items()):
+        if isinstance(v, dict):
+            _language(f"{source}: variables.{k}", k)
+            for k2, v2 in v.items():
+                if not isinstance(v2, (str, int, float)):
+                    raise AnswersError(f"{source}: variables.{k}.{k2}: expected a string or number")
+            lang_vars[k] = {k2: str(v2) for k2, v2 in v.items()}
+            del variables[k]
+        elif not isinstance(v, (str, int, float)):
             raise AnswersError(f"{source}: variables.{k}: expected a string or number")
     out: dict[str, Answer] = {}
     for intent, entry in (doc.get("answers") or {}).items():
         where = f"{source}: answers.{intent}"
         if known_intents is not None and intent not in known_intents:
             raise AnswersError(f"{where}: not an intent the classifier knows")
-        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str) or not entry["text"].strip():
+        if not isinstance(entry, dict):
             raise AnswersError(f"{where}.text: required, a non-empty string")
-        extra = set(entry) - {"text", "retry"}
-        if extra:
-            raise AnswersError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; known: text, retry")
-        retry = entry.get("retry", "")
-        if not isinstance(retry, str):
-            raise AnswersError(f"{where}.retry: expected a string")
-        check_template(f"{where}.text", entry["text"], variables)
-        check_template(f"{where}.retry", retry, variables)
-        out[intent] = Answer(entry["text"], retry)
-    return Answers({k: str(v) for k, v in variables.items()}, out)
+        langs = {}
+        for k in [k for k, v in entry.items() if isinstance(v, dict)]:
+            _language(f"{where}.{k}", k)
+            langs[k] = _answer(f"{where}.{k}", entry.pop(k), {**variables, **lang_vars.get(k, {})})
+        out[intent] = replace(_answer(where, entry, variables), langs=langs)
+    return Answers({k: str(v) for k, v in variables.items()}, out, lang_vars)
+
+
+def _language(where: str, key: str) -> None:
+    if key not in i18n.LANGUAGES:
+        raise AnswersError(f"{where}: not a language kefu has a catalogue for ({', '.join(i18n.LANGUAGES)})")
+
+
+def _answer(where: str, entry: dict, variables: Mapping[str, Any]) -> Answer:
+    if not isinstance(entry.get("text"), str) or not entry["text"].strip():
+        raise AnswersError(f"{where}.text: required, a non-empty string")
+    extra = set(entry) - {"text", "retry"}
+    if extra:
+        raise AnswersError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; known: text, retry, and "
+                           f"language tables ({', '.join(i18n.LANGUAGES)})")
+    retry = entry.get("retry", "")
+    if not isinstance(retry, str):
+        raise AnswersError(f"{where}.retry: expected a string")
+    check_template(f"{where}.text", entry["text"], variables)
+    check_template(f"{where}.retry", retry, variables)
+    return Answer(entry["text"], retry)
 
 
 def load_answers(path: str | Path, known_intents: frozenset[str] | None = None) -> Answers:
@@ -134,8 +177,11 @@ class BotSettings:
         "didn't help", "did not help", "doesn't help", "not helpful", "that's wrong", "not what i asked", "没用",
     )
     human_intents: tuple[str, ...] = ()
-    handoff_message: str = "I'm passing you to a colleague who can help."
-    retry_prefix: str = "Let me try again: "
+    handoff_message: str = ""  # "": the catalogue's (kefu/locales/), in the customer's language
+    retry_prefix: str = ""
+
+    def handoff_text(self, lang: str | None) -> str:
+        return self.handoff_message or i18n.text(lang, "bot.handoff")
 
 
 @dataclass(frozen=True)
@@ -197,9 +243,11 @@ def decide(
     last_intent: str | None,
     failures: int,
     contact: Mapping[str, Any],
+    lang: str | None = None,
 ) -> Reply:
     """One bot turn. ``pred`` is the classifier's output for ``text`` (None when the
-    message asked for a human before classification was needed)."""
+    message asked for a human before classification was needed); ``lang`` is the
+    customer's language (kefu/i18n.py), which picks the answer and the handoff text."""
     intent = getattr(pred, "intent", None)
     conf = float(getattr(pred, "confidence", 0.0) or 0.0)
     senti = sentiment_label(getattr(pred, "sentiment", None))
@@ -207,7 +255,7 @@ def decide(
     base = dict(intent=intent, confidence=conf if pred is not None else None, sentiment=senti)
 
     def handoff(reason: str, failed: bool = False) -> Reply:
-        return Reply("handoff", settings.handoff_message, reason, failed=failed, **base)
+        return Reply("handoff", settings.handoff_text(lang), reason, failed=failed, **base)
 
     if wants_human(text, settings) or pred is None:
         return handoff("human_requested")
@@ -220,7 +268,7 @@ def decide(
         return handoff("negative_sentiment")
     if last_intent is not None and answers.has(last_intent) and _has_phrase(text, settings.failed_phrases):
         # "that didn't help": a failed answer to the previous question, whatever this text classifies as
-        return _failed(last_intent, answers, settings, failures, contact, handoff, base)
+        return _failed(last_intent, answers, settings, failures, contact, handoff, base, lang)
     if oos:
         return handoff("out_of_scope")
     if conf < settings.confidence:
@@ -228,14 +276,15 @@ def decide(
     if not answers.has(intent):
         return handoff("no_answer")
     if intent == last_intent:
-        return _failed(intent, answers, settings, failures, contact, handoff, base)
-    return Reply("answer", answers.render(answers.answers[intent].text, contact), None, **base)
+        return _failed(intent, answers, settings, failures, contact, handoff, base, lang)
+    ans = answers.answers[intent].in_language(lang)
+    return Reply("answer", answers.render(ans.text, contact, lang), None, **base)
 
 
-def _failed(intent, answers: Answers, settings: BotSettings, failures: int, contact, handoff, base) -> Reply:
+def _failed(intent, answers: Answers, settings: BotSettings, failures: int, contact, handoff, base, lang) -> Reply:
     """The previous answer did not help: try once more, or hand off at the limit."""
     if failures + 1 >= settings.max_failed_answers:
         return handoff("bot_failed", failed=True)
-    ans = answers.answers[intent]
-    body = ans.retry if ans.retry else settings.retry_prefix + ans.text
-    return Reply("answer", answers.render(body, contact), None, failed=True, **{**base, "intent": intent})
+    ans = answers.answers[intent].in_language(lang)
+    body = ans.retry if ans.retry else (settings.retry_prefix or i18n.text(lang, "bot.retry_prefix")) + ans.text
+    return Reply("answer", answers.render(body, contact, lang), None, failed=True, **{**base, "intent": intent})

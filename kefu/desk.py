@@ -34,6 +34,7 @@ import trio
 
 from . import agents as A
 from . import conversations as C
+from . import i18n
 from . import routing as R
 from . import tickets as T
 from .bot import Reply, decide as bot_decide, sentiment_label, wants_human
@@ -458,6 +459,7 @@ class Desk(DeskQueries):
             # must not jump the urgent queue.
             sure = (pred is not None and not getattr(pred, "out_of_scope", False)
                     and float(getattr(pred, "confidence", 0.0) or 0.0) >= self.s.bot.confidence)
+            lang = self.language_of(contact)
             facts = R.Facts(intent if sure else None, senti, contact.tier if contact else None, conv.channel, opened)
             route = self.s.router.decide(facts)
             if self.hooks.active("route_decided"):
@@ -465,12 +467,12 @@ class Desk(DeskQueries):
             if not self.s.bot.enabled:
                 reply = Reply("handoff", None, "bot_disabled", intent, getattr(pred, "confidence", None), senti)
             elif pred is None and not wants_human(text, self.s.bot):
-                reply = Reply("handoff", self.s.bot.handoff_message, "no_classifier")
+                reply = Reply("handoff", self.s.bot.handoff_text(lang), "no_classifier")
             else:
                 reply = bot_decide(
                     text, pred, route=route, answers=self.s.answers, settings=self.s.bot,
                     last_intent=conv.bot_last_intent, failures=conv.bot_failures,
-                    contact=_contact_vars(contact),
+                    contact=_contact_vars(contact), lang=lang,
                 )
             if self.hooks.active("bot_reply"):
                 reply = (await self.hooks.filter("bot_reply", BotReplied(conv.id, text, reply))).reply
@@ -484,11 +486,21 @@ class Desk(DeskQueries):
                 _, ev = await self._add_message(conv, "bot", reply.text or "", meta={"intent": reply.intent})
                 await self._emit([ev])
                 return
-            await self._handoff(conv, route, reply, now, opened)
+            await self._handoff(conv, route, reply, now, opened, lang)
 
         await self._tx(step)
 
-    async def _handoff(self, conv: Conversation, route: R.Route, reply: Reply, now: float, opened: bool) -> None:
+    def language_of(self, contact: Contact | None) -> str:
+        """The customer's language (kefu/i18n.py): the contact's ``language`` attribute (the widget's
+        hello, a device's message, the API), its browser ``locale``, else ``[desk] language``."""
+        a = contact.attributes if contact is not None else {}
+        return i18n.pick([a.get("language"), a.get("locale")], default=None) or self.s.language
+
+    async def _language(self, conv: Conversation) -> str:
+        return self.language_of(await self.store.contact(conv.customer_id))
+
+    async def _handoff(self, conv: Conversation, route: R.Route, reply: Reply, now: float, opened: bool,
+                       lang: str | None = None) -> None:
         conv, evs = C.enqueue(
             conv, team=route.team, priority=route.priority, seq=await self.store.next_seq("queue"), now=now,
             reason=reply.reason or "handoff", skills=route.skills, min_tier=route.min_tier,
@@ -511,7 +523,8 @@ class Desk(DeskQueries):
         if reply.text:
             msgs.append((await self._add_message(conv, "bot", reply.text, meta={"handoff": reply.reason}))[1])
         if not opened and self.s.hours:
-            msgs.append((await self._add_message(conv, "system", self.s.hours.offline_message))[1])
+            text = self.s.hours.offline_message or i18n.text(lang or self.s.language, "desk.closed")
+            msgs.append((await self._add_message(conv, "system", text))[1])
         await self._emit(evs + msgs)
         await self._queued(conv, announce=True)
 
@@ -525,8 +538,10 @@ class Desk(DeskQueries):
         pos, eta = await self._position_of(cur)
         self._last_pos[cur.id] = pos
         evs = [Event(QUEUE_POSITION, {"conversation": cur.summary(), "position": pos, "eta_s": eta}, self.now())]
-        if announce and self.s.queue_message:
-            text = self.s.queue_message.format(position=pos, wait=_wait_text(eta))
+        if announce:
+            lang = await self._language(cur)
+            text = i18n.fill(self.s.queue_message or i18n.text(lang, "desk.queue"),
+                             {"position": pos, "wait": i18n.wait_text(lang, eta)})
             evs.append((await self._add_message(cur, "system", text, meta={"queue_position": pos}))[1])
         await self._emit(evs)
 
@@ -628,8 +643,8 @@ class Desk(DeskQueries):
 
     async def _joined(self, conv: Conversation) -> None:
         name = self.names.get(conv.assignee or "", conv.assignee)
-        _, ev = await self._add_message(conv, "system", f"{name} has joined the conversation.",
-                                        meta={"joined": conv.assignee})
+        text = i18n.text(await self._language(conv), "desk.joined", name=name)
+        _, ev = await self._add_message(conv, "system", text, meta={"joined": conv.assignee})
         await self._emit([ev])
 
     # --- timers -----------------------------------------------------------------------------
@@ -813,11 +828,3 @@ def _seq_of(up_to: Any, conv_id: str) -> int:
             return int(tail)
     raise Invalid("up_to: expected a message id (\"<conversation>:<seq>\") or a sequence number")
 
-
-def _wait_text(eta: float | None) -> str:
-    if eta is None:
-        return "unknown (no agent is online)"
-    if eta < 60:
-        return "less than a minute"
-    minutes = round(eta / 60)
-    return "about 1 minute" if minutes == 1 else f"about {minutes} minutes"

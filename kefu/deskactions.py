@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import agents as A
 from . import edge
 from . import conversations as C
+from . import i18n
 from . import tickets as T
 from .contacts import Contact
 from .conversations import Conversation, Status
@@ -31,7 +32,7 @@ log = logging.getLogger("kefu.desk")
 
 AGENT_ACTIONS = (
     "status", "sign_in", "sign_out", "keepalive", "accept", "reply", "note", "typing", "read", "resolve",
-    "reopen", "transfer", "assign", "pickup", "labels", "contact",
+    "reopen", "transfer", "assign", "pickup", "labels", "contact", "language",
 )
 
 
@@ -61,9 +62,15 @@ async def run_action(d: "Desk", agent_id: str | None, action: str, conv_id: str 
         agent = await d.store.agent(agent_id)
         if agent is None:
             raise NotFound(f"no agent {agent_id!r}")
-    if action in ("status", "sign_in", "sign_out", "keepalive"):
+    if action in ("status", "sign_in", "sign_out", "keepalive", "language"):
         if agent is None:
             raise Invalid(f"{action}: needs an agent")
+        if action == "language":  # the agent's console language, kept with the agent
+            lang = data.get("language")
+            if lang not in i18n.LANGUAGES and lang != "":
+                raise Invalid(f"language: expected one of {', '.join(i18n.LANGUAGES)}, or \"\" for the browser's")
+            (agent,) = await d._commit([replace(agent, language=lang)])
+            return agent.summary()
         if action == "keepalive":
             (agent,) = await d._commit([A.keepalive(agent, now)])
             return agent.summary()
@@ -245,7 +252,8 @@ async def resolve(d: "Desk", conv: Conversation, now: float, *, by: str | None, 
         evs = [e for e in evs if e.type != CSAT_REQUESTED]
     await d._emit(evs)
     if ask and any(e.type == CSAT_REQUESTED for e in evs):
-        _, ev = await d._add_message(new, "system", d.s.csat_message, meta={"csat_request": True})
+        text = d.s.csat_message or i18n.text(await d._language(new), "desk.csat")
+        _, ev = await d._add_message(new, "system", text, meta={"csat_request": True})
         await d._emit([ev])
     if conv.status == Status.ASSIGNED:
         await d._assign_pass()  # a slot was freed
@@ -348,8 +356,8 @@ async def handle_alarm(d: "Desk", alarm: T.Alarm) -> dict:
             conv = res[1]
         d._schedule_sla(t3)
         if conv is not None:
-            _, mev = await d._add_message(conv, "system", f"Repeated ({t3.repeats}): {title}",
-                                          meta={"alarm": alarm.type, "repeat": t3.repeats})
+            text = i18n.text(await d._language(conv), "alarm.repeated", count=t3.repeats, title=title)
+            _, mev = await d._add_message(conv, "system", text, meta={"alarm": alarm.type, "repeat": t3.repeats})
             evs.append(mev)
         await d._emit(evs)
         return {"action": "repeat", "ticket": t3.summary()}
@@ -359,7 +367,8 @@ async def handle_alarm(d: "Desk", alarm: T.Alarm) -> dict:
     (t2,) = await d._commit([t2])
     await d._emit(evs)
     if conv is not None:
-        _, mev = await d._add_message(conv, "system", f"Recovered: {title}", meta={"alarm": alarm.type, "recovered": True})
+        text = i18n.text(await d._language(conv), "alarm.recovered", title=title)
+        _, mev = await d._add_message(conv, "system", text, meta={"alarm": alarm.type, "recovered": True})
         await d._emit([mev])
         if conv.status in (Status.BOT, Status.QUEUED, Status.ASSIGNED):
             conv = replace(conv, ticket_id=None)  # the ticket is already resolved above
@@ -392,6 +401,15 @@ def _decode(payload: bytes) -> dict:
     return {"type": "message", "text": text}
 
 
+async def _device_language(d: "Desk", customer_id: str, tag: Any) -> None:
+    lang = i18n.normalize(tag)
+    if lang is None:
+        raise Invalid(f"language: expected one of {', '.join(i18n.LANGUAGES)} (or a tag such as zh-Hans, en-GB)")
+    contact = await d.store.contact(customer_id)
+    if contact is None or contact.attributes.get("language") != lang:
+        await d.set_contact(customer_id, attributes={"language": lang}, by=customer_id)
+
+
 async def ingest(d: "Desk", topic: str, payload: bytes) -> None:
     p = d.s.topics.parse(topic)
     if p is None:
@@ -406,6 +424,8 @@ async def ingest(d: "Desk", topic: str, payload: bytes) -> None:
             doc = _decode(payload)
             kind = doc.pop("type")
             if kind == "message":
+                if doc.get("language") is not None:  # a device names its language: system messages follow it
+                    await _device_language(d, p.customer, doc["language"])
                 channel = doc.get("channel") if doc.get("channel") in ("mqtt", "chat", "api") else "mqtt"
                 await d.customer_message(channel, p.customer, doc.get("text"), thread=p.thread,
                                          meta=doc.get("meta") if isinstance(doc.get("meta"), dict) else None)

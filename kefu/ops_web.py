@@ -6,6 +6,7 @@
     GET /ops/series?range=1h[&names=a,b]
                                  stored history for the dashboard and `kefu stats` (JSON)
     GET /ops/static/...          the dashboard's assets
+    GET /ops/i18n?lang=...       the dashboard's words in the browser's language (kefu/i18n.py)
 
 ``routes(ops)`` returns Starlette routes; the bridge's app includes them (``BridgeState
 .extra_routes``). With ``metrics.access = "operator"`` every route but the page and its
@@ -24,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from . import i18n
 from .ops import Ops, OpsError
 
 log = logging.getLogger("kefu.ops.http")
@@ -93,12 +95,16 @@ def routes(ops: Ops) -> list:
     async def healthz(req: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def messages(req: Request) -> Response:  # the dashboard's words (kefu/locales/), public like the page
+        return JSONResponse(i18n.document(req.query_params.get("lang")), headers={"Cache-Control": "no-cache"})
+
     return [
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/dashboard", dashboard),
         Route("/ops/status", status),
         Route("/ops/series", series),
+        Route("/ops/i18n", messages),
         Mount("/ops/static", StaticFiles(directory=str(WEB)), name="ops-static"),
     ]
 

@@ -52,8 +52,9 @@ class DeskSettings:
     handle_seconds: float = 300.0
     ticket_on_handoff: bool = True
     csat: bool = True
-    csat_message: str = "How did we do? Reply with a number from 1 (poor) to 5 (great)."
-    queue_message: str = "You are number {position} in the queue. Estimated wait: {wait}."
+    language: str = "en"  # customers whose language is not known (kefu/i18n.py)
+    csat_message: str = ""  # "": the catalogue's text in the customer's language
+    queue_message: str = ""
     max_text_chars: int = 4000
     labels: frozenset[str] = frozenset()
     canned: dict[str, str] = field(default_factory=dict)
@@ -224,6 +225,7 @@ def from_config(cfg, *, base_dir: str | Path | None = None) -> DeskSettings:
         handle_seconds=d.handle_seconds,
         ticket_on_handoff=d.ticket_on_handoff,
         csat=d.csat,
+        language=d.language,
         csat_message=d.csat_message,
         queue_message=d.queue_message,
         max_text_chars=d.max_text_chars,

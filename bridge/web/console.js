@@ -9,6 +9,10 @@
  * The search box above the tabs searches stored transcripts (GET /api/v1/search);
  * while it holds text the results replace the conversation list, and a result opens
  * its conversation with the matching line marked.
+ *
+ * Words: every text comes from the message catalogue (GET /i18n?lang=..., kefu/locales/),
+ * in the agent's language (its setting, kept by the server; the switcher under its name
+ * changes it), or the browser's until the agent has signed in.
  */
 (function () {
   "use strict";
@@ -18,8 +22,53 @@
     me: null, tab: "mine", convs: [], current: null, messages: [], contact: null,
     agents: [], labels: [], canned: [], ws: null, refs: 0, waiting: {}, unread: {},
     backoff: 1000, reloadTimer: null, typingTimer: null, sentTyping: false, wsBase: "",
-    searchTimer: null, searchSeq: 0, hit: null, scrollToHit: false
+    searchTimer: null, searchSeq: 0, hit: null, scrollToHit: false, lang: null, words: {}
   };
+
+  // ------------------------------------------------------------------ words
+  function T(key, vals) {
+    var t = S.words[key];
+    if (t === undefined) return key;
+    return t.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, function (m, k) { return vals && k in vals ? String(vals[k]) : m; });
+  }
+  function applyWords() {
+    Array.prototype.forEach.call(document.querySelectorAll("[data-i18n]"), function (e) { e.textContent = T(e.dataset.i18n); });
+    Array.prototype.forEach.call(document.querySelectorAll("[data-i18n-attr]"), function (e) {
+      e.dataset.i18nAttr.split(";").forEach(function (p) { var kv = p.split(":"); e.setAttribute(kv[0], T(kv[1])); });
+    });
+    document.documentElement.lang = S.lang;
+    document.title = T("console.doc_title");
+    $("me-lang").value = S.lang;
+  }
+  // Load the catalogue for a list of wanted languages (the first one served wins).
+  function loadWords(wanted) {
+    return fetch("/i18n?lang=" + encodeURIComponent(wanted.join(","))).then(function (r) { return r.json(); }).then(function (b) {
+      S.lang = b.language; S.words = b.messages;
+      localStorage.setItem("kefu.console.lang", S.lang);
+      applyWords();
+    });
+  }
+  function browserLanguages() {
+    var stored = localStorage.getItem("kefu.console.lang");
+    var nav = navigator.languages && navigator.languages.length ? Array.prototype.slice.call(navigator.languages) : [navigator.language || ""];
+    return stored ? [stored] : nav;
+  }
+  // the connection line: kept as a key, so a language switch redraws it
+  function showConn(key, vals) { S.conn = [key, vals]; $("conn").textContent = T(key, vals); }
+  function rerender() {
+    if (!S.me) return;
+    if (S.conn) showConn(S.conn[0], S.conn[1]);
+    fillTransfer(); fillCanned(); renderList();
+    if (S.current) { renderHeader(); renderLabels(); renderMessages(); renderProfile(); }
+    if ($("search").value.trim()) runSearch();
+  }
+  $("me-lang").addEventListener("change", function () {
+    var lang = $("me-lang").value;
+    api("PUT", "/profile/language", { language: lang }).then(function (a) {
+      S.me.language = a.language;
+      return loadWords([lang]);
+    }).then(rerender).catch(function (e) { alert(e.message); });
+  });
 
   function api(method, path, body) {
     var opts = { method: method, headers: { "api_access_token": S.token } };
@@ -38,7 +87,9 @@
     if (text !== undefined && text !== null) e.textContent = text;
     return e;
   }
-  function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : ""; }
+  function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString(S.lang || [], { hour: "2-digit", minute: "2-digit" }) : ""; }
+  // who wrote: the bot and the desk by the catalogue's names, people by their own
+  function author(a) { return a.kind === "bot" || a.kind === "system" ? T("console.author." + a.kind) : (a.name || a.id); }
 
   // ------------------------------------------------------------------ sign in
   function showSignin(msg) {
@@ -59,15 +110,18 @@
 
   function signIn() {
     api("GET", "/profile").then(function (p) {
-      if (!p.agent) throw new Error("this token is not an agent's token");
+      if (!p.agent) throw new Error(T("console.signin.not_agent"));
       localStorage.setItem("kefu.console.token", S.token);
       S.me = p.agent;
       S.wsBase = p.ws_url || "";
+      // the agent's own language wins over the browser's
+      var words = p.agent.language && p.agent.language !== S.lang ? loadWords([p.agent.language]) : null;
       $("signin").hidden = true; $("app").hidden = false;
       $("me-name").textContent = S.me.name || S.me.id;
       $("me-avatar").textContent = (S.me.name || S.me.id).slice(0, 1).toUpperCase();
       showMyStatus(S.me.status);
       return Promise.all([
+        words,
         api("GET", "/agents").then(function (d) { S.agents = d.payload; fillTransfer(); }),
         api("GET", "/labels").then(function (d) { S.labels = d.payload; fillLabelList(); }),
         api("GET", "/canned_responses").then(function (d) { S.canned = d.payload; fillCanned(); })
@@ -75,7 +129,7 @@
     }).then(function () {
       loadList();
       connect();
-    }).catch(function (e) { showSignin(e.status === 401 ? "Unknown token." : e.message); });
+    }).catch(function (e) { showSignin(e.status === 401 ? T("console.signin.unknown") : e.message); });
   }
 
   // ------------------------------------------------------------------ live socket
@@ -87,12 +141,12 @@
   function connect() {
     var ws = new WebSocket(wsUrl());
     S.ws = ws;
-    $("conn").textContent = "connecting…";
+    showConn("console.conn.connecting");
     ws.onopen = function () { ws.send(JSON.stringify({ type: "auth", role: "agent", token: S.token, ref: "auth" })); };
     ws.onmessage = function (ev) { var f; try { f = JSON.parse(ev.data); } catch (e) { return; } onFrame(f); };
     ws.onclose = function () {
       clearInterval(S.ping);
-      $("conn").textContent = "offline — reconnecting…";
+      showConn("console.conn.offline");
       var wait = S.backoff; S.backoff = Math.min(S.backoff * 2, 30000);
       setTimeout(connect, wait);
     };
@@ -101,7 +155,7 @@
     S.refs += 1;
     frame.ref = "c" + S.refs;
     return new Promise(function (resolve, reject) {
-      if (!S.ws || S.ws.readyState !== 1) { reject(new Error("not connected")); return; }
+      if (!S.ws || S.ws.readyState !== 1) { reject(new Error(T("console.not_connected"))); return; }
       S.waiting[frame.ref] = { resolve: resolve, reject: reject };
       S.ws.send(JSON.stringify(frame));
     });
@@ -115,7 +169,7 @@
     switch (f.type) {
       case "ready":
         S.backoff = 1000;
-        $("conn").textContent = "live";
+        showConn("console.conn.live");
         if (S.me.status === "offline") setStatus("online");
         clearInterval(S.ping);
         S.ping = setInterval(function () { if (S.ws.readyState === 1) S.ws.send('{"type":"ping"}'); }, 25000);
@@ -141,7 +195,7 @@
         break;
       case "typing":
         if (S.current && f.conversation === S.current.id && f.author.kind === "customer") {
-          $("typing").textContent = f.on ? "Customer is typing…" : "";
+          $("typing").textContent = f.on ? T("console.typing") : "";
         }
         break;
       case "agent":
@@ -150,7 +204,7 @@
         fillTransfer();
         break;
       case "error":
-        $("conn").textContent = "error: " + f.message;
+        showConn("console.conn.error", { message: f.message });
         break;
     }
   }
@@ -165,22 +219,22 @@
       $("n-unassigned").textContent = d.meta.unassigned_count;
       $("n-all").textContent = d.meta.all_count;
       renderList();
-    }).catch(function (e) { $("conn").textContent = e.message; });
+    }).catch(function (e) { showConn("console.conn.error", { message: e.message }); });
   }
   function renderList() {
     var ul = $("convs"); ul.textContent = "";
-    if (!S.convs.length) { ul.appendChild(el("li", "none", "Nothing here.")); return; }
+    if (!S.convs.length) { ul.appendChild(el("li", "none", T("console.nothing"))); return; }
     S.convs.forEach(function (c) {
       var li = el("li", (S.current && S.current.id === c.id ? "sel " : "") + (S.unread[c.id] ? "unread" : ""));
       li.dataset.id = c.id;
       var top = el("div", "top");
       top.appendChild(el("span", "cust", c.customer));
       var pills = el("span");
-      if (c.priority && c.priority !== "normal") pills.appendChild(el("span", "pill " + c.priority, c.priority));
-      pills.appendChild(el("span", "pill " + c.status, c.status === "assigned" && c.assignee ? (c.assignee === S.me.id ? "mine" : c.assignee) : c.status));
+      if (c.priority && c.priority !== "normal") pills.appendChild(el("span", "pill " + c.priority, T("console.priority." + c.priority)));
+      pills.appendChild(el("span", "pill " + c.status, c.status === "assigned" && c.assignee ? (c.assignee === S.me.id ? T("console.mine") : c.assignee) : T("console.state." + c.status)));
       top.appendChild(pills);
       li.appendChild(top);
-      var last = c.last_message ? c.last_message.text : (c.intent ? "intent: " + c.intent : c.channel);
+      var last = c.last_message ? c.last_message.text : (c.intent ? T("console.intent", { intent: c.intent }) : c.channel);
       li.appendChild(el("div", "prev", last || ""));
       li.addEventListener("click", function () { openConv(c.id); });
       ul.appendChild(li);
@@ -217,15 +271,17 @@
   function renderHeader() {
     var c = S.current;
     $("t-title").textContent = c.customer;
-    var bits = [c.status, c.channel, c.team ? "team " + c.team : "", c.assignee ? "assignee " + c.assignee : "unassigned", c.priority || ""];
+    var bits = [T("console.state." + c.status), c.channel, c.team ? T("console.team", { team: c.team }) : "",
+                c.assignee ? T("console.assignee", { agent: c.assignee }) : T("console.unassigned"),
+                c.priority ? T("console.priority." + c.priority) : ""];
     var sub = $("t-sub"); sub.textContent = bits.filter(Boolean).join(" · ");
     if (c.csat) {
-      sub.appendChild(document.createTextNode(" · CSAT "));
-      sub.appendChild(el("span", "csat", stars(c.csat))).title = c.csat + " of 5";
+      sub.appendChild(document.createTextNode(" · " + T("console.csat") + " "));
+      sub.appendChild(el("span", "csat", stars(c.csat))).title = T("console.csat.of5", { rating: c.csat });
     }
     var mine = c.assignee === S.me.id;
     $("a-accept").hidden = !((c.status === "queued") || (c.status === "assigned" && mine && c.accepted === false));
-    $("a-accept").textContent = c.status === "assigned" ? "Accept" : "Pick up";
+    $("a-accept").textContent = c.status === "assigned" ? T("console.accept") : T("console.pickup");
     $("a-resolve").hidden = !(c.status === "assigned" && mine);
     $("a-reopen").hidden = !(c.status === "resolved" || c.status === "closed");
     $("a-transfer").disabled = !(c.status === "assigned" || c.status === "queued");
@@ -237,7 +293,7 @@
       var kind = m.private ? "note" : m.author.kind;
       var d = el("div", "m " + kind);
       d.dataset.id = m.id;
-      var by = m.private ? "Private note · " + (m.author.name || m.author.id) : (m.author.kind === "customer" ? "" : (m.author.name || m.author.id));
+      var by = m.private ? T("console.note_by", { name: author(m.author) }) : (m.author.kind === "customer" ? "" : author(m.author));
       if (by) d.appendChild(el("div", "by", by + " · " + fmtTime(m.ts)));
       d.appendChild(document.createTextNode(m.text));
       if (S.hit && m.id === S.hit) d.classList.add("hit");
@@ -269,7 +325,7 @@
     stopTyping();
     send(frame).then(function (ack) {
       if (ack.message && !S.messages.some(function (x) { return x.id === ack.message.id; })) { S.messages.push(ack.message); renderMessages(); }
-    }).catch(function (err) { $("text").value = text; alert("Not sent: " + err.message); });
+    }).catch(function (err) { $("text").value = text; alert(T("console.not_sent", { message: err.message })); });
   });
   $("text").addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
@@ -284,7 +340,8 @@
     if (S.sentTyping && S.current) { S.sentTyping = false; send({ type: "typing", conversation: S.current.id, on: false }).catch(function () {}); }
   }
   function fillCanned() {
-    var sel = $("canned");
+    var sel = $("canned"); sel.textContent = "";
+    sel.appendChild(el("option", null, T("console.canned"))).value = "";
     S.canned.forEach(function (c) { var o = el("option", null, "/" + c.code + " — " + c.text.slice(0, 40)); o.value = c.text; sel.appendChild(o); });
   }
   $("canned").addEventListener("change", function () {
@@ -296,7 +353,7 @@
   function act(action, extra) {
     var f = Object.assign({ type: "action", action: action, conversation: S.current.id }, extra || {});
     return send(f).then(function (ack) { if (ack.conversation) { S.current = Object.assign({}, S.current, ack.conversation); renderHeader(); renderLabels(); } loadList(); })
-      .catch(function (e) { alert(action + " failed: " + e.message); });
+      .catch(function (e) { alert(T("console.failed", { action: action, message: e.message })); });
   }
   $("a-accept").addEventListener("click", function () { act(S.current.status === "queued" ? "pickup" : "accept"); });
   $("a-resolve").addEventListener("click", function () { act("resolve"); });
@@ -309,13 +366,13 @@
   });
   function fillTransfer() {
     var sel = $("a-transfer"); sel.textContent = "";
-    sel.appendChild(el("option", null, "Transfer…")).value = "";
+    sel.appendChild(el("option", null, T("console.transfer"))).value = "";
     var teams = {};
     S.agents.forEach(function (a) { (a.teams || []).forEach(function (t) { teams[t] = 1; }); });
-    Object.keys(teams).sort().forEach(function (t) { var o = el("option", null, "Team " + t); o.value = "team:" + t; sel.appendChild(o); });
+    Object.keys(teams).sort().forEach(function (t) { var o = el("option", null, T("console.transfer.team", { team: t })); o.value = "team:" + t; sel.appendChild(o); });
     S.agents.forEach(function (a) {
       if (S.me && a.id === S.me.id) return;
-      var o = el("option", null, (a.name || a.id) + " (" + a.status + ")"); o.value = "agent:" + a.id; sel.appendChild(o);
+      var o = el("option", null, (a.name || a.id) + " (" + T("console.presence." + a.status) + ")"); o.value = "agent:" + a.id; sel.appendChild(o);
     });
   }
 
@@ -335,39 +392,41 @@
     pairs.forEach(function (p) {
       if (p[1] === undefined || p[1] === null || p[1] === "") return;
       any = true;
-      box.appendChild(el("dt", null, p[0]));
+      box.appendChild(el("dt", null, T("console.field." + p[0], p[2])));
       box.appendChild(el("dd", null, typeof p[1] === "object" ? JSON.stringify(p[1]) : String(p[1])));
     });
     if (!any) { box.appendChild(el("dt", null, "—")); box.appendChild(el("dd", null, "")); }
   }
   function renderProfile() {
     var c = S.contact || {}, a = c.attributes || {}, side = c.sidebar || {}, crm = side.crm || {};
+    // a pair: [catalogue key under console.field., value, placeholder values]; custom keys show as they are
     var pairs = [["id", c.id], ["name", c.name], ["email", c.email], ["phone", c.phone], ["tier", c.tier], ["kind", c.kind], ["site", a.site]];
     Object.keys(a).forEach(function (k) {
-      if (["site", "page", "user_agent", "locale", "identified", "device"].indexOf(k) < 0 && k.indexOf("device") !== 0) pairs.push([k, a[k]]);
+      if (["site", "page", "user_agent", "locale", "language", "identified", "device"].indexOf(k) < 0 && k.indexOf("device") !== 0) pairs.push(["custom", a[k], { key: k }]);
     });
-    Object.keys(crm).forEach(function (k) { pairs.push(["crm " + k, crm[k]]); });
+    Object.keys(crm).forEach(function (k) { pairs.push(["crm", crm[k], { key: k }]); });
     dl("profile", pairs);
     var dev = typeof a.device === "object" && a.device ? a.device : {};
     var dpairs = [];
-    Object.keys(dev).forEach(function (k) { dpairs.push([k, dev[k]]); });
-    Object.keys(a).forEach(function (k) { if (k.indexOf("device_") === 0) dpairs.push([k.slice(7), a[k]]); });
+    Object.keys(dev).forEach(function (k) { dpairs.push(["custom", dev[k], { key: k }]); });
+    Object.keys(a).forEach(function (k) { if (k.indexOf("device_") === 0) dpairs.push(["custom", a[k], { key: k.slice(7) }]); });
     dpairs.push(["channel", S.current.channel]);
     if (a.page) dpairs.push(["page", a.page]);
     if (a.locale) dpairs.push(["locale", a.locale]);
+    if (a.language) dpairs.push(["language", T("lang." + a.language)]);
     if (a.user_agent) dpairs.push(["browser", a.user_agent]);
     dl("device", dpairs);
   }
   function renderConvInfo() {
     var c = S.current;
     var csat = c.csat ? c.csat + "/5 " + stars(c.csat) + (c.csat_comment ? " — " + c.csat_comment : "") : "";
-    dl("convinfo", [["id", c.id], ["status", c.status], ["CSAT", csat], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", c.handoff_reason], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString() : ""]]);
+    dl("convinfo", [["id", c.id], ["status", T("console.state." + c.status)], ["csat", csat], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", c.handoff_reason], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString(S.lang) : ""]]);
   }
   function renderLabels() {
     var box = $("labels"); box.textContent = "";
     (S.current.labels || []).forEach(function (l) {
       var chip = el("span", "chip", l);
-      var x = el("button", null, "×"); x.title = "Remove " + l;
+      var x = el("button", null, "×"); x.title = T("console.label.remove", { label: l });
       x.addEventListener("click", function () { act("labels", { labels: S.current.labels.filter(function (y) { return y !== l; }) }); });
       chip.appendChild(x); box.appendChild(chip);
     });
@@ -386,11 +445,11 @@
   function renderPast(items) {
     var ul = $("past"); ul.textContent = "";
     items.filter(function (c) { return !S.current || c.id !== S.current.id; }).forEach(function (c) {
-      var li = el("li", null, (c.created_at ? new Date(c.created_at * 1000).toLocaleDateString() + " · " : "") + c.status + (c.intent ? " · " + c.intent : ""));
+      var li = el("li", null, (c.created_at ? new Date(c.created_at * 1000).toLocaleDateString(S.lang) + " · " : "") + T("console.state." + c.status) + (c.intent ? " · " + c.intent : ""));
       li.addEventListener("click", function () { openConv(c.id); });
       ul.appendChild(li);
     });
-    if (!ul.children.length) ul.appendChild(el("li", null, "None."));
+    if (!ul.children.length) ul.appendChild(el("li", null, T("console.none")));
   }
 
   // ------------------------------------------------------------------ transcript search
@@ -408,10 +467,11 @@
     if (!q) { clearSearch(); return; }
     var seq = ++S.searchSeq, info = $("search-info");
     searching(true);
-    info.className = "search-info"; info.textContent = "Searching…";
+    info.className = "search-info"; info.textContent = T("console.search.busy");
     api("GET", "/search?limit=30&q=" + encodeURIComponent(q)).then(function (d) {
       if (seq !== S.searchSeq) return;  // a newer query is on its way
-      info.textContent = d.payload.length ? d.payload.length + (d.payload.length === 1 ? " match" : " matches") + " for “" + q + "”" : "No matches for “" + q + "”.";
+      var n = d.payload.length;
+      info.textContent = T(n === 0 ? "console.search.none" : n === 1 ? "console.search.one" : "console.search.many", { count: n, q: q });
       renderResults(d.payload);
     }).catch(function (e) {
       if (seq !== S.searchSeq) return;
@@ -424,12 +484,12 @@
       var li = el("li", "hit"); li.dataset.conversation = h.conversation; li.dataset.message = h.id;
       var top = el("div", "top");
       top.appendChild(el("span", "cust", h.customer || h.conversation));
-      top.appendChild(el("span", "when", new Date(h.ts * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
+      top.appendChild(el("span", "when", new Date(h.ts * 1000).toLocaleString(S.lang || [], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
       li.appendChild(top);
       var snip = el("div", "snip");
       h.highlights.forEach(function (p) { snip.appendChild(p.match ? el("mark", null, p.text) : document.createTextNode(p.text)); });
       li.appendChild(snip);
-      var who = h.private ? "Private note · " + (h.author.name || h.author.id) : h.author.kind === "customer" ? "Customer" : (h.author.name || h.author.id);
+      var who = h.private ? T("console.note_by", { name: author(h.author) }) : h.author.kind === "customer" ? T("console.customer") : author(h.author);
       li.appendChild(el("div", "who", who + " · " + h.conversation + (h.status ? " · " + h.status : "")));
       li.addEventListener("click", function () {
         Array.prototype.forEach.call(ul.children, function (x) { x.classList.toggle("sel", x === li); });
@@ -450,5 +510,5 @@
   $("search-clear").addEventListener("click", function () { clearSearch(); $("search").focus(); });
 
   window.kefuConsole = S;
-  if (S.token) signIn(); else showSignin("");
+  loadWords(browserLanguages()).then(function () { if (S.token) signIn(); else showSignin(""); });
 })();

@@ -4,7 +4,13 @@
  *
  * Optional attributes: data-identity-id + data-identity-hash (identity validation:
  * hex HMAC-SHA256 of the id under the site's identity_secret, computed by the site's
- * backend), data-name, data-email, data-open="true" (start open).
+ * backend), data-name, data-email, data-open="true" (start open), data-lang="zh-CN" or "en"
+ * (the widget's language; without it the visitor's browser languages, navigator.languages, pick).
+ *
+ * Every word it shows comes from the server's message catalogue (GET /i18n?lang=...,
+ * kefu/locales/): elements carry data-i18n="key" (their text) or data-i18n-attr="attr:key"
+ * (placeholder, title, aria-label). The language goes to the server on auth, so the
+ * desk's system messages and the bot's answers come in it too.
  *
  * Plain JS, no build step, no dependencies. Everything lives in a shadow root so the
  * host page's CSS cannot break the widget and ours cannot leak out. Protocol:
@@ -26,7 +32,7 @@
   };
 
   var state = {
-    cfg: null, ws: null, ready: false, open: ds.open === "true" || store.get("open", false),
+    lang: null, words: {}, cfg: null, ws: null, ready: false, open: ds.open === "true" || store.get("open", false),
     conv: null, messages: store.get("history", []), pending: {}, me: store.get("visitor_id", null),
     queue: null, typingTimer: null, agentTyping: null, readUpTo: store.get("read_by_agent", null),
     backoff: 1000, refs: 0, unread: 0, lastSentTyping: false, pingTimer: null, status: "connecting"
@@ -64,16 +70,34 @@
     'button.send:disabled{color:#b0b4ba;cursor:default}' +
     '</style>' +
     '<div class="wrap">' +
-    '<section class="panel" role="dialog" aria-label="Chat">' +
-    '<header class="head"><button class="x" aria-label="Close" title="Close">&times;</button><h2 class="title">Support</h2><div class="sub status">Connecting…</div></header>' +
+    '<section class="panel" role="dialog" data-i18n-attr="aria-label:widget.dialog">' +
+    '<header class="head"><button class="x" data-i18n-attr="aria-label:widget.close;title:widget.close">&times;</button><h2 class="title"></h2><div class="sub status" data-i18n="widget.connecting"></div></header>' +
     '<div class="list" aria-live="polite"></div>' +
     '<div class="typing"></div>' +
     '<div class="queue"></div>' +
-    '<form><textarea placeholder="Type your message…" aria-label="Message"></textarea><button class="send" type="submit">Send</button></form>' +
+    '<form><textarea data-i18n-attr="placeholder:widget.placeholder;aria-label:widget.message"></textarea><button class="send" type="submit" data-i18n="widget.send"></button></form>' +
     '</section>' +
-    '<button class="bubble" aria-label="Open chat" title="Chat with us"><svg viewBox="0 0 24 24"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg><span class="badge"></span></button>' +
+    '<button class="bubble" data-i18n-attr="aria-label:widget.open;title:widget.bubble"><svg viewBox="0 0 24 24"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg><span class="badge"></span></button>' +
     '</div>';
   var $ = function (s) { return root.querySelector(s); };
+
+  // ------------------------------------------------------------------ words
+  function T(key, vals) {
+    var t = state.words[key];
+    if (t === undefined) return key;
+    return t.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, function (m, k) { return vals && k in vals ? String(vals[k]) : m; });
+  }
+  function applyWords() {
+    Array.prototype.forEach.call(root.querySelectorAll("[data-i18n]"), function (e) { e.textContent = T(e.dataset.i18n); });
+    Array.prototype.forEach.call(root.querySelectorAll("[data-i18n-attr]"), function (e) {
+      e.dataset.i18nAttr.split(";").forEach(function (p) { var kv = p.split(":"); e.setAttribute(kv[0], T(kv[1])); });
+    });
+    host.setAttribute("lang", state.lang);
+  }
+  function wantedLanguages() {
+    if (ds.lang) return [ds.lang];
+    return (navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language || ""]).slice(0, 10);
+  }
   var wrap = $(".wrap"), list = $(".list"), input = $("textarea"), form = $("form");
 
   function setOpen(v) {
@@ -98,7 +122,7 @@
     list.textContent = "";
     var g = document.createElement("div");
     g.className = "msg greet";
-    g.textContent = (state.cfg && state.cfg.greeting) || "Hi! How can we help?";
+    g.textContent = (state.cfg && state.cfg.greeting) || T("widget.greeting");
     list.appendChild(g);
     var lastMine = null, lastMineEl = null;
     state.messages.forEach(function (m) {
@@ -106,7 +130,7 @@
       if (!mine && m.author.kind !== "system") {
         var who = document.createElement("div");
         who.className = "who";
-        who.textContent = m.author.name || (m.author.kind === "bot" ? "Assistant" : m.author.kind === "agent" ? "Agent" : "");
+        who.textContent = m.author.kind === "bot" ? T("widget.assistant") : (m.author.name || (m.author.kind === "agent" ? T("widget.agent") : ""));
         if (who.textContent) list.appendChild(who);
       }
       var el = document.createElement("div");
@@ -125,7 +149,7 @@
     if (lastMine && state.readUpTo !== null && seqOf(state.readUpTo) >= seqOf(lastMine.id)) {
       var r = document.createElement("div");
       r.className = "meta read";
-      r.textContent = "Read";
+      r.textContent = T("widget.read");
       lastMineEl.insertAdjacentElement("afterend", r);  // under the visitor's last message
     }
     scrollDown();
@@ -156,14 +180,15 @@
 
   function showTyping() {
     var t = $(".typing");
-    t.textContent = state.agentTyping ? (state.agentTyping + " is typing…") : "";
+    t.textContent = state.agentTyping ? T("widget.typing", { name: state.agentTyping }) : "";
   }
 
   function showQueue() {
     var q = $(".queue");
     if (state.queue && state.queue.position > 0) {
-      var eta = state.queue.eta_s ? " (about " + Math.max(1, Math.round(state.queue.eta_s / 60)) + " min)" : "";
-      q.textContent = "You are number " + state.queue.position + " in line" + eta + ". An agent will be with you shortly.";
+      q.textContent = state.queue.eta_s
+        ? T("widget.queue_eta", { position: state.queue.position, minutes: Math.max(1, Math.round(state.queue.eta_s / 60)) })
+        : T("widget.queue", { position: state.queue.position });
       q.style.display = "block";
     } else {
       q.style.display = "none";
@@ -188,10 +213,10 @@
     var url = state.cfg.ws_url + state.cfg.chat_path;
     var ws = new WebSocket(url);
     state.ws = ws;
-    setStatus("Connecting…");
+    setStatus(T("widget.connecting"));
     ws.onopen = function () {
       state.backoff = 1000;
-      var auth = { type: "auth", role: "visitor", site: site, profile: { page: location.href.slice(0, 2000), user_agent: navigator.userAgent.slice(0, 500), locale: navigator.language || "" } };
+      var auth = { type: "auth", role: "visitor", site: site, profile: { page: location.href.slice(0, 2000), user_agent: navigator.userAgent.slice(0, 500), locale: navigator.language || "", language: state.lang } };
       if (ds.identityId && ds.identityHash) {
         auth.identity = { id: ds.identityId, hash: ds.identityHash };
         if (ds.name) auth.identity.name = ds.name;
@@ -217,7 +242,7 @@
       $(".send").disabled = true;
       var wait = state.backoff;
       state.backoff = Math.min(state.backoff * 2, 30000);
-      setStatus("Reconnecting in " + Math.round(wait / 1000) + " s…");
+      setStatus(T("widget.reconnecting", { seconds: Math.round(wait / 1000) }));
       setTimeout(connect, wait + Math.random() * 300);
     };
   }
@@ -231,7 +256,7 @@
         store.set("visitor_id", f.id);
         if (f.visitor_token) store.set("visitor_token", f.visitor_token);
         $(".send").disabled = false;
-        setStatus("We typically reply in a few minutes");
+        setStatus(T("widget.reply_time"));
         state.conv = f.conversation ? f.conversation.id : null;
         if (state.conv) send({ type: "history", conversation: state.conv, limit: 50, ref: "hist" });
         else { state.messages = []; remember(); render(); }
@@ -253,7 +278,7 @@
         break;
       case "typing":
         if (f.author.kind !== "customer") {
-          state.agentTyping = f.on ? (f.author.name || (f.author.kind === "bot" ? "Assistant" : "Agent")) : null;
+          state.agentTyping = f.on ? (f.author.kind === "bot" ? T("widget.assistant") : (f.author.name || T("widget.agent"))) : null;
           showTyping();
           clearTimeout(state.agentTypingTimer);
           if (f.on) state.agentTypingTimer = setTimeout(function () { state.agentTyping = null; showTyping(); }, 8000);
@@ -268,14 +293,16 @@
         break;
       case "conversation":
         state.conv = f.conversation.id;
-        if (f.conversation.status === "assigned") { state.queue = null; showQueue(); setStatus("An agent has joined"); }
-        else if (f.conversation.status === "resolved") { setStatus("Conversation resolved — write again any time"); state.queue = null; showQueue(); }
-        else if (f.conversation.status === "queued") setStatus("Waiting for an agent…");
+        if (f.conversation.status === "assigned") { state.queue = null; showQueue(); setStatus(T("widget.agent_joined")); }
+        else if (f.conversation.status === "resolved") { setStatus(T("widget.resolved")); state.queue = null; showQueue(); }
+        else if (f.conversation.status === "queued") setStatus(T("widget.waiting"));
         break;
       case "error":
         if (f.ref && state.pending[f.ref]) { delete state.pending[f.ref]; render(); }
         if (f.code === "auth_failed") { store.set("visitor_token", null); }
-        sysNote(f.message);
+        // people read the catalogue's words for the code; the server's text is for developers
+        sysNote(state.words["widget.error." + f.code] !== undefined ? T("widget.error." + f.code) : T("widget.error.generic"));
+        if (window.console) console.warn("kefu widget:", f.code, f.message);
         break;
     }
   }
@@ -317,17 +344,24 @@
   function start() {
     document.body.appendChild(host);
     setOpen(state.open);
-    fetch(base + "/api/v1/widget/config?website_token=" + encodeURIComponent(site))
-      .then(function (r) { if (!r.ok) throw new Error("widget config: HTTP " + r.status); return r.json(); })
-      .then(function (body) {
-        state.cfg = body.data;
+    function get(path) {
+      return fetch(base + path).then(function (r) { if (!r.ok) throw new Error(path + ": HTTP " + r.status); return r.json(); });
+    }
+    var words = get("/i18n?lang=" + encodeURIComponent(wantedLanguages().join(","))).then(function (body) {
+      state.lang = body.language;
+      state.words = body.messages;
+      applyWords();
+    });
+    Promise.all([get("/api/v1/widget/config?website_token=" + encodeURIComponent(site)), words])
+      .then(function (r) {
+        state.cfg = r[0].data;
         host.style.setProperty("--c", state.cfg.color || "#1f6feb");
         root.host.style.setProperty("--c", state.cfg.color || "#1f6feb");
-        $(".title").textContent = state.cfg.title;
+        $(".title").textContent = state.cfg.title || T("widget.title");
         render();
         connect();
       })
-      .catch(function (e) { setStatus("Chat unavailable"); if (window.console) console.error("kefu widget:", e); });
+      .catch(function (e) { if (state.lang) setStatus(T("widget.unavailable")); if (window.console) console.error("kefu widget:", e); });
   }
   window.__kefuWidget = { state: state, open: function () { setOpen(true); }, close: function () { setOpen(false); } };
   if (document.body) start(); else document.addEventListener("DOMContentLoaded", start);

@@ -1,7 +1,23 @@
 // kefu dashboard: reads /ops/status and /ops/series, draws with uPlot (kefu/web/vendor).
 // Plain script, no build step. Everything it shows comes from the node's stored history.
+// Its words come from the message catalogue (GET /ops/i18n, kefu/locales/) in the browser's
+// language, or the one named by ?lang=zh-CN / ?lang=en.
 (function () {
   "use strict";
+  var words = {}, lang = "en";
+  function T(key, vals) {
+    var t = words[key];
+    if (t === undefined) return key;
+    return t.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, function (m, k) { return vals && k in vals ? String(vals[k]) : m; });
+  }
+  function applyWords() {
+    document.querySelectorAll("[data-i18n]").forEach(function (e) { e.textContent = T(e.dataset.i18n); });
+    document.querySelectorAll("[data-i18n-attr]").forEach(function (e) {
+      e.dataset.i18nAttr.split(";").forEach(function (p) { var kv = p.split(":"); e.setAttribute(kv[0], T(kv[1])); });
+    });
+    document.documentElement.lang = lang;
+    document.title = T("dashboard.doc_title");
+  }
 
   var params = new URLSearchParams(location.search);
   var token = params.get("token");
@@ -41,7 +57,11 @@
 
   function labelText(labels) {
     var keys = Object.keys(labels || {});
-    return keys.length ? keys.map(function (k) { return labels[k] || "(none)"; }).join(" · ") : "";
+    return keys.length ? keys.map(function (k) {
+      var v = labels[k];
+      if (!v) return T("dashboard.series.none");
+      return k === "status" && words["dashboard.agent." + v] !== undefined ? T("dashboard.agent." + v) : v;
+    }).join(" · ") : "";
   }
 
   // The x grid: one slot per step from the range start to its end.
@@ -67,7 +87,8 @@
     (data.series[name] || []).forEach(function (s) {
       // count: a rate series shown as events per bucket (avg rate * samples * sample interval)
       var points = opts.count ? s.points.map(function (p) { return [p[0], p[1] * p[4] * data.interval_s]; }) : s.points;
-      out.push({ label: (opts.prefix || "") + (labelText(s.labels) || opts.label || name), points: points,
+      var text = labelText(s.labels) || opts.label || name;
+      out.push({ label: opts.prefix ? T(opts.prefix, { name: text }) : text, color: NAMED[(s.labels || {}).status] || NAMED[opts.color], points: points,
                  scale: opts.scale || 1, fill: opts.fill === undefined ? null : opts.fill, axis: opts.axis || "y" });
     });
     return out;
@@ -90,16 +111,16 @@
   }
 
   // Fixed colours where the label has a meaning of its own.
-  var NAMED = { online: "#2e7d32", away: "#f9a825", offline: "#9aa3ae", "occupancy %": "#1f6feb",
+  var NAMED = { online: "#2e7d32", away: "#f9a825", offline: "#9aa3ae", occupancy: "#1f6feb",
                 p50: "#2e7d32", p95: "#e8710a", p99: "#c62828" };
 
   function draw(id, xs, ls, step, opts) {
     opts = opts || {};
     var el = document.getElementById(id);
-    var series = [{}];
+    var series = [{ label: T("dashboard.time") }];
     var ys = [];
     ls.forEach(function (l, i) {
-      var color = NAMED[l.label] || COLORS[i % COLORS.length];
+      var color = l.color || NAMED[l.label] || COLORS[i % COLORS.length];
       var s = { label: l.label, stroke: color, width: 2, scale: l.axis, spanGaps: false,
                 value: function (u, v) { return v === null ? "–" : num(v) + (opts.unit || ""); } };
       if (opts.bars) {
@@ -136,7 +157,7 @@
       el.appendChild(msg);
       charts[id] = { plot: plot, key: key, el: el, msg: msg };
     }
-    charts[id].msg.textContent = empty ? (ls.length ? "nothing in this range" : "no data yet") : "";
+    charts[id].msg.textContent = empty ? (ls.length ? T("dashboard.empty.range") : T("dashboard.empty.none")) : "";
   }
 
   function topIntents(data, n) {
@@ -153,7 +174,7 @@
     if (totals.length > n) {
       var acc = {};
       totals.slice(n).forEach(function (x) { x.s.points.forEach(function (p) { acc[p[0]] = (acc[p[0]] || 0) + p[1]; }); });
-      out.push({ label: "other", points: Object.keys(acc).map(function (t) { return [+t, acc[t]]; }), scale: 60, fill: 0, axis: "y" });
+      out.push({ label: T("dashboard.series.other"), points: Object.keys(acc).map(function (t) { return [+t, acc[t]]; }), scale: 60, fill: 0, axis: "y" });
     }
     return out;
   }
@@ -196,17 +217,17 @@
     var breaches = total("sla_breaches_per_s");
     var rejected = total("rejected_per_s");
     var items = [
-      ["Messages in / s", num(inNow)],
-      ["p99 latency", p99 && p99.points.length ? num(lastValue(p99.points) * 1000) + " ms" : "–"],
-      ["Connections", num(conns, 0)],
-      ["Waiting", num(waiting, 0)],
-      ["Longest wait", dur(oldest)],
-      ["Agents online", num((status.agents || {}).online || 0, 0)],
-      ["Occupancy", status.occupancy === null || status.occupancy === undefined ? "–" : Math.round(status.occupancy * 100) + "%"],
-      ["Bot containment", contAvg === null ? "–" : Math.round(contAvg * 100) + "%"],
-      ["CSAT", csatAvg === null ? "–" : csatAvg.toFixed(2) + " / 5"],
-      ["SLA breaches", num(Math.round(breaches), 0)],
-      ["Rejected", num(Math.round(rejected), 0)],
+      [T("dashboard.tile.messages_in"), num(inNow)],
+      [T("dashboard.tile.p99"), p99 && p99.points.length ? num(lastValue(p99.points) * 1000) + " ms" : "–"],
+      [T("dashboard.tile.connections"), num(conns, 0)],
+      [T("dashboard.tile.waiting"), num(waiting, 0)],
+      [T("dashboard.tile.longest_wait"), dur(oldest)],
+      [T("dashboard.tile.agents_online"), num((status.agents || {}).online || 0, 0)],
+      [T("dashboard.tile.occupancy"), status.occupancy === null || status.occupancy === undefined ? "–" : Math.round(status.occupancy * 100) + "%"],
+      [T("dashboard.tile.containment"), contAvg === null ? "–" : Math.round(contAvg * 100) + "%"],
+      [T("dashboard.tile.csat"), csatAvg === null ? "–" : csatAvg.toFixed(2) + " / 5"],
+      [T("dashboard.tile.sla"), num(Math.round(breaches), 0)],
+      [T("dashboard.tile.rejected"), num(Math.round(rejected), 0)],
     ];
     var box = document.getElementById("tiles");
     box.innerHTML = "";
@@ -224,16 +245,17 @@
     var xs = grid(data);
     var step = data.step;
     var st = status.storage || {};
-    document.getElementById("node").textContent = status.node + " · kefu " + status.version + " · up " + dur(status.uptime_s) +
-      " · " + st.backend + (st.timescaledb ? " (TimescaleDB " + st.timescaledb + ")" : "") + (st.ready === false ? " · storage NOT READY: " + st.reason : "");
-    document.getElementById("source").textContent = "Range " + data.range + ", " + step + " s buckets, from " + data.source +
-      ". Samples every " + data.interval_s + " s.";
+    document.getElementById("node").textContent = T("dashboard.node", { node: status.node, version: status.version,
+      uptime: dur(status.uptime_s), storage: st.backend + (st.timescaledb ? " (TimescaleDB " + st.timescaledb + ")" : "") }) +
+      (st.ready === false ? " · " + T("dashboard.not_ready", { reason: st.reason }) : "");
+    document.getElementById("source").textContent = T("dashboard.source", { range: words["dashboard.range." + data.range] !== undefined ? T("dashboard.range." + data.range) : data.range, step: step,
+      source: data.source, interval: data.interval_s });
     tiles(status, data);
 
-    draw("c-traffic", xs, lines(data, "messages_in_per_s", { prefix: "in · ", label: "desk" })
-      .concat(lines(data, "messages_out_per_s", { prefix: "out · ", label: "desk" }))
-      .concat(lines(data, "mqtt_messages_in_per_s", { label: "MQTT in" }))
-      .concat(lines(data, "mqtt_messages_out_per_s", { label: "MQTT out" })), step, { unit: "/s" });
+    draw("c-traffic", xs, lines(data, "messages_in_per_s", { prefix: "dashboard.series.in", label: T("dashboard.series.desk") })
+      .concat(lines(data, "messages_out_per_s", { prefix: "dashboard.series.out", label: T("dashboard.series.desk") }))
+      .concat(lines(data, "mqtt_messages_in_per_s", { label: T("dashboard.series.mqtt_in") }))
+      .concat(lines(data, "mqtt_messages_out_per_s", { label: T("dashboard.series.mqtt_out") })), step, { unit: "/s" });
     draw("c-latency", xs, [].concat(
       lines(data, "message_latency_p50_seconds", { label: "p50", scale: 1000 }),
       lines(data, "message_latency_p95_seconds", { label: "p95", scale: 1000 }),
@@ -241,10 +263,10 @@
     draw("c-queue", xs, lines(data, "queue_length"), step, { min: 2 });
     draw("c-wait", xs, lines(data, "queue_wait_seconds"), step, { unit: " s", min: 10 });
     draw("c-agents", xs, lines(data, "agents").concat(
-      lines(data, "agent_occupancy_ratio", { label: "occupancy %", scale: 100, axis: "pct" })), step, { min: 2 });
+      lines(data, "agent_occupancy_ratio", { label: T("dashboard.series.occupancy"), color: "occupancy", scale: 100, axis: "pct" })), step, { min: 2 });
     draw("c-intents", xs, topIntents(data, 6), step, { unit: "/min" });
-    draw("c-containment", xs, lines(data, "bot_containment_ratio", { label: "containment %", scale: 100, axis: "pct" })
-      .concat(lines(data, "conversations_per_s", { label: "conversations / min", scale: 60 })), step, {});
+    draw("c-containment", xs, lines(data, "bot_containment_ratio", { label: T("dashboard.series.containment"), scale: 100, axis: "pct" })
+      .concat(lines(data, "conversations_per_s", { label: T("dashboard.series.conversations"), scale: 60 })), step, {});
     draw("c-sla", xs, lines(data, "sla_breaches_per_s", { count: true, fill: 0 }), step, { bars: true, min: 2 });
 
     var al = document.getElementById("alerts");
@@ -253,9 +275,9 @@
     al.innerHTML = "";
     firing.forEach(function (a) {
       var d = document.createElement("div");
-      d.innerHTML = "<b>FIRING</b> ";
-      d.appendChild(document.createTextNode(a.alert + ": " + a.metric + " " + labelText(a.labels) + " = " + num(a.value) +
-        " (" + a.op + " " + a.threshold + ") since " + new Date(a.since * 1000).toLocaleTimeString()));
+      d.appendChild(document.createElement("b")).textContent = T("dashboard.firing");
+      d.appendChild(document.createTextNode(" " + T("dashboard.alert", { alert: a.alert, metric: a.metric, labels: labelText(a.labels),
+        value: num(a.value), op: a.op, threshold: a.threshold, time: new Date(a.since * 1000).toLocaleTimeString(lang) })));
       al.appendChild(d);
     });
   }
@@ -269,15 +291,15 @@
       document.getElementById("error").hidden = true;
       var live = document.getElementById("live");
       live.className = "muted";
-      live.textContent = "live · updated " + new Date().toLocaleTimeString();
+      live.textContent = T("dashboard.live", { time: new Date().toLocaleTimeString(lang) });
       document.body.setAttribute("data-ready", "1");
     }).catch(function (e) {
       var err = document.getElementById("error");
       err.hidden = false;
-      err.textContent = "Cannot load metrics: " + e.message;
+      err.textContent = T("dashboard.error", { message: e.message });
       var live = document.getElementById("live");
       live.className = "muted stale";
-      live.textContent = lastOk ? "stale since " + new Date(lastOk).toLocaleTimeString() : "no data";
+      live.textContent = lastOk ? T("dashboard.stale", { time: new Date(lastOk).toLocaleTimeString(lang) }) : T("dashboard.no_data");
       document.body.setAttribute("data-ready", "error");
     }).then(function () {
       timer = setTimeout(refresh, intervalS * 1000);
@@ -301,5 +323,9 @@
       c.plot.setSize({ width: c.el.clientWidth, height: 220 });
     });
   });
-  refresh();
+  var wanted = params.get("lang") || (navigator.languages && navigator.languages.length ? navigator.languages.join(",") : navigator.language || "");
+  fetch("/ops/i18n?lang=" + encodeURIComponent(wanted)).then(function (r) { return r.json(); }).then(function (b) {
+    lang = b.language; words = b.messages;
+    applyWords();
+  }).catch(function (e) { if (window.console) console.error("dashboard words:", e); }).then(refresh);
 })();

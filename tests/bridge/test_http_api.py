@@ -86,6 +86,10 @@ async def test_every_operation_answers_as_documented():
 
         p = await api("GET", "/api/v1/profile", "/api/v1/profile")
         assert p["data"]["agent"]["id"] == "alice" and p["data"]["ws_url"].startswith("ws://")
+        lang = await api("PUT", "/api/v1/profile/language", "/api/v1/profile/language", body={"language": "zh-CN"})
+        assert lang["data"]["language"] == "zh-CN"
+        assert (await api("GET", "/api/v1/profile", "/api/v1/profile"))["data"]["agent"]["language"] == "zh-CN"
+        await api("PUT", "/api/v1/profile/language", "/api/v1/profile/language", body={"language": "fr"}, expect=422)
         lst = await api("GET", "/api/v1/conversations?assignee=me&status=open", "/api/v1/conversations")
         assert conv in [c["id"] for c in lst["data"]["payload"]]
         assert lst["data"]["meta"]["mine_count"] >= 1
@@ -169,7 +173,9 @@ async def test_health_and_pages():
         s, body, _ = await call("GET", st.http + "/readyz")
         assert s == 200 and body["checks"] == {"ws": True, "desk": True}
         for path, needle, ctype in [
-            ("/", b"Agent console", "text/html"),
+            ("/", b'href="/console" data-i18n="index.console"', "text/html"),
+            ("/i18n?lang=zh-Hans,en", '"language":"zh-CN"'.encode(), "application/json"),
+            ("/i18n?lang=fr", '"widget.send":"Send"'.encode(), "application/json"),
             ("/demo", b'src="/widget.js" data-site="demo"', "text/html"),
             ("/console", b"console.js", "text/html"),
             ("/widget.js", b"attachShadow", "javascript"),

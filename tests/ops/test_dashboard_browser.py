@@ -86,3 +86,22 @@ def test_dashboard_says_when_it_cannot_load(kefu, browser):
     page.wait_for_selector("body[data-ready='error']", timeout=T)
     assert page.locator("#error").inner_text() == "Cannot load metrics: history is off"
     page.close()
+
+
+def test_dashboard_in_chinese(kefu, browser):
+    """A browser that prefers Chinese gets the dashboard in Chinese (?lang= can name another)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1500}, locale="zh-CN")
+    page.goto(kefu.st.http + "/dashboard?range=1h")
+    page.wait_for_selector("body[data-ready='1']", timeout=T)
+    tiles = dict(zip(page.locator(".tile .k").all_text_contents(), page.locator(".tile .v").all_text_contents()))
+    assert tiles["在线客服"] == "1" and tiles["排队中"] == "1"
+    assert page.locator("#c-traffic").locator("xpath=..").locator("figcaption span").inner_text() == "消息流量"
+    assert page.locator("#ranges button.on").inner_text() == "1 小时"
+    legend = page.locator("#c-agents .u-legend").inner_text()
+    assert "在线" in legend and "占用率 %" in legend
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-zh.png"), full_page=True)
+    page.goto(kefu.st.http + "/dashboard?range=1h&lang=en")
+    page.wait_for_selector("body[data-ready='1']", timeout=T)
+    assert page.locator("#ranges button.on").inner_text() == "1 h"
+    page.close()
