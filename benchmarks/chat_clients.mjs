@@ -1,15 +1,18 @@
 // Browser-side /chat load for benchmarks/ws_bench.py: N visitors over WebSocket, each
 // authenticating, then sending ROUNDS messages one every INTERVAL seconds (random
-// start), timing message -> ack and first message -> the desk's first answer.
+// start), timing each message -> its ack and -> the desk's first message back (the bot's
+// answer); no answer within 10 s counts as unanswered. Texts cycle through TEXTS (a JSON list).
 // Node's built-in WebSocket (the WHATWG API browsers have; Node 20 needs
 // --experimental-websocket) keeps the client side cheap, so the numbers are kefu's and
 // not a Python client's. Prints one JSON object on stdout.
 //
-//   node --experimental-websocket benchmarks/chat_clients.mjs URL CLIENTS ROUNDS INTERVAL HOLD
+//   node --experimental-websocket benchmarks/chat_clients.mjs URL CLIENTS ROUNDS INTERVAL HOLD [TEXTS]
 const [url, clients, rounds, interval, hold] = [
   process.argv[2], +process.argv[3], +process.argv[4], +process.argv[5], +process.argv[6],
 ];
+const texts = process.argv[7] ? JSON.parse(process.argv[7]) : ["bench"];
 const ack = [], answer = [], failures = [];
+let unanswered = 0;
 let ready = 0, held = 0, finished = 0;
 const t0 = performance.now();
 let connectMs = 0;
@@ -33,9 +36,13 @@ function visitor(i) {
         return;
       }
       acked = false;
-      waitingAnswer = round === 0;
+      waitingAnswer = true;
       sentAt = performance.now();
-      ws.send(JSON.stringify({ type: "message", text: `bench ${i} ${round}`, ref: `r${round}` }));
+      const mine = round;
+      ws.send(JSON.stringify({ type: "message", text: texts[round % texts.length], ref: `r${round}` }));
+      setTimeout(() => {
+        if (round === mine && waitingAnswer) { unanswered++; waitingAnswer = false; maybeNext(); }
+      }, 10000);
     };
     const maybeNext = () => {
       if (acked && !waitingAnswer) { round++; setTimeout(next, interval * 1000); }
@@ -68,4 +75,4 @@ for (let i = 0; i < clients; i++) {
 }
 setTimeout(() => release(), 120000); // start anyway if some never got ready
 await Promise.all(all);
-process.stdout.write(JSON.stringify({ clients, ready, held, connect_s: connectMs / 1000, ack, answer, failures }) + "\n");
+process.stdout.write(JSON.stringify({ clients, ready, held, connect_s: connectMs / 1000, ack, answer, unanswered, failures }) + "\n");

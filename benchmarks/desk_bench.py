@@ -742,8 +742,11 @@ if __name__ == "__main__":
         trio.run(serve, a.serve, a.model, a.gc)
         sys.exit(0)
     if not a.model:
-        shipped = ROOT / "nlp" / "models" / "banking77"
-        if not (shipped / "model.onnx").exists():
-            ap.error(f"no shipped intent model in {shipped}: pass --model DIR (or --model off)")
-        a.model = str(shipped)
+        from kefu.nlp.encoder import DEFAULT_MODEL_DIR, ModelError, read_info
+
+        try:
+            read_info(DEFAULT_MODEL_DIR)  # model.onnx, or front.onnx + back.onnx (early exit), and the rest
+        except ModelError as e:
+            ap.error(f"{e} (or pass --model DIR, or --model off)")
+        a.model = str(DEFAULT_MODEL_DIR)
     trio.run(main, a)

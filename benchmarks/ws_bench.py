@@ -4,14 +4,18 @@ WebSocket throughput against other brokers, in one run. Prints tables.
     .venv/bin/python benchmarks/ws_bench.py                # 2000 /chat clients, full MQTT run
     .venv/bin/python benchmarks/ws_bench.py --quick        # small numbers, a smoke run
 
-/chat part: a kefu is started in a subprocess (``kefu serve`` with a generated config:
-one agent per 10 conversations, ws/http on free ports). N visitor connections are
-opened and held (connections held = authenticated sockets still open at the end);
-each visitor then sends messages one at a time and the round trip is measured from
-sending a ``message`` frame to receiving its ``ack`` (the frame went through
-validation, rate limiting and the broker publish), and, where the desk echoes the
-customer's own message on its topics, to receiving that echo. Agents are not
-simulated beyond their sign-in; the desk's own benchmark covers routing.
+/chat part: the whole app is started in a subprocess, as ``kefu serve`` runs it (a
+generated config: ws/http on free ports, SQLite in a temporary folder, the shipped intent
+model unless ``--model DIR|off``, the bot answering from config/answers.toml, ``--agents``
+configured agents, none by default). N visitor connections are opened and held
+(connections held = authenticated sockets still open at the end); each visitor then sends
+``--rounds`` messages, one every ``--interval`` s (random phase), cycling through
+questions the bot answers (card arrival, activation, exchange rate, ATMs, PIN: distinct
+intents, so no answer counts as "did not help"). Two round trips per message: to its
+``ack`` (the message was validated, stored and published) and to the desk's first
+message back (the bot's answer, or its handoff notice) -- the answer includes
+classification. A message with no answer within 10 s counts as unanswered. Agents are not
+simulated; the desk's own benchmark covers routing.
 
 MQTT part: the same workload against each broker — one subscriber on ``bench/#``,
 P publishers each sending M QoS 0 messages of 64 bytes, many packets per WebSocket
@@ -46,6 +50,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Questions the bot answers with config/answers.toml (each a different intent, classified
+# with confidence >= 0.89 and neutral sentiment by the shipped model).
+QUESTIONS = ["when will my card arrive?", "how do I activate my card?", "what exchange rate do you use?",
+             "does my card work at any ATM?", "how can I change my PIN?"]
 
 import trio
 from trio_websocket import open_websocket_url
@@ -165,7 +174,9 @@ async def mqtt_throughput(kind: str, port: int, publishers: int, per_pub: int, b
 
 class Proc:
     def __init__(self, argv, env=None, cwd=None) -> None:
-        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd,
+        # stderr to a file, not a pipe: a chatty server must never block on a full pipe
+        self.err = tempfile.TemporaryFile()
+        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.err, env=env, cwd=cwd,
                                   start_new_session=True)
 
     def stop(self) -> str:
@@ -175,18 +186,30 @@ class Proc:
                 self.p.wait(5)
             except subprocess.TimeoutExpired:
                 self.p.kill()
-        err = self.p.stderr.read().decode(errors="replace") if self.p.stderr else ""
+        self.err.seek(0)
+        err = self.err.read().decode(errors="replace")
+        self.err.close()
         return err
 
 
-def kefu_config(tmp: Path, *, mqtt: int, ws: int, http: int, chat: bool, agents: int = 0, tokens=()) -> Path:
+def kefu_config(tmp: Path, *, mqtt: int, ws: int, http: int, chat: bool, agents: int = 0, model: str = "",
+                tokens=()) -> Path:
     lines = [
         "[listeners.mqtt]", 'host = "127.0.0.1"', f"port = {mqtt}",
         "[listeners.ws]", "enabled = true", 'host = "127.0.0.1"', f"port = {ws}",
         "[listeners.http]", f"enabled = {'true' if chat else 'false'}", 'host = "127.0.0.1"', f"port = {http}",
         "[chat]", "rate_per_second = 1000.0", "rate_burst = 1000",
         "[log]", 'level = "warning"',
+        "[storage]", 'backend = "sqlite"', f'path = "{tmp / f"kefu-{ws}.db"}"',
     ]
+    if chat:  # the desk with its bot and the intent model, as `kefu serve` runs them
+        lines += ["[bot]", f'answers_file = "{ROOT / "config" / "answers.toml"}"',
+                  "[nlp]", f"enabled = {'false' if model == 'off' else 'true'}"]
+        if model and model != "off":
+            lines.append(f'model = "{model}"')
+        lines += ["[[teams]]", 'id = "general"']
+        for i in range(agents):
+            lines += ["[[agents]]", f'id = "agent-{i}"', f'name = "Agent {i}"', 'teams = ["general"]', "capacity = 10"]
     for name, digest, agent in tokens:
         lines += ["[[api.tokens]]", f'name = "{name}"', f'token_sha256 = "{digest}"', 'role = "agent"', f'agent = "{agent}"']
     p = tmp / "kefu.toml"
@@ -194,38 +217,9 @@ def kefu_config(tmp: Path, *, mqtt: int, ws: int, http: int, chat: bool, agents:
     return p
 
 
-def start_kefu(cfg: Path, *, desk: bool = False, agents: int = 0) -> Proc:
-    if not desk:
-        return Proc([PY, "-m", "kefu.cli", "serve", "--config", str(cfg)], cwd=str(ROOT))
-    return Proc([PY, str(Path(__file__).resolve()), "--serve-stack", str(cfg), "--agents", str(agents)], cwd=str(ROOT))
-
-
-async def serve_stack(cfg_path: str, agents: int) -> None:
-    """kefu with the desk, wired as kefu/app.py wires it (broker -> RouterBus -> Desk ->
-    bridge), for the /chat measurement; runs until SIGTERM."""
-    from kefu.agents import Agent
-    from kefu.bridge import service
-    from kefu.bridge.bus import RouterBus
-    from kefu.broker.server import Broker
-    from kefu.config import load
-    from kefu.desk import Desk
-    from kefu.settings import DeskSettings
-
-    cfg = load(cfg_path)
-    team = [Agent(f"agent-{i}", f"Agent {i}", teams=frozenset({"general"}), capacity=10) for i in range(agents)]
-    async with trio.open_nursery() as nursery:
-        broker = Broker(cfg)
-        await nursery.start(broker.serve)
-        bus = RouterBus(broker)
-        desk = Desk(DeskSettings(agents=tuple(team)), publish=bus.publish)
-        await nursery.start(desk.run)
-        await nursery.start(bus.consume, desk.s.topics.desk_filters(), desk.ingest)
-        await nursery.start(lambda task_status: service.run(cfg, broker=broker, desk=desk, bus=bus,
-                                                            task_status=task_status))
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
-            async for _ in sigs:
-                break
-        nursery.cancel_scope.cancel()
+def start_kefu(cfg: Path) -> Proc:
+    """``kefu serve`` (whatever ``kefu`` this Python imports: PYTHONPATH picks another checkout)."""
+    return Proc([PY, "-m", "kefu.cli", "serve", "--config", str(cfg)], cwd=str(ROOT))
 
 
 BUILD_MOSQUITTO_WS = "benchmarks/build_mosquitto_ws.sh"
@@ -314,7 +308,8 @@ async def start_amqtt(tmp: Path, port: int) -> tuple[Proc | None, str]:
 async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, interval: float) -> dict:
     url = f"ws://127.0.0.1:{ws_port}/chat"
     ack_rtts: list[float] = []
-    echo_rtts: list[float] = []  # first message -> the desk's first answer on the out topic
+    echo_rtts: list[float] = []  # a message -> the desk's first message back (the bot's answer)
+    unanswered = [0]
     ready = 0
     held = 0
     failures: list[str] = []
@@ -344,10 +339,11 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, i
                         await trio.sleep(interval)
                     ref = f"r{r}"
                     t0 = time.perf_counter()
-                    await ws.send_message(json.dumps({"type": "message", "text": f"bench {i} {r}", "ref": ref}))
+                    await ws.send_message(json.dumps({"type": "message", "text": QUESTIONS[r % len(QUESTIONS)],
+                                                      "ref": ref}))
                     acked = False
-                    replied = r > 0  # the desk answers the first message (bot handoff + queue notice)
-                    with trio.move_on_after(20):
+                    replied = False  # the desk answers every question (the bot, or its handoff notice)
+                    with trio.move_on_after(10) as cs:
                         while not (acked and replied):
                             f = json.loads(await ws.get_message())
                             now = time.perf_counter()
@@ -359,6 +355,8 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, i
                                 replied = True
                             elif f["type"] == "error":
                                 raise RuntimeError(f["message"])
+                    if cs.cancelled_caught and not replied:
+                        unanswered[0] += 1
                 finished += 1
                 if finished == clients:
                     all_done.set()
@@ -385,14 +383,14 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, i
         with trio.move_on_after(180):
             await all_done.wait()
     return {"clients": clients, "ready": ready, "held": held, "connect_s": t_ready, "ack": ack_rtts,
-            "echo": echo_rtts, "failures": failures}
+            "echo": echo_rtts, "unanswered": unanswered[0], "failures": failures}
 
 
 async def node_chat_bench(node: str, ws_port: int, args) -> dict:
     """The same /chat workload from Node's built-in WebSocket (benchmarks/chat_clients.mjs)."""
     script = Path(__file__).with_name("chat_clients.mjs")
     argv = [node, "--experimental-websocket", str(script), f"ws://127.0.0.1:{ws_port}/chat",
-            str(args.clients), str(args.rounds), str(args.interval), str(args.hold)]
+            str(args.clients), str(args.rounds), str(args.interval), str(args.hold), json.dumps(QUESTIONS)]
     done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
     if done.returncode != 0:
         raise SystemExit("ws_bench: the node client failed:\n" + done.stderr.decode(errors="replace")[-2000:])
@@ -424,11 +422,15 @@ async def main(args) -> None:
         tmp = Path(d)
         mqtt_port, ws_port, http_port = free_port(), free_port(), free_port()
         chat = not args.skip_chat
-        cfg = kefu_config(tmp, mqtt=mqtt_port, ws=ws_port, http=http_port, chat=chat)
-        kefu = start_kefu(cfg, desk=chat, agents=args.agents)
+        cfg = kefu_config(tmp, mqtt=mqtt_port, ws=ws_port, http=http_port, chat=chat, agents=args.agents,
+                          model=args.model)
+        kefu = start_kefu(cfg)
         try:
-            await wait_port(ws_port)
-            print(f"# ws_bench: python {sys.version.split()[0]}, {os.cpu_count()} CPUs; kefu pid {kefu.p.pid}")
+            await wait_port(ws_port, 120)  # the intent model loads first
+            import kefu as kefu_pkg
+
+            print(f"# ws_bench: python {sys.version.split()[0]}, {os.cpu_count()} CPUs; kefu pid {kefu.p.pid} "
+                  f"from {Path(kefu_pkg.__file__).parent.parent}; intent model: {args.model or 'shipped'}")
             if chat:
                 # The file-descriptor limit bounds how many sockets one process may hold.
                 import resource
@@ -447,13 +449,13 @@ async def main(args) -> None:
                 rows = [[r["clients"], r["ready"], r["held"], f"{r['connect_s']:.1f}",
                          len(r["ack"]), f"{pct(r['ack'], 50):.2f}", f"{pct(r['ack'], 99):.2f}",
                          len(echo), f"{pct(echo, 50):.2f}" if echo else "-", f"{pct(echo, 99):.2f}" if echo else "-",
-                         len(r["failures"])]]
+                         r.get("unanswered", 0), len(r["failures"])]]
                 print(f"# /chat client: {r['client']}")
                 rate = args.clients / args.interval
                 print(f"\n/chat: browser-side clients against kefu; each sends {args.rounds} messages, one every "
                       f"{args.interval:g} s (about {rate:.0f} msgs/s in all); round trips in ms\n")
                 print(table(rows, ["clients", "authenticated", "held to end", "connect s", "acks", "ack p50",
-                                   "ack p99", "answers", "answer p50", "answer p99", "failures"]))
+                                   "ack p99", "answers", "answer p50", "answer p99", "unanswered", "failures"]))
                 if r["failures"]:
                     print("  first failures:", "; ".join(sorted(set(r["failures"]))[:3]))
         finally:
@@ -567,13 +569,18 @@ if __name__ == "__main__":
     ap.add_argument("--client", choices=("auto", "node", "python"), default="auto",
                     help="/chat load generator: Node's WebSocket (cheap; default when node exists) or Python")
     ap.add_argument("--agents", type=int, default=0, help="configured agents (none online: chats wait in the queue)")
-    ap.add_argument("--serve-stack", metavar="CONFIG", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="", help="intent model folder for the /chat server; off: no classifier "
+                    "(every message is handed to a human); default: the shipped model")
     a = ap.parse_args()
     if a.mosquitto and not os.access(a.mosquitto, os.X_OK):
         ap.error(f"--mosquitto {a.mosquitto}: not an executable file (build one: {BUILD_MOSQUITTO_WS})")
-    if a.serve_stack:
-        trio.run(serve_stack, a.serve_stack, a.agents)
-        sys.exit(0)
+    if not a.skip_chat and a.model != "off":
+        from kefu.nlp.encoder import ModelError, read_info
+
+        try:
+            read_info(a.model or None)
+        except ModelError as e:
+            ap.error(f"{e} (or pass --model DIR, or --model off)")
     if a.quick:
         a.clients, a.rounds, a.messages, a.hold, a.interval, a.repeat = 50, 2, 5000, 0.5, 1.0, 1
     trio.run(main, a)

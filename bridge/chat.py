@@ -472,7 +472,9 @@ class _Session:
             if f.get("private"):
                 raise FrameError("forbidden", "visitors cannot write private notes", "private", ref)
             # The same entry point a device's message on .../in reaches (kefu/deskactions.ingest).
-            res = await d.customer_message("chat", who, f["text"], thread=thread, meta={"ref": ref} if ref else None)
+            # answer_later: the ack follows the stored message; the bot's answer comes when it is ready.
+            res = await d.customer_message("chat", who, f["text"], thread=thread, meta={"ref": ref} if ref else None,
+                                           answer_later=True)
             self.conv_id = res["conversation"]["id"]
             extra = {"message": message_view(res["message"]), "conversation": conversation_view(res["conversation"])}
         elif t == "typing":

@@ -67,8 +67,9 @@ class Desk(Protocol):
 
     # --- what customers and agents do --------------------------------------------------
     async def customer_message(self, channel: str, customer_id: str, text: str, *, thread: str = "main",
-                               meta: Json | None = None) -> Json:
-        """-> {"conversation": view, "message": view}; the entry point a device's message reaches too."""
+                               meta: Json | None = None, answer_later: bool = False) -> Json:
+        """-> {"conversation": view, "message": view}; the entry point a device's message reaches too.
+        ``answer_later``: return once the message is stored; the bot answers in the background."""
         ...
 
     async def customer_event(self, customer_id: str, thread: str, kind: str, **data) -> Json | None:

@@ -519,7 +519,15 @@ class Nlp:
         "`kefu nlp train`; empty: the "
         "shipped BANKING77 model.",
     )
-    threads: int = opt(1, "onnxruntime threads for inference; 1 is fastest on a small busy server.", positive)
+    threads: int = opt(
+        1, "onnxruntime intra-op threads per classification worker; 1 is fastest on a small busy server "
+        "(workers x threads should not exceed the cores).", positive,
+    )
+    workers: int = opt(
+        0, "Classification worker threads, each running one micro-batch at a time off the event loop "
+        "(onnxruntime releases the GIL, so they use the other cores); 0: one per CPU core but one (the "
+        "event loop's), divided by threads, at least 1.", non_negative,
+    )
     batch_size: int = opt(32, "Most messages classified in one micro-batch.", positive)
     max_wait_ms: float = opt(2.0, "Longest a message waits for others to share its batch, in milliseconds.", non_negative)
     queue_size: int = opt(256, "Messages waiting for the classifier before senders are slowed down.", positive)

@@ -97,7 +97,9 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
                     await continue_numbering(live, store)
                 transcripts = await nursery.start(Transcripts(store).run)
                 bus = RouterBus(broker)
-                classify = ops.metrics.instrument_classifier(intent.classify) if intent else None
+                # classify_nowait: a message the classifier has no room for skips classification
+                # (counted) and goes to a human, rather than queueing the bot's answers without bound.
+                classify = ops.metrics.instrument_classifier(intent.classify_nowait) if intent else None
                 desk = await nursery.start(functools.partial(
                     broker_glue.run, cfg, broker=broker, bus=bus, classify=classify,
                     store=PersistingStore(live, transcripts), base_dir=base_dir))

@@ -105,6 +105,9 @@ class Desk(DeskQueries):
         self.acl = Acl(self.s.topics, self.assignee_of)
         self.published = 0
         self.publish_errors = 0
+        self._later_nursery: trio.Nursery | None = None  # runs deferred bot turns (answer_later)
+        self._turns: dict[str, deque] = {}  # conv id -> bot turns waiting, in message order
+        self._turns_changed = trio.Event()
 
     # --- time and setup ------------------------------------------------------------------
     def now(self) -> float:
@@ -159,6 +162,7 @@ class Desk(DeskQueries):
             n.start_soon(self._lease_loop)
             if getattr(self.store, "shared", False):
                 n.start_soon(self._shared_assign_loop)
+            self._later_nursery = n
             task_status.started(self)
 
     async def _shared_assign_loop(self) -> None:
@@ -347,9 +351,17 @@ class Desk(DeskQueries):
 
     # --- customers ------------------------------------------------------------------------
     async def customer_message(
-        self, channel: str, customer_id: str, text: str, *, thread: str = "main", meta: dict | None = None
+        self, channel: str, customer_id: str, text: str, *, thread: str = "main", meta: dict | None = None,
+        answer_later: bool = False,
     ) -> dict:
-        """A customer's message. Returns {"conversation": view, "message": view}."""
+        """A customer's message. Returns {"conversation": view, "message": view}.
+
+        The message is stored and published (an assigned agent has it) before the bot's turn.
+        ``answer_later`` (the broker's intake, /chat): while the desk runs, the bot's turn (a
+        new customer's CRM lookup, classification, the answer or handoff) is left to a
+        background task, in message order per conversation, and this returns at once -- the
+        sender's acknowledgement never waits for the classifier. Otherwise it returns after
+        the bot's turn."""
         check_id("customer id", customer_id)
         check_id("thread", thread)
         if not isinstance(text, str) or not text.strip():
@@ -408,6 +420,9 @@ class Desk(DeskQueries):
             return conv, m
 
         conv, msg = await self._tx(step)
+        if answer_later and conv.status == Status.BOT and self._later_nursery is not None:
+            self._answer_later(conv.id, customer_id if created[0] else None, msg.text)
+            return {"conversation": conv.summary(), "message": message_view(msg, conv, self.names)}
         if created[0] and self.crm is not None:
             await self._crm_lookup(customer_id)
         if conv.status == Status.BOT:
@@ -434,16 +449,54 @@ class Desk(DeskQueries):
                     await self._commit([replace(c, tier=tier, updated_at=self.now())])
             await self._tx(step)
 
-    async def _classify(self, text: str):
+    def _answer_later(self, conv_id: str, crm_customer: str | None, text: str) -> None:
+        waiting = self._turns.get(conv_id)
+        if waiting is None:
+            waiting = self._turns[conv_id] = deque()
+            self._later_nursery.start_soon(self._run_turns, conv_id, waiting)
+        waiting.append((crm_customer, text))
+
+    async def _run_turns(self, conv_id: str, waiting: deque) -> None:
+        try:
+            while waiting:
+                crm_customer, text = waiting[0]
+                try:
+                    if crm_customer is not None and self.crm is not None:
+                        await self._crm_lookup(crm_customer)
+                    await self._bot_turn(conv_id, text)
+                except Exception:  # noqa: BLE001 - one failed turn must not stop the conversation's next
+                    log.exception("the bot's turn on %s failed", conv_id)
+                waiting.popleft()
+        finally:
+            self._turns.pop(conv_id, None)
+            self._turns_changed.set()
+            self._turns_changed = trio.Event()
+
+    async def turns_settled(self) -> None:
+        """Return once no deferred bot turn (``answer_later``) is waiting or running."""
+        while self._turns:
+            await self._turns_changed.wait()
+
+    async def _classify(self, text: str) -> tuple[Any, str | None]:
+        """(prediction, None), or (None, why the message goes on without an intent): the
+        classifier's own ``skip_reason`` (a full queue: ``classifier_busy``), or an error."""
         if self.classify is None:
-            return None
-        out = self.classify(text)
-        if inspect.isawaitable(out):
-            out = await out
-        return out
+            return None, "no_classifier"
+        try:
+            out = self.classify(text)
+            if inspect.isawaitable(out):
+                out = await out
+        except Exception as e:  # noqa: BLE001 - the message goes on without an intent (counted)
+            why = getattr(e, "skip_reason", None)
+            if why is None:
+                why = "classifier_error"
+                log.warning("classification failed (%s: %s); the bot hands the message to a human",
+                            type(e).__name__, e)
+            return None, why
+        return out, None if out is not None else "no_classifier"
 
     async def _bot_turn(self, conv_id: str, text: str) -> None:
-        pred = await self._classify(text)
+        pred, skipped = await self._classify(text)
 
         async def step() -> None:
             conv = await self.store.conversation(conv_id)
@@ -467,7 +520,7 @@ class Desk(DeskQueries):
             if not self.s.bot.enabled:
                 reply = Reply("handoff", None, "bot_disabled", intent, getattr(pred, "confidence", None), senti)
             elif pred is None and not wants_human(text, self.s.bot):
-                reply = Reply("handoff", self.s.bot.handoff_text(lang), "no_classifier")
+                reply = Reply("handoff", self.s.bot.handoff_text(lang), skipped or "no_classifier")
             else:
                 reply = bot_decide(
                     text, pred, route=route, answers=self.s.answers, settings=self.s.bot,

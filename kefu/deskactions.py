@@ -428,7 +428,8 @@ async def ingest(d: "Desk", topic: str, payload: bytes) -> None:
                     await _device_language(d, p.customer, doc["language"])
                 channel = doc.get("channel") if doc.get("channel") in ("mqtt", "chat", "api") else "mqtt"
                 await d.customer_message(channel, p.customer, doc.get("text"), thread=p.thread,
-                                         meta=doc.get("meta") if isinstance(doc.get("meta"), dict) else None)
+                                         meta=doc.get("meta") if isinstance(doc.get("meta"), dict) else None,
+                                         answer_later=True)  # the sender's lane never waits for the classifier
             else:
                 doc.pop("conversation", None)
                 doc.pop("ref", None)

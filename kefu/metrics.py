@@ -479,6 +479,10 @@ class _LiveCollector:
             yield CounterMetricFamily("kefu_intent_batches", "Micro-batches the intent engine ran.", value=svc.batches)
             yield CounterMetricFamily("kefu_intent_batched_messages", "Messages classified in those batches "
                                       "(divided by batches: the mean batch size).", value=svc.messages)
+            yield GaugeMetricFamily("kefu_intent_workers", "Classification worker threads.",
+                                    value=getattr(svc, "workers", 1))
+            yield GaugeMetricFamily("kefu_intent_workers_busy", "Classification workers running a batch now.",
+                                    value=getattr(svc, "busy", 0))
 
         live = m._live
         if m.desk is not None:

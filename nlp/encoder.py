@@ -8,7 +8,8 @@ it: a missing or damaged model must stop start-up, never degrade into keyword ma
 Inference sorts a batch by token count and pads each run only to its own longest text
 (tokenizer padding is switched off whatever tokenizer.json says: the shipped MiniLM
 tokenizer pads to 128 tokens, 3-6 times slower). One intra-op thread is the default: on a
-small, busy server a second thread mostly adds contention.
+small, busy server a second thread mostly adds contention; the intent service gets its
+parallelism from several worker threads sharing the sessions instead (``[nlp] workers``).
 
 Early exit. A model trained with ``--exit-layer K`` ships as two graphs instead of
 ``model.onnx``: ``front.onnx`` (embeddings and layers 1..K, giving the hidden states and
@@ -137,7 +138,11 @@ def _check_file(p: Path, hint: str) -> None:
 
 
 class Encoder:
-    """Tokenizer + ONNX session(s) for one model folder. Not thread-safe: one worker uses it."""
+    """Tokenizer + ONNX session(s) for one model folder.
+
+    Shared by the intent service's worker threads: onnxruntime sessions take concurrent
+    ``run`` calls, and nothing here changes after loading (every call works on its own arrays).
+    """
 
     def __init__(self, folder: str | Path | None = None, threads: int = 1) -> None:
         import onnxruntime as ort

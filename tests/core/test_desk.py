@@ -265,6 +265,7 @@ async def test_ingest_maps_topics_and_answers_errors_on_the_senders_topic(nurser
     desk = await start(nursery, make_desk, accept_timeout=0.0)
     await desk.ingest("kefu/agent/alice/ctl", b'{"type": "status", "status": "online"}')
     await desk.ingest("kefu/c/dev9/main/in", "human please".encode())
+    await desk.turns_settled()  # the broker's intake leaves the bot's turn to the background
     cid = (await desk.open_conversation_of("dev9", "main"))["id"]
     assert (await desk.conversation(cid))["assignee"] == "alice"
     await desk.ingest(f"kefu/agent/alice/conv/{cid}", b"plain text reply")
