@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import inspect
 from collections import deque
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 import json
 import logging
 import math
@@ -345,10 +345,23 @@ class Desk(DeskQueries):
         return m, ev
 
     # --- customers ------------------------------------------------------------------------
+    def _unit(self):
+        """One action whose writes are committed to the SQL record before it returns (and so
+        before anything is acknowledged to its sender): ``kefu.record.DurableStore.unit``."""
+        unit = getattr(self.store, "unit", None)
+        return unit() if unit is not None else nullcontext()
+
     async def customer_message(
         self, channel: str, customer_id: str, text: str, *, thread: str = "main", meta: dict | None = None
     ) -> dict:
-        """A customer's message. Returns {"conversation": view, "message": view}."""
+        """A customer's message. Returns {"conversation": view, "message": view} once the message
+        and every decision it caused are committed to the record."""
+        async with self._unit():
+            return await self._customer_message(channel, customer_id, text, thread=thread, meta=meta)
+
+    async def _customer_message(
+        self, channel: str, customer_id: str, text: str, *, thread: str = "main", meta: dict | None = None
+    ) -> dict:
         check_id("customer id", customer_id)
         check_id("thread", thread)
         if not isinstance(text, str) or not text.strip():
@@ -712,7 +725,8 @@ class Desk(DeskQueries):
         """An agent's command (agent_id None: an operator). See docs/desk.md for the actions."""
         from .deskactions import run_action
 
-        return await self._tx(lambda: run_action(self, agent_id, action, conv_id, data))
+        async with self._unit():
+            return await self._tx(lambda: run_action(self, agent_id, action, conv_id, data))
 
     # --- customers' non-message traffic ------------------------------------------------------------
     async def customer_event(self, customer_id: str, thread: str, kind: str, **data) -> dict | None:
@@ -748,7 +762,8 @@ class Desk(DeskQueries):
                 return new.summary()
             raise Invalid(f"unknown customer event {kind!r}; known: typing, read, csat")
 
-        return await self._tx(step)
+        async with self._unit():
+            return await self._tx(step)
 
     async def set_contact(self, customer_id: str, *, fields: dict | None = None, attributes: dict | None = None,
                           by: str | None = None) -> dict:
@@ -769,7 +784,8 @@ class Desk(DeskQueries):
             await self._emit(evs)
             return c.summary()
 
-        return await self._tx(step)
+        async with self._unit():
+            return await self._tx(step)
 
     async def sidebar(self, customer_id: str, contact: Contact | None = None) -> dict:
         contact = contact or await self.store.contact(customer_id)
@@ -788,14 +804,16 @@ class Desk(DeskQueries):
             alarm = T.parse_alarm(payload, self.s.alarms, topic_device=device)
         except T.AlarmError as e:
             raise Invalid(str(e)) from None
-        return await self._tx(lambda: handle_alarm(self, alarm))
+        async with self._unit():
+            return await self._tx(lambda: handle_alarm(self, alarm))
 
     # --- raw topic traffic (broker glue, bridge taps) --------------------------------------------
     async def ingest(self, topic: str, payload: bytes) -> None:
         """A message on one of ``topics.desk_filters()``; errors are answered on the sender's topic."""
         from .deskactions import ingest
 
-        await ingest(self, topic, payload)
+        async with self._unit():
+            await ingest(self, topic, payload)
 
 
 def _contact_vars(c: Contact | None) -> dict:
