@@ -349,7 +349,8 @@ async def h_search(req: Request, ctx: Ctx):
         rows = await store.list_messages(h.conversation_id, after_id=h.message_id - 1, limit=1)
         row = rows[0] if rows and rows[0].id == h.message_id else None
         meta = row.meta if row else {}
-        seq = meta.get("seq")
+        seq = (row.seq or None) if row else None
+        seq = meta.get("seq") if seq is None else seq  # rows stored before migration 0005 kept it in meta
         sender = (row.sender_id if row else "") or h.sender_kind
         name = names.get(sender) if h.sender_kind == "agent" else None
         parts = highlight(h.body, terms)
@@ -357,7 +358,7 @@ async def h_search(req: Request, ctx: Ctx):
             "id": f"{h.conversation_id}:{seq}" if seq is not None else str(h.message_id),
             "message_id": h.message_id, "seq": seq, "conversation": h.conversation_id, **conv,
             "author": {"kind": h.sender_kind, "id": sender, "name": name},
-            "ts": h.created_at, "private": bool(meta.get("private", False)),
+            "ts": h.created_at, "private": bool(row.private if row else False) or bool(meta.get("private", False)),
             "snippet": "".join(p["text"] for p in parts), "highlights": parts,
         })
         if len(out) == limit:

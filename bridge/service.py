@@ -48,16 +48,19 @@ async def run(
     demo_agent: str | None = None,
     extra_routes: list | None = None,
     store=None,
+    visitor_secret: bytes | None = None,
     task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve listeners.ws and listeners.http until cancelled; ``started(Bridge)``."""
+    """Serve listeners.ws and listeners.http until cancelled; ``started(Bridge)``.
+    ``visitor_secret``: the widget's visitor secret kept in the desk's record (used when
+    ``widget.visitor_secret`` is not configured), so visitors keep their identity."""
     say = announce or (lambda line: None)
     b = Bridge()
     extra: dict[str, TokenInfo] = {}
     if desk is not None and not cfg.api.tokens and demo_agent:
         b.demo_token = new_token()
         extra[b.demo_token] = TokenInfo("demo", "agent", demo_agent)
-    ids = Identities(cfg, extra_tokens=extra)
+    ids = Identities(cfg, extra_tokens=extra, secret=visitor_secret)
     async with trio.open_nursery() as nursery:
         if cfg.listeners.ws.enabled:
             if desk is not None and bus is not None:

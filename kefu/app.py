@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,24 +86,27 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
                 intent = IntentService.from_config(cfg.nlp)
                 await nursery.start(intent.run)
             desk = bus = None
+            visitor_secret = None
             if cfg.desk.enabled:
                 from . import broker_glue
-                from .persist import PersistingStore, Transcripts, continue_numbering
+                from .record import DurableStore, restore, restore_webhooks, visitor_secret_of
                 from .state_redis import live_state
 
-                # Live desk state in memory or Redis ([desk] state); conversations, messages and tickets
-                # written behind to the SQL store (transcripts, search, history survive a restart).
+                # Live desk state in memory or Redis ([desk] state); the SQL store is its record:
+                # rebuilt from it here, every action committed to it before it is acknowledged.
                 live = await nursery.start(live_state, cfg)
-                if hasattr(live, "continue_seq"):  # in-memory live state: number after stored history
-                    await continue_numbering(live, store)
-                transcripts = await nursery.start(Transcripts(store).run)
+                durable = DurableStore(live, store)
+                await restore(durable, time.time())
                 bus = RouterBus(broker)
                 # classify_nowait: a message the classifier has no room for skips classification
                 # (counted) and goes to a human, rather than queueing the bot's answers without bound.
                 classify = ops.metrics.instrument_classifier(intent.classify_nowait) if intent else None
                 desk = await nursery.start(functools.partial(
                     broker_glue.run, cfg, broker=broker, bus=bus, classify=classify,
-                    store=PersistingStore(live, transcripts), base_dir=base_dir))
+                    store=durable, base_dir=base_dir))
+                await restore_webhooks(desk, durable)
+                if not cfg.widget.visitor_secret:
+                    visitor_secret = await visitor_secret_of(durable)
             addresses = await nursery.start(broker.serve)
             for a in addresses:
                 say(f"kefu: MQTT listening on {a.url}")
@@ -110,7 +114,7 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
             demo_agent = desk.s.agents[0].id if desk is not None and desk.s.agents else None
             bridge = await nursery.start(functools.partial(
                 run_bridge, cfg, broker=broker, desk=desk, bus=bus, announce=announce,
-                demo_agent=demo_agent, extra_routes=ops.routes(), store=store))
+                demo_agent=demo_agent, extra_routes=ops.routes(), store=store, visitor_secret=visitor_secret))
             app = App(broker, scope)
             app.bridge = bridge
             app.desk = desk

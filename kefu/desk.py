@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import inspect
 from collections import deque
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 import json
 import logging
 import math
@@ -350,18 +350,42 @@ class Desk(DeskQueries):
         return m, ev
 
     # --- customers ------------------------------------------------------------------------
+    def _unit(self):
+        """One action whose writes are committed to the SQL record before it returns (and so
+        before anything is acknowledged to its sender): ``kefu.record.DurableStore.unit``."""
+        unit = getattr(self.store, "unit", None)
+        return unit() if unit is not None else nullcontext()
+
     async def customer_message(
         self, channel: str, customer_id: str, text: str, *, thread: str = "main", meta: dict | None = None,
         answer_later: bool = False,
     ) -> dict:
-        """A customer's message. Returns {"conversation": view, "message": view}.
+        """A customer's message. Returns {"conversation": view, "message": view} once the message
+        is committed to the record, with every decision it caused so far.
 
         The message is stored and published (an assigned agent has it) before the bot's turn.
         ``answer_later`` (the broker's intake, /chat): while the desk runs, the bot's turn (a
         new customer's CRM lookup, classification, the answer or handoff) is left to a
         background task, in message order per conversation, and this returns at once -- the
-        sender's acknowledgement never waits for the classifier. Otherwise it returns after
-        the bot's turn."""
+        sender's acknowledgement never waits for the classifier; the turn commits its own
+        decisions. Otherwise it returns after the bot's turn, committed too."""
+        async with self._unit():
+            conv, msg, created = await self._record_customer_message(channel, customer_id, text, thread, meta)
+        if answer_later and conv.status == Status.BOT and self._later_nursery is not None:
+            # outside the unit: the background turn must not share this action's write list
+            self._answer_later(conv.id, customer_id if created else None, msg.text)
+            return {"conversation": conv.summary(), "message": message_view(msg, conv, self.names)}
+        async with self._unit():
+            if created and self.crm is not None:
+                await self._crm_lookup(customer_id)
+            if conv.status == Status.BOT:
+                await self._bot_turn(conv.id, msg.text)
+            conv = await self.store.conversation(conv.id)
+        return {"conversation": conv.summary(), "message": message_view(msg, conv, self.names)}
+
+    async def _record_customer_message(
+        self, channel: str, customer_id: str, text: str, thread: str, meta: dict | None
+    ) -> tuple[Conversation, Message, bool]:
         check_id("customer id", customer_id)
         check_id("thread", thread)
         if not isinstance(text, str) or not text.strip():
@@ -420,15 +444,7 @@ class Desk(DeskQueries):
             return conv, m
 
         conv, msg = await self._tx(step)
-        if answer_later and conv.status == Status.BOT and self._later_nursery is not None:
-            self._answer_later(conv.id, customer_id if created[0] else None, msg.text)
-            return {"conversation": conv.summary(), "message": message_view(msg, conv, self.names)}
-        if created[0] and self.crm is not None:
-            await self._crm_lookup(customer_id)
-        if conv.status == Status.BOT:
-            await self._bot_turn(conv.id, msg.text)
-        conv = await self.store.conversation(conv.id)
-        return {"conversation": conv.summary(), "message": message_view(msg, conv, self.names)}
+        return conv, msg, created[0]
 
     async def _crm_lookup(self, customer_id: str) -> None:
         contact = await self.store.contact(customer_id)
@@ -461,9 +477,10 @@ class Desk(DeskQueries):
             while waiting:
                 crm_customer, text = waiting[0]
                 try:
-                    if crm_customer is not None and self.crm is not None:
-                        await self._crm_lookup(crm_customer)
-                    await self._bot_turn(conv_id, text)
+                    async with self._unit():  # the turn's decisions are committed like any action
+                        if crm_customer is not None and self.crm is not None:
+                            await self._crm_lookup(crm_customer)
+                        await self._bot_turn(conv_id, text)
                 except Exception:  # noqa: BLE001 - one failed turn must not stop the conversation's next
                     log.exception("the bot's turn on %s failed", conv_id)
                 waiting.popleft()
@@ -780,7 +797,8 @@ class Desk(DeskQueries):
         """An agent's command (agent_id None: an operator). See docs/desk.md for the actions."""
         from .deskactions import run_action
 
-        return await self._tx(lambda: run_action(self, agent_id, action, conv_id, data))
+        async with self._unit():
+            return await self._tx(lambda: run_action(self, agent_id, action, conv_id, data))
 
     # --- customers' non-message traffic ------------------------------------------------------------
     async def customer_event(self, customer_id: str, thread: str, kind: str, **data) -> dict | None:
@@ -816,7 +834,8 @@ class Desk(DeskQueries):
                 return new.summary()
             raise Invalid(f"unknown customer event {kind!r}; known: typing, read, csat")
 
-        return await self._tx(step)
+        async with self._unit():
+            return await self._tx(step)
 
     async def set_contact(self, customer_id: str, *, fields: dict | None = None, attributes: dict | None = None,
                           by: str | None = None) -> dict:
@@ -837,7 +856,8 @@ class Desk(DeskQueries):
             await self._emit(evs)
             return c.summary()
 
-        return await self._tx(step)
+        async with self._unit():
+            return await self._tx(step)
 
     async def sidebar(self, customer_id: str, contact: Contact | None = None) -> dict:
         contact = contact or await self.store.contact(customer_id)
@@ -856,14 +876,16 @@ class Desk(DeskQueries):
             alarm = T.parse_alarm(payload, self.s.alarms, topic_device=device)
         except T.AlarmError as e:
             raise Invalid(str(e)) from None
-        return await self._tx(lambda: handle_alarm(self, alarm))
+        async with self._unit():
+            return await self._tx(lambda: handle_alarm(self, alarm))
 
     # --- raw topic traffic (broker glue, bridge taps) --------------------------------------------
     async def ingest(self, topic: str, payload: bytes) -> None:
         """A message on one of ``topics.desk_filters()``; errors are answered on the sender's topic."""
         from .deskactions import ingest
 
-        await ingest(self, topic, payload)
+        async with self._unit():
+            await ingest(self, topic, payload)
 
 
 def _contact_vars(c: Contact | None) -> dict:

@@ -178,10 +178,18 @@ class DeskQueries:
             ep = Endpoint(wid, url, secret, frozenset(events or WEBHOOK_EVENTS))
         except Exception as e:  # noqa: BLE001 - bad URL or event names
             raise Invalid(str(e)) from None
+        save = getattr(self.store, "save_record", None)
+        if save is not None:  # in the record (secret sealed) before it is confirmed
+            await save("webhook", wid, 1, {"url": url, "secret": secret, "events": sorted(ep.events)}, secret=True)
         self.webhooks.add(ep)
         return {**ep.view(), "secret": secret}
 
     async def delete_webhook(self: "Desk", webhook_id: str) -> None:
+        if webhook_id not in {ep.id for ep in self.webhooks.endpoints}:
+            raise NotFound(f"no webhook {webhook_id!r}")
+        save = getattr(self.store, "save_record", None)
+        if save is not None:
+            await save("webhook", webhook_id, 2, {"deleted": True})
         try:
             self.webhooks.remove(webhook_id)
         except KeyError:

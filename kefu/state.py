@@ -113,9 +113,35 @@ class MemoryStore:
         self._seq[name] = self._seq.get(name, 0) + 1
         return self._seq[name]
 
-    def continue_seq(self, name: str, after: int) -> None:
+    async def continue_seq(self, name: str, after: int) -> None:
         """Number ``name`` from ``after + 1`` on (ids already used by stored records)."""
         self._seq[name] = max(self._seq.get(name, 0), after)
+
+    # --- rebuilding from the record (kefu/record.py) ---------------------------------------
+    async def is_empty(self) -> bool:
+        return not any(self._recs.values())
+
+    async def restore(self, records: Iterable[Record]) -> int:
+        """Put stored records back as they are, versions kept (a process starting). Returns
+        how many were put back (all of them: memory starts empty)."""
+        n = 0
+        for r in records:
+            kind = KINDS[type(r)]
+            old = self._recs[kind].get(r.id)
+            self._recs[kind][r.id] = r
+            self._index(kind, old, r)
+            n += 1
+        return n
+
+    async def message_count(self, conv_id: str) -> int:
+        return len(self._msgs.get(conv_id, ()))
+
+    async def restore_messages(self, conv_id: str, msgs: Sequence[Message]) -> bool:
+        """A conversation's stored transcript, put back only while it has none here."""
+        if self._msgs.get(conv_id):
+            return False
+        self._msgs[conv_id] = list(msgs)
+        return True
 
     # --- the one write path ---------------------------------------------------------------
     async def commit(self, records: Sequence[Record], *, token: int | None = None) -> list[Record]:

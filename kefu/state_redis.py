@@ -49,7 +49,8 @@ from .tickets import Ticket
 _DECODE = {"conversation": Conversation.from_dict, "agent": Agent.from_dict,
            "ticket": Ticket.from_dict, "contact": Contact.from_dict}
 
-# ARGV[1] prefix, ARGV[2] token or '', ARGV[3] n; then per record: kind, id, version, json, index facts.
+# ARGV[1] prefix, ARGV[2] token or '', ARGV[3] n; then per record: kind, id, version, json, index facts,
+# the version written (version + 1 for a commit; the stored version when the record is restored).
 # Conversation facts: [status, team, score, assignee, active assignee, customer, thread field, created_at]
 # Ticket facts: [alarm field or '', '1' when open]
 _COMMIT = """
@@ -60,15 +61,15 @@ if ARGV[2] ~= '' then
 end
 local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local b = 4 + i * 5
+  local b = 4 + i * 6
   local have = redis.call('HGET', P .. 'v:' .. ARGV[b], ARGV[b + 1]) or '0'
   if have ~= ARGV[b + 2] then return {'conflict', ARGV[b], ARGV[b + 1], ARGV[b + 2], have} end
 end
 for i = 0, n - 1 do
-  local b = 4 + i * 5
+  local b = 4 + i * 6
   local kind, id, facts = ARGV[b], ARGV[b + 1], ARGV[b + 4]
   redis.call('HSET', P .. 'r:' .. kind, id, ARGV[b + 3])
-  redis.call('HSET', P .. 'v:' .. kind, id, tonumber(ARGV[b + 2]) + 1)
+  redis.call('HSET', P .. 'v:' .. kind, id, tonumber(ARGV[b + 5]))
   if kind == 'conversation' then
     local new = cjson.decode(facts)
     local oldraw = redis.call('HGET', P .. 'x:conversation', id)
@@ -166,6 +167,20 @@ end
 return out
 """
 
+# KEYS[1] counter; ARGV[1] n -> the counter raised to at least n
+_AT_LEAST = """
+local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+# KEYS[1] message list; ARGV: the messages' JSON -> 1 when pushed (the list was empty), else 0
+_FILL = """
+if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
+redis.call('RPUSH', KEYS[1], unpack(ARGV))
+return 1
+"""
+
 _SCORE_SEQ = 1 << 48  # seq below 2**48, priority below 16: the packed score stays an exact double
 
 
@@ -240,7 +255,42 @@ class RedisDeskStore(RedisState):
         self._s_deref = c.register_script(_DEREF)
         self._s_position = c.register_script(_POSITION)
         self._s_messages = c.register_script(_MESSAGES)
+        self._s_at_least = c.register_script(_AT_LEAST)
+        self._s_fill = c.register_script(_FILL)
         return self
+
+    # --- rebuilding from the record (kefu/record.py) ---------------------------------------
+    async def is_empty(self) -> bool:
+        """True for exactly one caller while no desk state was ever put here: that caller
+        rebuilds it from the SQL record; every other node (and every later start) keeps
+        what the shared state holds."""
+        return bool(await self._call(lambda: self.client.set(self.k("rebuilt"), self.node_id, nx=True)))
+
+    async def continue_seq(self, name: str, after: int) -> None:
+        await self._call(lambda: self._s_at_least(keys=[self.k("seq", name)], args=[str(int(after))]))
+
+    async def restore(self, records: Sequence[Record]) -> int:
+        """Put stored records back, versions kept; a record already here is left alone."""
+        n = 0
+        for r in records:
+            kind = KINDS[type(r)]
+            args = [self.prefix, "", 1, kind, r.id, "0", to_json(r), _facts(r), str(r.version)]
+            res = await self._call(lambda args=args: self._s_commit(args=args))
+            n += res[0] == "ok"
+        return n
+
+    async def message_count(self, conv_id: str) -> int:
+        return int(await self._call(lambda: self.client.llen(self.k("msg", conv_id))))
+
+    async def restore_messages(self, conv_id: str, msgs: Sequence[Message]) -> bool:
+        if not msgs:
+            return False
+        bodies = []
+        for m in msgs:
+            d = m.to_dict()
+            del d["seq"]
+            bodies.append(_dumps(d))
+        return bool(await self._call(lambda: self._s_fill(keys=[self.k("msg", conv_id)], args=bodies)))
 
     # --- leases and counters --------------------------------------------------------
     async def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> int | None:
@@ -264,7 +314,7 @@ class RedisDeskStore(RedisState):
                 raise ValueError(f"{kind} {r.id} appears twice in one commit")
             seen.add((kind, r.id))
             new = replace(r, version=r.version + 1)
-            args += [kind, r.id, str(r.version), to_json(new), _facts(new)]
+            args += [kind, r.id, str(r.version), to_json(new), _facts(new), str(new.version)]
             out.append(new)
         res = await self._call(lambda: self._s_commit(args=args))
         if res[0] == "stale":

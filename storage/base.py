@@ -136,6 +136,8 @@ class ChatMessage:
     created_at: float = 0.0
     meta: dict = field(default_factory=dict)
     id: int = 0  # assigned by append_message
+    seq: int = 0  # place in its conversation (1, 2, ...), given by the desk
+    private: bool = False  # an agent's note, never shown to the customer
 
 
 @dataclass(frozen=True, slots=True)

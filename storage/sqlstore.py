@@ -38,6 +38,7 @@ NEVER_EXPIRES = 0xFFFFFFFF
 MQTT_LOG_SECONDS = 3600  # delivered / unaddressed MQTT messages are kept this long, then pruned
 BODY_CTX = b"chat_messages.body"
 PII_CTX = b"contacts.pii"
+RECORD_CTX = b"desk_records.record"
 PRUNE_BATCH = 5000
 
 
@@ -136,7 +137,7 @@ class SqlStore:
             "chat": self._h_chat, "ticket": self._h_ticket, "contact": self._h_contact, "audit": self._h_audit,
             "metrics": self._h_metrics, "key": self._h_key, "key_state": self._h_key_state,
             "tx_next": self._h_tx_next, "rx_high": self._h_rx_high, "reencrypt": self._h_reencrypt,
-            "prune": self._h_prune, "call": self._h_call, "broker": self._h_broker,
+            "prune": self._h_prune, "call": self._h_call, "broker": self._h_broker, "desk": self._h_desk,
         }
 
     async def _start_writer(self) -> None:
@@ -494,23 +495,152 @@ class SqlStore:
         row = await self._read(lambda c: c.execute(self.q(sql), (arg,)).fetchone())
         return int(row[0] or 0) if row else 0
 
+    # ------------------------------------------------------------ the desk's record
+    #
+    # The desk (kefu/record.py) queues its writes here without waiting, in the order it
+    # made them, and waits for the last one before it acknowledges anything to a user:
+    # the writer commits in queue order, so that one wait covers them all (group commit).
+
+    async def queue_write(self, kind: str, args) -> Any:
+        """Queue one write without waiting; returns a handle for ``wait_written``."""
+        if self._w is None:
+            raise StorageUnavailable(f"{self.backend} store is not open")
+        return await self._w.enqueue(kind, args)
+
+    async def wait_written(self, handle) -> Any:
+        """Wait until a queued write (and so every write queued before it) is committed;
+        raises its error, or StorageUnavailable when it could not be committed in time."""
+        return await self._w.wait(handle)
+
+    def desk_conversation_row(self, c: dict, version: int) -> tuple:
+        """Row for one conversation (``c``: the desk record's dict)."""
+        closed = c["updated_at"] if c["status"] == "closed" else None
+        meta = {"thread": c["thread"], "team": c.get("team"), "labels": c.get("labels", []), "csat": c.get("csat"),
+                "ticket_id": c.get("ticket_id"), "handoff_reason": c.get("handoff_reason")}
+        return ("conversation", c["id"], c["customer_id"], c["channel"], c["status"], c.get("assignee"),
+                int(c.get("priority", 2)), c.get("intent") or "", c["created_at"], c["updated_at"], closed,
+                _json(meta), version, _json(c))
+
+    def desk_ticket_row(self, t: dict, version: int) -> tuple:
+        fields = {k: v for k, v in t.items() if k not in ("id", "title", "status", "priority", "conv_id",
+                                                          "customer_id", "assignee", "created_at", "updated_at",
+                                                          "version")}
+        return ("ticket", t["id"], t.get("conv_id"), t.get("customer_id"), t["title"], t["status"],
+                int(t["priority"]), t.get("assignee"), t["created_at"], t["updated_at"], _json(fields), version,
+                _json(t))
+
+    def desk_contact_row(self, c: dict, version: int) -> tuple:
+        """Contacts' personal data (everything but id and times) is sealed when encryption is on."""
+        pii = {k: v for k, v in c.items() if k not in ("id", "created_at", "updated_at", "version")}
+        blob, key_id = self._seal(_json(pii).encode(), PII_CTX)
+        now = time.time()
+        return ("contact", c["id"], None, blob, key_id, c.get("created_at") or now, c.get("updated_at") or now,
+                version)
+
+    def desk_record_row(self, kind: str, rid: str, version: int, record: dict, *, secret: bool = False) -> tuple:
+        """Any other desk record (agent, webhook, setting); ``secret`` ones are sealed."""
+        data = _json(record).encode()
+        blob, key_id = self._seal(data, RECORD_CTX) if secret else (data, None)
+        return ("record", kind, rid, version, blob, key_id, time.time())
+
+    def _h_desk(self, conn, batch: list[list[tuple]]):
+        rows: dict[str, list] = {"conversation": [], "ticket": [], "contact": [], "record": []}
+        for r in (r for rs in batch for r in rs):
+            rows[r[0]].append(r[1:])
+        if rows["conversation"]:
+            conn.executemany(self.q(
+                "INSERT INTO conversations (id, contact_id, channel, state, assigned_agent, priority, subject, "
+                "created_at, updated_at, closed_at, meta, version, record) VALUES (?, ?, ?, ?, ?, ?, ?, TS(?), TS(?), "
+                "TS(?), ?, ?, ?) ON CONFLICT (id) DO UPDATE SET contact_id = excluded.contact_id, "
+                "channel = excluded.channel, state = excluded.state, assigned_agent = excluded.assigned_agent, "
+                "priority = excluded.priority, subject = excluded.subject, updated_at = excluded.updated_at, "
+                "closed_at = excluded.closed_at, meta = excluded.meta, version = excluded.version, "
+                "record = excluded.record WHERE excluded.version > conversations.version"), rows["conversation"])
+        if rows["ticket"]:
+            conn.executemany(self.q(
+                "INSERT INTO tickets (id, conversation_id, contact_id, subject, status, priority, assignee, "
+                "created_at, updated_at, fields, version, record) VALUES (?, ?, ?, ?, ?, ?, ?, TS(?), TS(?), ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET conversation_id = excluded.conversation_id, "
+                "contact_id = excluded.contact_id, subject = excluded.subject, status = excluded.status, "
+                "priority = excluded.priority, assignee = excluded.assignee, updated_at = excluded.updated_at, "
+                "fields = excluded.fields, version = excluded.version, record = excluded.record "
+                "WHERE excluded.version > tickets.version"), rows["ticket"])
+        if rows["contact"]:
+            conn.executemany(self.q(
+                "INSERT INTO contacts (id, external_id, pii, key_id, created_at, updated_at, version) "
+                "VALUES (?, ?, ?, ?, TS(?), TS(?), ?) ON CONFLICT (id) DO UPDATE SET pii = excluded.pii, "
+                "key_id = excluded.key_id, updated_at = excluded.updated_at, version = excluded.version "
+                "WHERE excluded.version > contacts.version"), rows["contact"])
+        if rows["record"]:
+            conn.executemany(self.q(
+                "INSERT INTO desk_records (kind, id, version, record, key_id, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, record = excluded.record, "
+                "key_id = excluded.key_id, updated_at = excluded.updated_at "
+                "WHERE excluded.version > desk_records.version"), rows["record"])
+        return [None] * len(batch)
+
+    async def load_desk(self) -> dict[str, list]:
+        """Everything the desk keeps, to rebuild it at start: {"conversation": [(version, record dict or
+        None, legacy row)], "ticket": [...], "contact": [(version, dict)], kind: [(id, version, dict)]}."""
+        def read(c):
+            convs = c.execute(self.q(
+                "SELECT version, record, id, contact_id, channel, state, assigned_agent, priority, subject, "
+                "EPOCH(created_at), EPOCH(updated_at), meta FROM conversations")).fetchall()
+            tickets = c.execute(self.q(
+                "SELECT version, record, id, conversation_id, contact_id, subject, status, priority, assignee, "
+                "EPOCH(created_at), EPOCH(updated_at), fields FROM tickets")).fetchall()
+            contacts = c.execute(self.q(
+                "SELECT version, id, pii, key_id, EPOCH(created_at), EPOCH(updated_at) FROM contacts")).fetchall()
+            records = c.execute(self.q("SELECT kind, id, version, record, key_id FROM desk_records "
+                                       "WHERE kind = 'agent'")).fetchall()
+            return convs, tickets, contacts, records
+
+        convs, tickets, contacts, records = await self._read(read)
+        out: dict[str, list] = {"conversation": [], "ticket": [], "contact": []}
+        for r in convs:
+            out["conversation"].append((int(r[0]), json.loads(r[1]) if r[1] else None, r[2:]))
+        for r in tickets:
+            out["ticket"].append((int(r[0]), json.loads(r[1]) if r[1] else None, r[2:]))
+        for version, cid, pii, key_id, created, updated in contacts:
+            d = json.loads(self._unseal(pii, key_id, PII_CTX))
+            d.update(id=cid, created_at=float(created), updated_at=float(updated))
+            out["contact"].append((int(version), d))
+        for kind, rid, version, blob, key_id in records:
+            out.setdefault(kind, []).append((rid, int(version), json.loads(self._unseal(blob, key_id, RECORD_CTX))))
+        return out
+
+    async def desk_records(self, kind: str) -> list[tuple[str, int, dict]]:
+        """(id, version, record) of one kind of ``desk_records`` (webhooks, settings)."""
+        rows = await self._read(lambda c: c.execute(self.q(
+            "SELECT id, version, record, key_id FROM desk_records WHERE kind = ? ORDER BY id"), (kind,)).fetchall())
+        return [(rid, int(v), json.loads(self._unseal(blob, key_id, RECORD_CTX))) for rid, v, blob, key_id in rows]
+
+    async def desk_messages(self, conv_id: str) -> list[ChatMessage]:
+        """A conversation's transcript in its own order (``seq``), notes included."""
+        msgs = await self.list_messages(conv_id, limit=1_000_000)
+        return sorted(msgs, key=lambda m: (m.seq, m.id))
+
     # ------------------------------------------------------------ transcripts
 
     async def append_message(self, msg: ChatMessage) -> int:
+        return await self._submit("chat", self.chat_args(msg))
+
+    def chat_args(self, msg: ChatMessage) -> tuple:
+        """What the writer needs for one transcript line (sealed here, on the trio side)."""
         body, key_id = self._seal(msg.body.encode(), BODY_CTX)
-        index = msg.body if self.search_index else None
-        return await self._submit("chat", (msg, body, key_id, index))
+        return msg, body, key_id, (msg.body if self.search_index else None)
 
     def _h_chat(self, conn, batch):
         now = time.time()
         ids = []
         for msg, body, key_id, index in batch:
             row = conn.execute(self.q(
-                "INSERT INTO chat_messages (conversation_id, sender_kind, sender_id, body, key_id, created_at, meta"
-                + (", search_text" if self.dialect == "postgres" else "") + ") VALUES (?, ?, ?, ?, ?, TS(?), ?"
-                + (", ?" if self.dialect == "postgres" else "") + ") RETURNING id"),
+                "INSERT INTO chat_messages (conversation_id, sender_kind, sender_id, body, key_id, created_at, meta, "
+                "seq, private" + (", search_text" if self.dialect == "postgres" else "") + ") VALUES (?, ?, ?, ?, ?, "
+                "TS(?), ?, ?, ?" + (", ?" if self.dialect == "postgres" else "") + ") RETURNING id"),
                 (msg.conversation_id, msg.sender_kind, msg.sender_id, body, key_id, msg.created_at or now,
-                 _json(msg.meta)) + ((index,) if self.dialect == "postgres" else ())).fetchone()
+                 _json(msg.meta), msg.seq, msg.private)
+                + ((index,) if self.dialect == "postgres" else ())).fetchone()
             ids.append(int(row[0]))
             if index is not None:
                 self._index_message(conn, int(row[0]), index)
@@ -518,11 +648,11 @@ class SqlStore:
 
     async def list_messages(self, conv_id: str, *, after_id: int = 0, limit: int = 500) -> list[ChatMessage]:
         rows = await self._read(lambda c: c.execute(self.q(
-            "SELECT id, conversation_id, sender_kind, sender_id, body, key_id, EPOCH(created_at), meta "
+            "SELECT id, conversation_id, sender_kind, sender_id, body, key_id, EPOCH(created_at), meta, seq, private "
             "FROM chat_messages WHERE conversation_id = ? AND id > ? ORDER BY id LIMIT ?"),
             (conv_id, after_id, limit)).fetchall())
         return [ChatMessage(r[1], r[2], self._unseal(r[4], r[5], BODY_CTX).decode(), r[3], float(r[6]),
-                            json.loads(r[7]), int(r[0])) for r in rows]
+                            json.loads(r[7]), int(r[0]), int(r[8]), bool(r[9])) for r in rows]
 
     async def search(self, text: str, *, limit: int = 20, conversation_id: str | None = None) -> list[SearchHit]:
         if not self.search_index:
@@ -705,7 +835,8 @@ class SqlStore:
         return [None] * len(batch)
 
     # (table, primary key column, blob column, context): every column sealed with a data key
-    ENCRYPTED = (("chat_messages", "id", "body", BODY_CTX), ("contacts", "id", "pii", PII_CTX))
+    ENCRYPTED = (("chat_messages", "id", "body", BODY_CTX), ("contacts", "id", "pii", PII_CTX),
+                 ("desk_records", "kind || ':' || id", "record", RECORD_CTX))
 
     async def reencrypt(self, old_key_id: int, recrypt, limit: int = 500) -> int:
         return await self._submit("reencrypt", (old_key_id, recrypt, limit))

@@ -50,7 +50,7 @@ _STOP = object()
 
 
 class Op:
-    __slots__ = ("kind", "args", "task", "result", "error", "abandoned", "t0", "timed_out")
+    __slots__ = ("kind", "args", "task", "result", "error", "abandoned", "t0", "timed_out", "done")
 
     def __init__(self, kind: str, args: Any) -> None:
         self.kind = kind
@@ -61,6 +61,7 @@ class Op:
         self.abandoned = False
         self.t0 = 0.0  # time.monotonic() when a caller started waiting for it
         self.timed_out = False
+        self.done = False  # trio side: committed (or failed) and handed back
 
 
 class Writer:
@@ -140,6 +141,17 @@ class Writer:
                       pending=self.pending, buffer_limit=self.buffer_limit, features=dict(features))
 
     async def submit(self, kind: str, args: Any, *, wait: bool = True) -> Any:
+        op = await self.enqueue(kind, args, waited=wait)
+        if not wait:
+            return None
+        return await self.wait(op)
+
+    async def enqueue(self, kind: str, args: Any, *, waited: bool = True) -> Op:
+        """Queue one op and return it without waiting for its commit; ``wait(op)`` later.
+
+        Ops commit in the order they were queued, so waiting for the last of several ops
+        waits for all of them (each may still have failed on its own: see ``op.error``).
+        ``waited`` False: nobody will wait for it (it never times out)."""
         if self._thread is None:
             raise StorageUnavailable(f"{self.name} store is not open")
         if self.pending >= self.buffer_limit:
@@ -152,18 +164,31 @@ class Writer:
                 raise StorageUnavailable(f"{self.reason}; buffer full ({self.buffer_limit})")
         op = Op(kind, args)
         self.pending += 1
-        if not wait:
-            self._q.put(op)
-            return None
-        op.task = trio.lowlevel.current_task()
-        op.t0 = time.monotonic()
+        if waited:
+            op.t0 = time.monotonic()
         self._q.put(op)
+        return op
 
-        def abort(_raise_cancel):
-            op.abandoned = True
-            return trio.lowlevel.Abort.SUCCEEDED
+    async def wait(self, op: Op) -> Any:
+        """The result of a queued op once committed; its error (or StorageUnavailable after
+        ``commit_timeout`` while the database is failing) raised."""
+        if not op.done and not op.timed_out:
+            op.task = trio.lowlevel.current_task()
+            op.abandoned = False
+            op.t0 = op.t0 or time.monotonic()
 
-        return await trio.lowlevel.wait_task_rescheduled(abort)
+            def abort(_raise_cancel):
+                op.abandoned = True
+                op.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            return await trio.lowlevel.wait_task_rescheduled(abort)
+        if op.timed_out and not op.done:
+            raise StorageUnavailable(f"not committed within {self.commit_timeout:g} s: {self.reason}")
+        err = op.error if op.error is not None else (op.result if isinstance(op.result, BaseException) else None)
+        if err is not None:
+            raise err
+        return op.result
 
     def _time_out(self, ops: list[Op], reason: str) -> None:
         """Trio side: fail callers whose op waited ``commit_timeout`` (the op stays queued)."""
@@ -177,6 +202,7 @@ class Writer:
         self.pending -= len(batch)
         self.committed_batches += 1
         for op in batch:
+            op.done = True
             if op.error is None:
                 self.committed_ops += 1
             if op.task is not None and not op.abandoned:

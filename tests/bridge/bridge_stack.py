@@ -146,7 +146,7 @@ def app_config(db_path, **over):
 @asynccontextmanager
 async def kefu_app(cfg):
     """The whole of kefu as ``kefu serve`` wires it (storage, transcripts, desk, bridge), on port 0.
-    Yields the ``App``; ``app.desk.store.t`` is the desk's transcript writer (``drained()``)."""
+    Yields the ``App``; what a desk call returned is already committed to ``app.store``."""
     from kefu.app import run
 
     async with trio.open_nursery() as nursery:

@@ -321,7 +321,6 @@ def test_console_searches_transcripts_and_shows_the_csat_rating(kefu_sql, browse
     console.locator("#convinfo dd").filter(has_text="4/5").filter(has_text="Quick and kind").wait_for(timeout=T)
     shot(console, "console-csat.png")
 
-    kefu_sql.run(d.store.t.drained)  # the transcripts are in SQLite
     # Chinese: type into the search box; the result shows the match marked; it opens the line.
     console.locator("#search").type("退款")
     hit = console.locator("#results li").filter(has_text="退款")

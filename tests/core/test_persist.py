@@ -1,4 +1,6 @@
-"""Durable transcripts: the desk's conversations, messages, tickets and contacts reach SQLite."""
+"""The SQL store is the desk's record: what an action returns is committed, and a new
+process rebuilds the same desk from it (SQLite here; the subprocess tests in
+tests/durable/test_desk_restart.py do it through ``kefu serve`` on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -6,35 +8,91 @@ import trio
 
 from kefu.config import from_dict
 from kefu.desk import Desk
-from kefu.persist import PersistingStore, Transcripts
+from kefu.record import DurableStore, restore
 from kefu.state import MemoryStore
 from kefu.storage import open_store
 
 from .conftest import keyword_classifier, small_settings
 
 
-async def test_conversation_reaches_sqlite_in_order(nursery, tmp_path, recorder):
-    cfg = from_dict({"storage": {"backend": "sqlite", "path": str(tmp_path / "kefu.db")}})
-    async with open_store(cfg.storage, background=False) as sql:
-        t = Transcripts(sql)
-        await nursery.start(t.run)
-        desk = Desk(small_settings(accept_timeout=0.0), store=PersistingStore(MemoryStore(), t),
-                    classify=keyword_classifier, publish=recorder)
-        await nursery.start(desk.run)
-        await desk.agent_connected("alice")
-        cid = (await desk.customer_message("chat", "ann", "when will my card arrive?"))["conversation"]["id"]
-        await desk.customer_message("chat", "ann", "talk to a human")
-        await desk.agent_action("alice", "reply", cid, text="Hello Ann")
-        await desk.agent_action("alice", "resolve", cid)
-        with trio.fail_after(10):
-            await t.drained()
-        assert t.stats.failed == 0
-        row = await sql.get_conversation(cid)
-        assert row.state == "resolved" and row.contact_id == "ann" and row.meta["team"] == "general"
-        lines = await sql.list_messages(cid)
-        texts = [m.body for m in lines]
-        assert texts[0] == "when will my card arrive?" and "Hello Ann" in texts
-        assert [m.meta["seq"] for m in lines] == sorted(m.meta["seq"] for m in lines)
-        tickets = await sql.list_tickets()
-        assert [tk.conversation_id for tk in tickets] == [cid] and tickets[0].status == "resolved"
-        assert (await sql.get_contact("ann")).id == "ann"
+def _cfg(tmp_path):
+    return from_dict({"storage": {"backend": "sqlite", "path": str(tmp_path / "kefu.db")}}).storage
+
+
+async def _snapshot(store) -> dict:
+    convs = {c.id: c for c in await store.conversations()}
+    return {
+        "conversations": convs,
+        "messages": {cid: [(m.seq, m.sender, m.text, m.private) for m in await store.messages(cid, limit=1000)]
+                     for cid in convs},
+        "tickets": {t.id: t for t in await store.tickets()},
+        "contacts": {c.id: c for c in await store.contacts()},
+        "waiting": [c.id for c in await store.waiting()],
+    }
+
+
+async def test_acknowledged_actions_are_in_sqlite_and_restore_the_desk(tmp_path, recorder):
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        async with trio.open_nursery() as nursery:
+            store = DurableStore(MemoryStore(), sql)
+            await restore(store, 0.0)
+            desk = Desk(small_settings(accept_timeout=0.0), store=store, classify=keyword_classifier,
+                        publish=recorder)
+            await nursery.start(desk.run)
+            await desk.agent_connected("alice")
+            cid = (await desk.customer_message("chat", "ann", "when will my card arrive?"))["conversation"]["id"]
+            await desk.customer_message("chat", "ann", "talk to a human")
+            await desk.agent_action("alice", "reply", cid, text="Hello Ann")
+            await desk.agent_action("alice", "note", cid, text="VIP, be nice")
+            for who in ("cyd", "dan", "eve", "fay"):  # alice (capacity 2) takes one; three wait in order
+                await desk.customer_message("mqtt", who, "talk to a human")
+            # Returned means committed: read through a second connection, no waiting.
+            row = await sql.get_conversation(cid)
+            assert row.state == "assigned" and row.contact_id == "ann" and row.meta["team"] == "general"
+            lines = await sql.list_messages(cid)
+            assert [m.seq for m in lines] == list(range(1, len(lines) + 1))
+            assert any(m.private and m.body == "VIP, be nice" for m in lines)
+            before = await _snapshot(store)
+            assert len(before["waiting"]) == 3
+            nursery.cancel_scope.cancel()
+
+    # A new process: empty live state, rebuilt from the record.
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        counts = await restore(store, 1.0)
+        assert counts["conversations"] == len(before["conversations"])
+        after = await _snapshot(store)
+        assert after == before
+        agent = await store.agent("alice")
+        assert agent is not None and agent.status.value == "offline"  # its connection died with the process
+        assert await store.next_seq("conversation") == len(before["conversations"]) + 1  # ids continue
+        assert await store.next_seq("ticket") == len(before["tickets"]) + 1
+
+
+async def test_an_offer_nobody_accepted_is_offered_again_after_restart(tmp_path, recorder):
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        async with trio.open_nursery() as nursery:
+            store = DurableStore(MemoryStore(), sql)
+            await restore(store, 0.0)
+            desk = Desk(small_settings(accept_timeout=60.0), store=store, classify=keyword_classifier,
+                        publish=recorder)
+            await nursery.start(desk.run)
+            await desk.agent_connected("alice")
+            res = await desk.customer_message("chat", "ann", "talk to a human")
+            cid = res["conversation"]["id"]
+            conv = await store.conversation(cid)
+            assert conv.status.value == "assigned" and conv.accept_deadline is not None
+            nursery.cancel_scope.cancel()
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        async with trio.open_nursery() as nursery:
+            store = DurableStore(MemoryStore(), sql)
+            counts = await restore(store, desk.now())
+            assert counts["offers_requeued"] == 1
+            assert [c.id for c in await store.waiting()] == [cid]  # at the front of its queue
+            desk = Desk(small_settings(accept_timeout=60.0), store=store, classify=keyword_classifier,
+                        publish=recorder)
+            await nursery.start(desk.run)
+            await desk.agent_connected("alice")  # back online: offered again
+            conv = await store.conversation(cid)
+            assert conv.status.value == "assigned" and conv.assignee == "alice"
+            nursery.cancel_scope.cancel()

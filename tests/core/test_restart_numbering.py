@@ -1,12 +1,13 @@
-"""After a restart the in-memory desk continues conversation numbers after the stored ones,
-so a new conversation never shares an id (and a transcript) with an old one."""
+"""After a restart the desk continues conversation and ticket numbers after the stored ones
+(whatever the live state: memory, or Redis that has never seen them), so a new
+conversation never shares an id (and a transcript) with an old one."""
 
 from __future__ import annotations
 
 import trio
 
 from kefu.config import from_dict
-from kefu.persist import continue_numbering
+from kefu.record import DurableStore, restore
 from kefu.state import MemoryStore
 from kefu.storage import open_store
 from kefu.storage.base import Conversation, Ticket
@@ -15,7 +16,7 @@ from kefu.storage.base import Conversation, Ticket
 async def _numbering_after(cfg_storage) -> tuple[int, int]:
     async with open_store(cfg_storage, background=False) as store:
         live = MemoryStore()
-        await continue_numbering(live, store)
+        await restore(DurableStore(live, store), 0.0)
         return await live.next_seq("conversation"), await live.next_seq("ticket")
 
 

@@ -260,7 +260,6 @@ async def test_device_bot_agent_csat_urgent_and_requeue(tmp_path):
                     assert await alice.assigned("alice") == waiting[1]
 
                 # --- what was kept: the SQLite transcript store -------------------------------------
-                await app.desk.store.t.drained()
                 msgs = await app.store.list_messages(cid)
                 row = await app.store.get_conversation(cid)
                 assert row is not None and row.meta["csat"] == 5 and row.state == "resolved"

@@ -200,7 +200,7 @@ async def test_one_failing_operation_does_not_fail_its_batch(store):
 
 async def test_migrations_recorded(store):
     states = await store.migration_status()
-    assert [s.version for s in states] == [1, 2, 3, 4]
+    assert [s.version for s in states] == [1, 2, 3, 4, 5]
     assert all(s.applied_at is not None for s in states)
     assert states[0].done and states[1].done
 
