@@ -159,6 +159,7 @@ async def test_desk_language_is_the_default_and_a_device_can_name_its_own(nurser
                                                        "我们现在不在工作时间。请留言，我们上班后会尽快回复您。"]
     # an English-speaking device says so in its message; the desk keeps it on the contact
     await desk.ingest("kefu/c/dev-en/main/in", json.dumps({"type": "message", "text": "human", "language": "en-US"}).encode())
+    await desk.turns_settled()  # the broker's intake leaves the bot's turn to the background
     assert recorder.texts(OUT.format("dev-en"))[0] == "I'm passing you to a colleague who can help."
     assert (await desk.contact("dev-en"))["attributes"]["language"] == "en"
     await desk.ingest("kefu/c/dev-x/main/in", json.dumps({"type": "message", "text": "hi", "language": "klingon"}).encode())
