@@ -67,7 +67,7 @@
     api("PUT", "/profile/language", { language: lang }).then(function (a) {
       S.me.language = a.language;
       return loadWords([lang]);
-    }).then(rerender).catch(function (e) { alert(e.message); });
+    }).then(rerender).catch(function (e) { alert(errText(e)); });
   });
 
   function api(method, path, body) {
@@ -76,7 +76,7 @@
     return fetch("/api/v1" + path, opts).then(function (r) {
       if (r.status === 204) return null;
       return r.json().then(function (j) {
-        if (!r.ok) { var e = new Error(j.message || ("HTTP " + r.status)); e.status = r.status; throw e; }
+        if (!r.ok) { var e = new Error(j.message || ("HTTP " + r.status)); e.status = r.status; e.code = j.error; throw e; }
         return j.data;
       });
     });
@@ -88,6 +88,11 @@
     return e;
   }
   function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString(S.lang || [], { hour: "2-digit", minute: "2-digit" }) : ""; }
+  // an error for a person: the catalogue's words for its code, the server's detail after them
+  function errText(e) {
+    var k = "console.error." + e.code;
+    return e.code && S.words[k] !== undefined ? T(k, { detail: e.message }) : e.message;
+  }
   // who wrote: the bot and the desk by the catalogue's names, people by their own
   function author(a) { return a.kind === "bot" || a.kind === "system" ? T("console.author." + a.kind) : (a.name || a.id); }
 
@@ -129,7 +134,7 @@
     }).then(function () {
       loadList();
       connect();
-    }).catch(function (e) { showSignin(e.status === 401 ? T("console.signin.unknown") : e.message); });
+    }).catch(function (e) { showSignin(e.status === 401 ? T("console.signin.unknown") : errText(e)); });
   }
 
   // ------------------------------------------------------------------ live socket
@@ -163,7 +168,7 @@
   function onFrame(f) {
     if (f.ref && S.waiting[f.ref]) {
       var w = S.waiting[f.ref]; delete S.waiting[f.ref];
-      if (f.type === "error") w.reject(new Error(f.message)); else w.resolve(f);
+      if (f.type === "error") { var err = new Error(f.message); err.code = f.code; w.reject(err); } else w.resolve(f);
       if (f.type === "ack" || f.type === "error") return;
     }
     switch (f.type) {
@@ -219,7 +224,7 @@
       $("n-unassigned").textContent = d.meta.unassigned_count;
       $("n-all").textContent = d.meta.all_count;
       renderList();
-    }).catch(function (e) { showConn("console.conn.error", { message: e.message }); });
+    }).catch(function (e) { showConn("console.conn.error", { message: errText(e) }); });
   }
   function renderList() {
     var ul = $("convs"); ul.textContent = "";
@@ -325,7 +330,7 @@
     stopTyping();
     send(frame).then(function (ack) {
       if (ack.message && !S.messages.some(function (x) { return x.id === ack.message.id; })) { S.messages.push(ack.message); renderMessages(); }
-    }).catch(function (err) { $("text").value = text; alert(T("console.not_sent", { message: err.message })); });
+    }).catch(function (err) { $("text").value = text; alert(T("console.not_sent", { message: errText(err) })); });
   });
   $("text").addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
@@ -353,7 +358,7 @@
   function act(action, extra) {
     var f = Object.assign({ type: "action", action: action, conversation: S.current.id }, extra || {});
     return send(f).then(function (ack) { if (ack.conversation) { S.current = Object.assign({}, S.current, ack.conversation); renderHeader(); renderLabels(); } loadList(); })
-      .catch(function (e) { alert(T("console.failed", { action: action, message: e.message })); });
+      .catch(function (e) { alert(T("console.failed", { action: T("console.action." + action), message: errText(e) })); });
   }
   $("a-accept").addEventListener("click", function () { act(S.current.status === "queued" ? "pickup" : "accept"); });
   $("a-resolve").addEventListener("click", function () { act("resolve"); });
@@ -382,7 +387,7 @@
     $("me-status").value = st;
     $("me-avatar").className = "avatar s-" + st;
   }
-  function setStatus(st) { return send({ type: "status", status: st }).then(function () { showMyStatus(st); }).catch(function (e) { alert(e.message); }); }
+  function setStatus(st) { return send({ type: "status", status: st }).then(function () { showMyStatus(st); }).catch(function (e) { alert(errText(e)); }); }
   $("me-status").addEventListener("change", function () { setStatus($("me-status").value); });
 
   // ------------------------------------------------------------------ sidebar
@@ -475,7 +480,7 @@
       renderResults(d.payload);
     }).catch(function (e) {
       if (seq !== S.searchSeq) return;
-      info.className = "search-info err"; info.textContent = e.message; $("results").textContent = "";
+      info.className = "search-info err"; info.textContent = errText(e); $("results").textContent = "";
     });
   }
   function renderResults(hits) {

@@ -184,5 +184,7 @@ def test_key_families_cover_every_value_they_are_built_from():
     assert {c for c in codes if f"widget.error.{c}" in en} >= {"too_large", "rate_limited", "auth_failed", "forbidden"}
     ranges = set(re.findall(r'data-range="([^"]+)"', read("kefu/web/dashboard.html")))
     assert {f"dashboard.range.{r}" for r in ranges} <= set(en)
+    actions = set(re.findall(r'act\((?:[^)]*\? )?"([a-z]+)"(?: : "([a-z]+)")?', read("bridge/web/console.js")))
+    assert {f"console.action.{a}" for pair in actions for a in pair if a} <= set(en)
     fields = set(re.findall(r'\["([a-z]+)", (?!")', read("bridge/web/console.js")))
     assert {f"console.field.{f}" for f in fields} <= set(en)
