@@ -88,6 +88,13 @@
     return e;
   }
   function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString(S.lang || [], { hour: "2-digit", minute: "2-digit" }) : ""; }
+  // a value from a fixed set (channel, contact kind, handoff reason): its words where the catalogue has them
+  function TV(prefix, v) {
+    if (v === undefined || v === null || v === "") return v;
+    var m = /^rule:(.*)$/.exec(v);
+    if (prefix === "console.handoff." && m) return T("console.handoff.rule", { rule: m[1] });
+    return S.words[prefix + v] !== undefined ? T(prefix + v) : v;
+  }
   // an error for a person: the catalogue's words for its code, the server's detail after them
   function errText(e) {
     var k = "console.error." + e.code;
@@ -239,7 +246,7 @@
       pills.appendChild(el("span", "pill " + c.status, c.status === "assigned" && c.assignee ? (c.assignee === S.me.id ? T("console.mine") : c.assignee) : T("console.state." + c.status)));
       top.appendChild(pills);
       li.appendChild(top);
-      var last = c.last_message ? c.last_message.text : (c.intent ? T("console.intent", { intent: c.intent }) : c.channel);
+      var last = c.last_message ? c.last_message.text : (c.intent ? T("console.intent", { intent: c.intent }) : TV("console.channel.", c.channel));
       li.appendChild(el("div", "prev", last || ""));
       li.addEventListener("click", function () { openConv(c.id); });
       ul.appendChild(li);
@@ -276,7 +283,7 @@
   function renderHeader() {
     var c = S.current;
     $("t-title").textContent = c.customer;
-    var bits = [T("console.state." + c.status), c.channel, c.team ? T("console.team", { team: c.team }) : "",
+    var bits = [T("console.state." + c.status), TV("console.channel.", c.channel), c.team ? T("console.team", { team: c.team }) : "",
                 c.assignee ? T("console.assignee", { agent: c.assignee }) : T("console.unassigned"),
                 c.priority ? T("console.priority." + c.priority) : ""];
     var sub = $("t-sub"); sub.textContent = bits.filter(Boolean).join(" · ");
@@ -405,7 +412,7 @@
   function renderProfile() {
     var c = S.contact || {}, a = c.attributes || {}, side = c.sidebar || {}, crm = side.crm || {};
     // a pair: [catalogue key under console.field., value, placeholder values]; custom keys show as they are
-    var pairs = [["id", c.id], ["name", c.name], ["email", c.email], ["phone", c.phone], ["tier", c.tier], ["kind", c.kind], ["site", a.site]];
+    var pairs = [["id", c.id], ["name", c.name], ["email", c.email], ["phone", c.phone], ["tier", c.tier], ["kind", TV("console.kind.", c.kind)], ["site", a.site]];
     Object.keys(a).forEach(function (k) {
       if (["site", "page", "user_agent", "locale", "language", "identified", "device"].indexOf(k) < 0 && k.indexOf("device") !== 0) pairs.push(["custom", a[k], { key: k }]);
     });
@@ -415,7 +422,7 @@
     var dpairs = [];
     Object.keys(dev).forEach(function (k) { dpairs.push(["custom", dev[k], { key: k }]); });
     Object.keys(a).forEach(function (k) { if (k.indexOf("device_") === 0) dpairs.push(["custom", a[k], { key: k.slice(7) }]); });
-    dpairs.push(["channel", S.current.channel]);
+    dpairs.push(["channel", TV("console.channel.", S.current.channel)]);
     if (a.page) dpairs.push(["page", a.page]);
     if (a.locale) dpairs.push(["locale", a.locale]);
     if (a.language) dpairs.push(["language", T("lang." + a.language)]);
@@ -425,7 +432,7 @@
   function renderConvInfo() {
     var c = S.current;
     var csat = c.csat ? c.csat + "/5 " + stars(c.csat) + (c.csat_comment ? " — " + c.csat_comment : "") : "";
-    dl("convinfo", [["id", c.id], ["status", T("console.state." + c.status)], ["csat", csat], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", c.handoff_reason], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString(S.lang) : ""]]);
+    dl("convinfo", [["id", c.id], ["status", T("console.state." + c.status)], ["csat", csat], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", TV("console.handoff.", c.handoff_reason)], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString(S.lang) : ""]]);
   }
   function renderLabels() {
     var box = $("labels"); box.textContent = "";

@@ -186,5 +186,8 @@ def test_key_families_cover_every_value_they_are_built_from():
     assert {f"dashboard.range.{r}" for r in ranges} <= set(en)
     actions = set(re.findall(r'act\((?:[^)]*\? )?"([a-z]+)"(?: : "([a-z]+)")?', read("bridge/web/console.js")))
     assert {f"console.action.{a}" for pair in actions for a in pair if a} <= set(en)
+    reasons = set(re.findall(r'handoff\("([a-z_]+)"', read("kefu/bot.py")))
+    reasons |= set(re.findall(r'Reply\("handoff", [^,]+, "([a-z_]+)"', read("kefu/desk.py")))
+    assert len(reasons) >= 8 and {f"console.handoff.{r}" for r in reasons} <= set(en)
     fields = set(re.findall(r'\["([a-z]+)", (?!")', read("bridge/web/console.js")))
     assert {f"console.field.{f}" for f in fields} <= set(en)
