@@ -6,6 +6,10 @@
 - Scripts: no string literal that reads as words for a person (a capitalised word, two words,
   Chinese), except the few below, each with its reason.
 - Every key the pages name (literally, or a family like "console.state." + status) exists.
+
+bridge/web/demo.html is left out on purpose: it stands for a shop's own page, which embeds the
+widget; only the widget on it is kefu's. The browser tests (test_browser_zh.py) check the
+rendered pages in Chinese as a person sees them.
 """
 
 from __future__ import annotations

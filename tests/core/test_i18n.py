@@ -174,3 +174,19 @@ async def test_agent_language_is_kept_and_checked(nursery, autojump_clock, make_
     assert (await desk.agent("alice"))["language"] == "zh-CN"
     with pytest.raises(Invalid):
         await desk.agent_action("alice", "language", language="fr")
+
+
+def test_config_gives_the_starting_console_language_and_the_agents_choice_is_kept():
+    from dataclasses import replace
+
+    from kefu.agents import from_config, merge_config
+    from kefu.config import from_dict
+    from kefu.settings import from_config as settings_from_config
+
+    s = settings_from_config(from_dict({"agents": [{"id": "chen", "teams": ["general"], "language": "zh-CN"}]}))
+    configured = s.agents[0]
+    assert configured.language == "zh-CN"
+    assert merge_config(None, configured).language == "zh-CN"
+    chose_en = replace(merge_config(None, configured), language="en")
+    assert merge_config(chose_en, configured).language == "en"  # a restart keeps what the agent chose
+    assert from_config(from_dict({"agents": [{"id": "x"}]}).agents[0]).language == ""
