@@ -44,6 +44,10 @@ NOT_WORDS = {
 STYLES = {"bridge/web/widget.js": "bridge/web/widget.js", "bridge/web/console.js": "bridge/web/console.css",
           "kefu/web/dashboard.js": "kefu/web/dashboard.css"}
 CJK = re.compile(r"[\u4e00-\u9fff]")
+WORD = r'"[^"\n]*[A-Za-z\u4e00-\u9fff][^"\n]*"'
+SHOWN = re.compile(r'\.(?:textContent|innerText|title|placeholder)\s*=\s*' + WORD
+                   + r'|\bel\("[a-z0-9]+",\s*[^,()]+,\s*' + WORD
+                   + r'|\b(?:alert|confirm|sysNote|showSignin)\(\s*' + WORD)
 LITERAL = re.compile(r'"((?:[^"\\\n]|\\.)*)"|\'((?:[^\'\\\n]|\\.)*)\'')
 KEY_CALL = re.compile(r'\bT\(\s*"([A-Za-z0-9_.\-]+)"')
 FAMILY = re.compile(r'\bT\(\s*"([A-Za-z0-9_.\-]+\.)"\s*\+')
@@ -140,6 +144,9 @@ def test_scripts_hold_no_words_of_their_own(script):
             problems += html_words(lit.replace("\\'", "'")).problems
         elif lit not in NOT_WORDS and reads_as_words(lit, classes):
             problems.append(lit)
+    # any letters at all where a person reads them: a text set, an element made with its text, a dialog
+    for m in SHOWN.finditer(read(script)):
+        problems.append(m.group(0))
     assert problems == []
 
 
@@ -152,6 +159,10 @@ def test_the_check_catches_words():
     assert not reads_as_words("kefu.console.token") and not reads_as_words("#kefu-widget .queue")
     assert not reads_as_words("api_access_token") and not reads_as_words("application/json")
     assert reads_as_words("nothing here", {"nothing"}) and not reads_as_words("msg me", {"msg", "me"})
+    for shown in ('x.textContent = "live";', 'el("li", "none", "none")', 'alert("failed")', 'sysNote("oops")'):
+        assert SHOWN.search(shown), shown
+    for fine in ('x.textContent = "";', 'el("dt", null, "—")', 'x.textContent = T("k")', 'el("span", "pill " + c, T("a"))'):
+        assert not SHOWN.search(fine), fine
 
 
 def used_keys() -> tuple[set[str], set[str]]:
