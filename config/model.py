@@ -308,7 +308,8 @@ class Desk:
     language: str = opt(
         "en", "Language of system messages and bot answers for a customer whose language is not known (an MQTT "
         "device that names none, the API): en or zh-CN. A widget visitor gets the widget's language; a contact's "
-        "`language` attribute (set by a device's message, the API or the widget) wins over this default.",
+        "`language` attribute (set by a device's message, the API or the widget, or from a first message written "
+        "in Chinese) wins over this default.",
         one_of("en", "zh-CN"),
     )
     csat_message: str = opt(

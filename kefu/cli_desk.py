@@ -23,8 +23,13 @@ def _check(args: argparse.Namespace) -> int:
     s = _load(args.file)
     if s is None:
         return 2
+    langs: dict[str, int] = {}
+    for a in s.answers.answers.values():
+        for lang in a.langs:
+            langs[lang] = langs.get(lang, 0) + 1
+    per = "".join(f", {n} in {lang}" for lang, n in sorted(langs.items()))
     print(f"{args.file}: ok ({len(s.teams)} teams, {len(s.agents)} agents, {len(s.router.rules)} routing rules, "
-          f"{len(s.answers.answers)} bot answers)")
+          f"{len(s.answers.answers)} bot answers{per}; customers of unknown language read {s.language})")
     return 0
 
 

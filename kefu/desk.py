@@ -401,7 +401,11 @@ class Desk(DeskQueries):
             recs: list = []
             evs: list[Event] = []
             if contact is None:
-                recs.append(Contact(customer_id, created_at=now, updated_at=now))
+                contact = Contact(customer_id, created_at=now, updated_at=now)
+                recs.append(contact)
+            guessed = self._guess_language(contact, text)
+            if guessed is not None:  # a customer who names no language but writes Chinese reads Chinese
+                recs = [replace(contact, attributes={**contact.attributes, "language": guessed}, updated_at=now)]
             if conv is not None and conv.status == Status.RESOLVED and conv.csat is None and self.s.csat \
                     and conv.last_assignee and text.strip() in ("1", "2", "3", "4", "5"):
                 new, evs = C.rate(conv, int(text.strip()), None, now)
@@ -565,6 +569,14 @@ class Desk(DeskQueries):
         hello, a device's message, the API), its browser ``locale``, else ``[desk] language``."""
         a = contact.attributes if contact is not None else {}
         return i18n.pick([a.get("language"), a.get("locale")], default=None) or self.s.language
+
+    @staticmethod
+    def _guess_language(contact: Contact, text: str) -> str | None:
+        """Chinese, when a contact with no language of its own writes it (kept on the contact)."""
+        a = contact.attributes
+        if i18n.pick([a.get("language"), a.get("locale")], default=None) is not None:
+            return None
+        return i18n.guess(text)
 
     async def _language(self, conv: Conversation) -> str:
         return self.language_of(await self.store.contact(conv.customer_id))

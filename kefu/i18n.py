@@ -72,6 +72,17 @@ def document(wanted: str | None) -> dict:
     return {"language": lang, "languages": dict(NAMES), "messages": catalogue(lang)}
 
 
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+LATIN = re.compile(r"[A-Za-z]")
+
+
+def guess(text: str) -> str | None:
+    """"zh-CN" for a text that is clearly Chinese (two Han characters or more, at least a third of its
+    letters); None otherwise -- a code like "E4" or a short English line says too little to switch."""
+    han = len(HAN.findall(text))
+    return "zh-CN" if han >= 2 and han * 3 >= han + len(LATIN.findall(text)) else None
+
+
 def fill(template: str, values: dict) -> str:
     """Replace ``{name}`` by ``values[name]``; unknown names stay as written."""
     return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)

@@ -67,7 +67,7 @@
     api("PUT", "/profile/language", { language: lang }).then(function (a) {
       S.me.language = a.language;
       return loadWords([lang]);
-    }).then(rerender).catch(function (e) { alert(e.message); });
+    }).then(rerender).catch(function (e) { alert(errText(e)); });
   });
 
   function api(method, path, body) {
@@ -76,7 +76,7 @@
     return fetch("/api/v1" + path, opts).then(function (r) {
       if (r.status === 204) return null;
       return r.json().then(function (j) {
-        if (!r.ok) { var e = new Error(j.message || ("HTTP " + r.status)); e.status = r.status; throw e; }
+        if (!r.ok) { var e = new Error(j.message || ("HTTP " + r.status)); e.status = r.status; e.code = j.error; throw e; }
         return j.data;
       });
     });
@@ -88,6 +88,18 @@
     return e;
   }
   function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString(S.lang || [], { hour: "2-digit", minute: "2-digit" }) : ""; }
+  // a value from a fixed set (channel, contact kind, handoff reason): its words where the catalogue has them
+  function TV(prefix, v) {
+    if (v === undefined || v === null || v === "") return v;
+    var m = /^rule:(.*)$/.exec(v);
+    if (prefix === "console.handoff." && m) return T("console.handoff.rule", { rule: m[1] });
+    return S.words[prefix + v] !== undefined ? T(prefix + v) : v;
+  }
+  // an error for a person: the catalogue's words for its code, the server's detail after them
+  function errText(e) {
+    var k = "console.error." + e.code;
+    return e.code && S.words[k] !== undefined ? T(k, { detail: e.message }) : e.message;
+  }
   // who wrote: the bot and the desk by the catalogue's names, people by their own
   function author(a) { return a.kind === "bot" || a.kind === "system" ? T("console.author." + a.kind) : (a.name || a.id); }
 
@@ -129,7 +141,7 @@
     }).then(function () {
       loadList();
       connect();
-    }).catch(function (e) { showSignin(e.status === 401 ? T("console.signin.unknown") : e.message); });
+    }).catch(function (e) { showSignin(e.status === 401 ? T("console.signin.unknown") : errText(e)); });
   }
 
   // ------------------------------------------------------------------ live socket
@@ -163,7 +175,7 @@
   function onFrame(f) {
     if (f.ref && S.waiting[f.ref]) {
       var w = S.waiting[f.ref]; delete S.waiting[f.ref];
-      if (f.type === "error") w.reject(new Error(f.message)); else w.resolve(f);
+      if (f.type === "error") { var err = new Error(f.message); err.code = f.code; w.reject(err); } else w.resolve(f);
       if (f.type === "ack" || f.type === "error") return;
     }
     switch (f.type) {
@@ -219,7 +231,7 @@
       $("n-unassigned").textContent = d.meta.unassigned_count;
       $("n-all").textContent = d.meta.all_count;
       renderList();
-    }).catch(function (e) { showConn("console.conn.error", { message: e.message }); });
+    }).catch(function (e) { showConn("console.conn.error", { message: errText(e) }); });
   }
   function renderList() {
     var ul = $("convs"); ul.textContent = "";
@@ -234,7 +246,7 @@
       pills.appendChild(el("span", "pill " + c.status, c.status === "assigned" && c.assignee ? (c.assignee === S.me.id ? T("console.mine") : c.assignee) : T("console.state." + c.status)));
       top.appendChild(pills);
       li.appendChild(top);
-      var last = c.last_message ? c.last_message.text : (c.intent ? T("console.intent", { intent: c.intent }) : c.channel);
+      var last = c.last_message ? c.last_message.text : (c.intent ? T("console.intent", { intent: c.intent }) : TV("console.channel.", c.channel));
       li.appendChild(el("div", "prev", last || ""));
       li.addEventListener("click", function () { openConv(c.id); });
       ul.appendChild(li);
@@ -271,7 +283,7 @@
   function renderHeader() {
     var c = S.current;
     $("t-title").textContent = c.customer;
-    var bits = [T("console.state." + c.status), c.channel, c.team ? T("console.team", { team: c.team }) : "",
+    var bits = [T("console.state." + c.status), TV("console.channel.", c.channel), c.team ? T("console.team", { team: c.team }) : "",
                 c.assignee ? T("console.assignee", { agent: c.assignee }) : T("console.unassigned"),
                 c.priority ? T("console.priority." + c.priority) : ""];
     var sub = $("t-sub"); sub.textContent = bits.filter(Boolean).join(" · ");
@@ -325,7 +337,7 @@
     stopTyping();
     send(frame).then(function (ack) {
       if (ack.message && !S.messages.some(function (x) { return x.id === ack.message.id; })) { S.messages.push(ack.message); renderMessages(); }
-    }).catch(function (err) { $("text").value = text; alert(T("console.not_sent", { message: err.message })); });
+    }).catch(function (err) { $("text").value = text; alert(T("console.not_sent", { message: errText(err) })); });
   });
   $("text").addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
@@ -353,7 +365,7 @@
   function act(action, extra) {
     var f = Object.assign({ type: "action", action: action, conversation: S.current.id }, extra || {});
     return send(f).then(function (ack) { if (ack.conversation) { S.current = Object.assign({}, S.current, ack.conversation); renderHeader(); renderLabels(); } loadList(); })
-      .catch(function (e) { alert(T("console.failed", { action: action, message: e.message })); });
+      .catch(function (e) { alert(T("console.failed", { action: T("console.action." + action), message: errText(e) })); });
   }
   $("a-accept").addEventListener("click", function () { act(S.current.status === "queued" ? "pickup" : "accept"); });
   $("a-resolve").addEventListener("click", function () { act("resolve"); });
@@ -382,7 +394,7 @@
     $("me-status").value = st;
     $("me-avatar").className = "avatar s-" + st;
   }
-  function setStatus(st) { return send({ type: "status", status: st }).then(function () { showMyStatus(st); }).catch(function (e) { alert(e.message); }); }
+  function setStatus(st) { return send({ type: "status", status: st }).then(function () { showMyStatus(st); }).catch(function (e) { alert(errText(e)); }); }
   $("me-status").addEventListener("change", function () { setStatus($("me-status").value); });
 
   // ------------------------------------------------------------------ sidebar
@@ -400,7 +412,7 @@
   function renderProfile() {
     var c = S.contact || {}, a = c.attributes || {}, side = c.sidebar || {}, crm = side.crm || {};
     // a pair: [catalogue key under console.field., value, placeholder values]; custom keys show as they are
-    var pairs = [["id", c.id], ["name", c.name], ["email", c.email], ["phone", c.phone], ["tier", c.tier], ["kind", c.kind], ["site", a.site]];
+    var pairs = [["id", c.id], ["name", c.name], ["email", c.email], ["phone", c.phone], ["tier", c.tier], ["kind", TV("console.kind.", c.kind)], ["site", a.site]];
     Object.keys(a).forEach(function (k) {
       if (["site", "page", "user_agent", "locale", "language", "identified", "device"].indexOf(k) < 0 && k.indexOf("device") !== 0) pairs.push(["custom", a[k], { key: k }]);
     });
@@ -410,7 +422,7 @@
     var dpairs = [];
     Object.keys(dev).forEach(function (k) { dpairs.push(["custom", dev[k], { key: k }]); });
     Object.keys(a).forEach(function (k) { if (k.indexOf("device_") === 0) dpairs.push(["custom", a[k], { key: k.slice(7) }]); });
-    dpairs.push(["channel", S.current.channel]);
+    dpairs.push(["channel", TV("console.channel.", S.current.channel)]);
     if (a.page) dpairs.push(["page", a.page]);
     if (a.locale) dpairs.push(["locale", a.locale]);
     if (a.language) dpairs.push(["language", T("lang." + a.language)]);
@@ -420,7 +432,7 @@
   function renderConvInfo() {
     var c = S.current;
     var csat = c.csat ? c.csat + "/5 " + stars(c.csat) + (c.csat_comment ? " — " + c.csat_comment : "") : "";
-    dl("convinfo", [["id", c.id], ["status", T("console.state." + c.status)], ["csat", csat], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", c.handoff_reason], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString(S.lang) : ""]]);
+    dl("convinfo", [["id", c.id], ["status", T("console.state." + c.status)], ["csat", csat], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", TV("console.handoff.", c.handoff_reason)], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString(S.lang) : ""]]);
   }
   function renderLabels() {
     var box = $("labels"); box.textContent = "";
@@ -475,7 +487,7 @@
       renderResults(d.payload);
     }).catch(function (e) {
       if (seq !== S.searchSeq) return;
-      info.className = "search-info err"; info.textContent = e.message; $("results").textContent = "";
+      info.className = "search-info err"; info.textContent = errText(e); $("results").textContent = "";
     });
   }
   function renderResults(hits) {

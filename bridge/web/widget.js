@@ -45,7 +45,7 @@
   var root = host.attachShadow({ mode: "open" });
   root.innerHTML =
     '<style>' +
-    ':host{all:initial}*{box-sizing:border-box;font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}' +
+    ':host{all:initial}*{box-sizing:border-box;font-family:system-ui,-apple-system,"Segoe UI",Roboto,"PingFang SC","Microsoft YaHei","Noto Sans CJK SC","WenQuanYi Zen Hei",sans-serif}' +
     '.bubble{width:60px;height:60px;border-radius:50%;border:0;cursor:pointer;background:var(--c,#1f6feb);color:#fff;box-shadow:0 6px 20px rgba(0,0,0,.25);display:flex;align-items:center;justify-content:center;margin-left:auto;position:relative}' +
     '.bubble svg{width:28px;height:28px;fill:#fff}' +
     '.badge{position:absolute;top:-4px;right:-4px;background:#e5484d;color:#fff;border-radius:10px;font-size:12px;padding:1px 6px;display:none}' +

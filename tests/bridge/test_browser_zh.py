@@ -139,3 +139,44 @@ def test_site_sets_the_widget_language_over_the_browser(kefu, browser):
     assert page.locator("#kefu-widget .send").inner_text() == "Send"
     # the index page itself follows the browser: Chinese
     assert page.locator("a[href='/console']").inner_text() == "客服工作台"
+
+
+def test_mqtt_device_names_its_language_and_reads_chinese(kefu):
+    """A real MQTT client (paho) as a device: its JSON message names zh-CN; the desk answers in Chinese."""
+    import json
+    import queue
+
+    import paho.mqtt.client as mqtt
+
+    st = kefu.st
+    got: queue.Queue = queue.Queue()
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fridge-7")
+    dev.username_pw_set("fridge-7")
+    dev.on_message = lambda c, u, m: got.put(json.loads(m.payload))
+    subscribed = queue.Queue()
+    dev.on_subscribe = lambda *a: subscribed.put(True)
+    dev.connect("127.0.0.1", st.mqtt_port)
+    dev.loop_start()
+    try:
+        dev.subscribe("kefu/c/fridge-7/main/out", qos=1)
+        assert subscribed.get(timeout=10)
+        dev.publish("kefu/c/fridge-7/main/in", json.dumps(
+            {"type": "message", "text": "冰箱显示故障代码 E4，请帮忙", "language": "zh-CN"}, ensure_ascii=False), qos=1)
+        texts = []
+        while len(texts) < 2:
+            f = got.get(timeout=10)
+            if f.get("type") == "message" and f["message"]["author"]["kind"] != "customer":
+                texts.append(f["message"]["text"])
+        assert texts == ["正在为您转接人工客服，请稍候。", "您目前排在第 1 位，预计等待：暂时无法估计（目前没有客服在线）。"]
+        # the language stays with the contact: later system messages are Chinese too
+        kefu.run(st.desk.agent_connected, "alice")
+        conv = kefu.run(st.desk.open_conversation_of, "fridge-7", "main")
+        kefu.run(lambda: st.desk.agent_action("alice", "accept", conv["id"]))
+        while True:
+            f = got.get(timeout=10)
+            if f.get("type") == "message" and f["message"]["author"]["kind"] == "system":
+                assert f["message"]["text"] == "Alice 已加入对话。"
+                break
+    finally:
+        dev.disconnect()
+        dev.loop_stop()

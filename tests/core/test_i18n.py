@@ -175,3 +175,39 @@ async def test_agent_language_is_kept_and_checked(nursery, autojump_clock, make_
     assert (await desk.agent("alice"))["language"] == "zh-CN"
     with pytest.raises(Invalid):
         await desk.agent_action("alice", "language", language="fr")
+
+
+def test_config_gives_the_starting_console_language_and_the_agents_choice_is_kept():
+    from dataclasses import replace
+
+    from kefu.agents import from_config, merge_config
+    from kefu.config import from_dict
+    from kefu.settings import from_config as settings_from_config
+
+    s = settings_from_config(from_dict({"agents": [{"id": "chen", "teams": ["general"], "language": "zh-CN"}]}))
+    configured = s.agents[0]
+    assert configured.language == "zh-CN"
+    assert merge_config(None, configured).language == "zh-CN"
+    chose_en = replace(merge_config(None, configured), language="en")
+    assert merge_config(chose_en, configured).language == "en"  # a restart keeps what the agent chose
+    assert from_config(from_dict({"agents": [{"id": "x"}]}).agents[0]).language == ""
+
+
+def test_guess_reads_only_clear_chinese():
+    assert i18n.guess("我的银行卡丢了，怎么办？") == "zh-CN"
+    assert i18n.guess("T-200 显示 E4 错误") == "zh-CN"
+    assert i18n.guess("E4") is None and i18n.guess("my card 丢 is gone") is None and i18n.guess("ok") is None
+
+
+async def test_a_device_that_names_no_language_but_writes_chinese_reads_chinese(nursery, autojump_clock, make_desk,
+                                                                               recorder):
+    desk = await start(nursery, make_desk)  # [desk] language: en
+    await desk.customer_message("mqtt", "fridge-2", "冰箱一直报警，我要找人工")
+    assert recorder.texts(OUT.format("fridge-2"))[-2] == "正在为您转接人工客服，请稍候。"
+    assert (await desk.contact("fridge-2"))["attributes"]["language"] == "zh-CN"
+    await desk.customer_message("mqtt", "dev-3", "E4 human")  # nothing to go on: [desk] language
+    assert recorder.texts(OUT.format("dev-3"))[-2] == "I'm passing you to a colleague who can help."
+    # a language the customer named is not overruled by what it writes
+    await desk.set_contact("ann", attributes={"language": "en"})
+    await desk.customer_message("chat", "ann", "请帮我转人工")
+    assert recorder.texts(OUT.format("ann"))[-2] == "I'm passing you to a colleague who can help."
