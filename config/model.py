@@ -545,6 +545,11 @@ class Storage:
     )
     pg_schema: str = opt("public", "PostgreSQL schema for kefu's tables (created by `kefu db upgrade`).")
     pool_size: int = opt(4, "PostgreSQL connections for reads (writes use one more).", positive)
+    timescaledb: bool = opt(
+        True,
+        "Use TimescaleDB where the PostgreSQL server offers it (hypertables, compression, a continuous aggregate for "
+        "metric roll-ups); false: plain tables even where it is installed.",
+    )
     auto_migrate: bool = opt(
         True, "Apply pending schema migrations at start; false: refuse to start until `kefu db upgrade` ran."
     )
