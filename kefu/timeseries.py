@@ -282,7 +282,13 @@ class History:
             return 0
         days = self.rollup_retention_days
         if self.timescale:
-            n = await self._read(lambda conn: self._refresh(conn, lo, hi, now - days * 86400.0 if days > 0 else None))
+            import psycopg  # only PostgreSQL stores have TimescaleDB
+
+            try:
+                n = await self._read(lambda conn: self._refresh(conn, lo, hi, now - days * 86400.0 if days > 0 else None))
+            except psycopg.Error as e:  # e.g. another node refreshing the same minutes: the next pass retries
+                log.warning("metrics: roll-up refresh postponed: %s", str(e).strip().splitlines()[0] if str(e) else e)
+                return 0
             self.watermark = hi
             return n
         minute = ("CAST(at / 60 AS INTEGER) * 60" if self.dialect == "sqlite"

@@ -27,6 +27,7 @@ OperationalError) make the store not ready and are retried until the server is b
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any, Callable
@@ -39,6 +40,7 @@ from . import migrate
 from .base import StorageUnavailable, StoredMessage
 from .sqlstore import PRUNE_BATCH, SqlStore, like_escape
 
+log = logging.getLogger("kefu.storage")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # TimescaleDB: chunks whose end is older than this many days are compressed by maintenance.
 COMPRESS_AFTER_DAYS = {"chat_messages": 30, "audit_log": 60, "metric_samples": 7}
@@ -198,7 +200,10 @@ class PostgresStore(SqlStore):
     async def prune(self, now: float | None = None) -> dict[str, int]:
         out = await super().prune(now)
         if self.timescale:
-            await self.compress_chunks(time.time() if now is None else now)
+            try:
+                await self.compress_chunks(time.time() if now is None else now)
+            except psycopg.Error as e:  # e.g. a chunk locked by another node's pass: next pass retries
+                log.warning("timescaledb: compression postponed: %s", _first_line(e))
         return out
 
     async def compress_chunks(self, now: float, limit: int = 4) -> int:
