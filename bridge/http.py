@@ -703,6 +703,16 @@ def _page(name: str) -> str:
     return WEB.joinpath(name).read_text(encoding="utf-8")
 
 
+def favicon_route() -> Route:
+    """GET /favicon.ico: kefu's icon (kefu/web/favicon.ico), which browsers ask every page's server for."""
+    icon = resources.files("kefu").joinpath("web", "favicon.ico").read_bytes()
+
+    async def favicon(req: Request) -> Response:
+        return Response(icon, media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
+
+    return Route("/favicon.ico", favicon)
+
+
 def build_app(st: BridgeState) -> Starlette:
     cfg = st.cfg
 
@@ -761,6 +771,7 @@ def build_app(st: BridgeState) -> Starlette:
         Route("/widget.js", widget_js),
         Route("/i18n", messages),
         Route("/api/v1/openapi.json", openapi),
+        favicon_route(),
     ]
     for r in ROUTES:
         routes.append(Route("/api/v1" + r.path, _endpoint(r, st), methods=[r.method]))

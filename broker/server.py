@@ -55,7 +55,8 @@ class ListenError(Exception):
 
     def __init__(self, key: str, host: str, port: int, why: str, fix: str | None = None) -> None:
         self.key, self.host, self.port, self.why = key, host, port, why
-        fix = fix or f"set {key}.port in your config"
+        fix = fix or (f"set {key}.port to a free port (0: any free one) in a config file and start with "
+                      "`kefu serve --config FILE` (README: Quick start)")
         super().__init__(f"cannot listen on {host}:{port} ({why}): {fix}")
 
 

@@ -584,6 +584,11 @@ class Storage:
     )
     pg_schema: str = opt("public", "PostgreSQL schema for kefu's tables (created by `kefu db upgrade`).")
     pool_size: int = opt(4, "PostgreSQL connections for reads (writes use one more).", positive)
+    timescaledb: bool = opt(
+        True,
+        "Use TimescaleDB where the PostgreSQL server offers it (hypertables, compression, a continuous aggregate for "
+        "metric roll-ups); false: plain tables even where it is installed.",
+    )
     auto_migrate: bool = opt(
         True, "Apply pending schema migrations at start; false: refuse to start until `kefu db upgrade` ran."
     )
@@ -651,7 +656,8 @@ class Storage:
 class Sm4:
     device_topics: list = opt(
         [],
-        "MQTT topic filters (e.g. \"kefu/dev/+/#\") on which SM4 devices send and receive SM4 envelopes "
+        "MQTT topic filters (e.g. [\"kefu/c/#\"], the desk's conversation topics) on which SM4 devices send and "
+        "receive SM4 envelopes "
         "(docs/sm4-envelope.md). A device is a client whose client id has a key from `kefu keys new-device ID`: "
         "kefu opens its envelopes on ingress (others read plaintext; bad ones are rejected: 5.0 PUBACK 0x99, "
         "3.1.1 dropped) and seals each delivery to it with its key. Other clients use plaintext. Needs the "

@@ -3,11 +3,18 @@
 Self-contained on purpose: it imports nothing of kefu, only ``cryptography`` (OpenSSL's
 SM4) and ``paho-mqtt``, so device makers can read the whole flow in one file and port it.
 
-    # on the kefu host: create the device's key (printed once)
-    kefu keys new-device dev-1
+    # on the kefu host: create the device's key (printed once), seal the desk's topics
+    kefu keys new-device dev-1          # prints: key id 0x12b2f91e, key 6a29...
+    #   kefu.toml: [sm4] device_topics = ["kefu/c/#"]
     # on the device
     python examples/sm4_device.py --host kefu.example --client-id dev-1 \
-        --key-id 313719070 --key 6a29c61b8bc4e88abf7fb74ffb320154 --state dev-1.state
+        --key-id 0x12b2f91e --key 6a29c61b8bc4e88abf7fb74ffb320154 --state dev-1.state \
+        --text "hello, my fan is noisy"
+
+It talks to the desk on the desk's own conversation topics (``[desk] topic_prefix``,
+"kefu" by default): messages go to ``kefu/c/{client id}/{thread}/in``, the desk's answers
+come sealed on ``.../out`` (bot and agent messages) and ``.../events`` (queue position,
+status), as JSON frames.
 
 What it shows:
 * every uplink payload is sealed: version 1, key id, nonce = 0x01 000000 counter,
@@ -110,10 +117,18 @@ class CounterState:
             return True
 
 
+def desk_topics(client_id: str, thread: str = "main", prefix: str = "kefu") -> tuple[str, list[str]]:
+    """(uplink topic, downlink topics) of one conversation thread on the desk (kefu/topics.py)."""
+    base = f"{prefix}/c/{client_id}/{thread}"
+    return f"{base}/in", [f"{base}/out", f"{base}/events"]
+
+
 def run(host: str, port: int, client_id: str, key: bytes, key_id: int, state: CounterState,
-        messages: list[bytes], up: str, down: str, wait_downlinks: int = 0, timeout: float = 10.0) -> list[bytes]:
-    """Publish ``messages`` sealed at QoS 1; return the downlinks opened (waits for
-    ``wait_downlinks`` of them, at most ``timeout`` seconds)."""
+        messages: list[bytes], up: str, down: str | list[str], wait_downlinks: int = 0,
+        timeout: float = 10.0) -> list[bytes]:
+    """Subscribe to ``down`` (a topic or several), publish ``messages`` sealed at QoS 1 on
+    ``up``; return the downlinks opened (waits for ``wait_downlinks`` of them, at most
+    ``timeout`` seconds)."""
     import paho.mqtt.client as mqtt
 
     got: list[bytes] = []
@@ -138,7 +153,8 @@ def run(host: str, port: int, client_id: str, key: bytes, key_id: int, state: Co
     c.connect(host, port)
     c.loop_start()
     try:
-        c.subscribe(down, qos=1)
+        for topic in [down] if isinstance(down, str) else down:
+            c.subscribe(topic, qos=1)
         for payload in messages:
             c.publish(up, seal(key, key_id, state.take(), client_id, up, payload), qos=1).wait_for_publish(timeout)
         if wait_downlinks:
@@ -155,17 +171,22 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=1883)
     ap.add_argument("--client-id", required=True)
     ap.add_argument("--key", required=True, help="32 hex digits from `kefu keys new-device`")
-    ap.add_argument("--key-id", type=int, required=True)
+    ap.add_argument("--key-id", type=lambda x: int(x, 0), required=True,
+                    help="as `kefu keys new-device` prints it (0x12345678; decimal works too)")
     ap.add_argument("--state", required=True, help="file keeping the counters across reboots")
-    ap.add_argument("--count", type=int, default=3)
+    ap.add_argument("--thread", default="main", help="the device's conversation thread")
+    ap.add_argument("--prefix", default="kefu", help="the desk's [desk] topic_prefix")
+    ap.add_argument("--text", action="append", help="a message to send (repeat for more)")
+    ap.add_argument("--wait", type=int, default=1, help="downlinks to wait for (at most 10 s)")
     args = ap.parse_args()
     state = CounterState(args.state)
-    up, down = f"d/{args.client_id}/up", f"d/{args.client_id}/down"
-    msgs = [json.dumps({"seq": i, "temp": 21.5}).encode() for i in range(args.count)]
+    up, downs = desk_topics(args.client_id, args.thread, args.prefix)
+    texts = args.text or ["hello"]
+    msgs = [json.dumps({"type": "message", "text": t}, ensure_ascii=False).encode() for t in texts]
     for payload in run(args.host, args.port, args.client_id, bytes.fromhex(args.key), args.key_id, state,
-                       msgs, up, down, wait_downlinks=0):
-        print("downlink:", payload)
-    print(f"sent {args.count} sealed messages to {up}")
+                       msgs, up, downs, wait_downlinks=args.wait):
+        print("downlink:", payload.decode(errors="replace"))
+    print(f"sent {len(msgs)} sealed messages to {up}")
     return 0
 
 

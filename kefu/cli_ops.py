@@ -370,6 +370,7 @@ def _cmd_devices_add(args) -> int:
 
 def _cmd_devices_list(args) -> int:
     from .cli_storage import _when, _with_keys
+    from .storage.crypto import key_id_text
 
     async def fn(store):
         kr = store.keys.keyring
@@ -381,7 +382,7 @@ def _cmd_devices_list(args) -> int:
                 continue
             s = sessions.get(r.device_id)
             sess = "-" if s is None else ("connected" if s.connected else f"away since {_when(s.disconnected_at)}")
-            rows.append([r.device_id, r.key_id, r.state, _when(r.created_at), sess])
+            rows.append([r.device_id, key_id_text(r.key_id), r.state, _when(r.created_at), sess])
         if not rows:
             print("no devices with SM4 keys (add one: kefu devices add ID --config FILE)")
             return 0

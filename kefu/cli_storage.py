@@ -160,9 +160,11 @@ def _cmd_keys_new_master(args) -> int:
 
 
 def _cmd_keys_new_device(args) -> int:
+    from .storage.crypto import key_id_text
+
     async def fn(store):
         rec, key = await store.keys.new_device(args.device, replace=args.replace)
-        print(f"device {args.device}: key id {rec.key_id}")
+        print(f"device {args.device}: key id {key_id_text(rec.key_id)}")
         print(f"key {key.hex()}")
         print("Provision this key on the device now; kefu stores it only wrapped and never shows it again.")
         print("Envelope: docs/sm4-envelope.md; reference device: examples/sm4_device.py")
@@ -172,13 +174,15 @@ def _cmd_keys_new_device(args) -> int:
 
 
 def _cmd_keys_list(args) -> int:
+    from .storage.crypto import key_id_text
+
     async def fn(store):
         recs = sorted(store.keys.keyring.records.values(), key=lambda r: (r.purpose, r.created_at))
         print(f"master key {store.keys.keyring.master.fingerprint}")
         print(f"{'KEY ID':>10}  {'PURPOSE':<7} {'STATE':<9} {'CREATED':<19}  DEVICE / USES")
         for r in recs:
             extra = r.device_id if r.purpose == "device" else f"{await store.count_key_uses(r.key_id)} rows"
-            print(f"{r.key_id:>10}  {r.purpose:<7} {r.state:<9} {_when(r.created_at)}  {extra}")
+            print(f"{key_id_text(r.key_id):>10}  {r.purpose:<7} {r.state:<9} {_when(r.created_at)}  {extra}")
         if not recs:
             print("(no keys yet: `kefu keys new-device ID`, or `kefu keys rotate` for a data key)")
         return 0
@@ -187,37 +191,42 @@ def _cmd_keys_list(args) -> int:
 
 
 def _cmd_keys_revoke(args) -> int:
+    from .storage.crypto import key_id_text, parse_key_id
+
     async def fn(store):
         kr = store.keys.keyring
-        by_id = int(args.id) if args.id.isdigit() and int(args.id) in kr.records else None
+        n = parse_key_id(args.id)  # as printed (0x1234abcd) or decimal
+        by_id = n if n is not None and n in kr.records else None
         by_device = kr.device_key_id(args.id)
         if by_id is not None and by_device is not None and by_id != by_device:
-            return _fail(f"{args.id!r} is both a key id and a device id; revoke key {by_device} by its key id", 2)
+            return _fail(f"{args.id!r} is both a key id and a device id; revoke key {key_id_text(by_device)} by its key id", 2)
         kid = by_id if by_id is not None else by_device
         if kid is None:
             return _fail(f"no key id or device with an active key named {args.id!r} (see `kefu keys list`)", 2)
         rec = await store.keys.revoke(kid)
         who = f" of device {rec.device_id}" if rec.device_id else ""
-        print(f"revoked key {kid}{who}; running kefu nodes stop accepting it within {store.keys.refresh_s:g} s")
+        print(f"revoked key {key_id_text(kid)}{who}; running kefu nodes stop accepting it within {store.keys.refresh_s:g} s")
         return 0
 
     return _with_keys(args, fn)
 
 
 def _cmd_keys_rotate(args) -> int:
+    from .storage.crypto import key_id_text
+
     async def fn(store):
         rec = await store.keys.rotate()
-        print(f"new data key {rec.key_id} is active; previous data keys are retiring")
+        print(f"new data key {key_id_text(rec.key_id)} is active; previous data keys are retiring")
         if args.no_wait:
             print("a running kefu re-encrypts the remaining rows in the background")
             return 0
 
         def progress(kid, total):
-            print(f"\r  re-encrypting rows of key {kid}: {total}", end="", flush=True)
+            print(f"\r  re-encrypting rows of key {key_id_text(kid)}: {total}", end="", flush=True)
 
         total = await store.keys.rekey(progress)
         print(f"\nre-encrypted {total} rows; retired keys: "
-              + (", ".join(str(r.key_id) for r in store.keys.keyring.records.values() if r.state == "retired") or "none"))
+              + (", ".join(key_id_text(r.key_id) for r in store.keys.keyring.records.values() if r.state == "retired") or "none"))
         return 0
 
     return _with_keys(args, fn)

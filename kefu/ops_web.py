@@ -115,10 +115,10 @@ async def serve_alone(ops: Ops, *, task_status=trio.TASK_STATUS_IGNORED) -> None
     Started with the base URL, like the bridge's listener."""
     from starlette.applications import Starlette
 
-    from kefu.bridge.http import hypercorn_config, local_url, serve_forever
+    from kefu.bridge.http import favicon_route, hypercorn_config, local_url, serve_forever
 
     hc = hypercorn_config(ops.cfg.listeners.http, "kefu.ops.http.server")
-    app = Starlette(routes=routes(ops))
+    app = Starlette(routes=[*routes(ops), favicon_route()])
 
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve_forever, app, hc)

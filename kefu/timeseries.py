@@ -8,16 +8,19 @@ for gauges, interval percentiles and means for histograms. Each sample covers on
 histogram_quantile does), so a quiet interval stores nothing rather than a stale value.
 
 Storage goes through the storage layer's metric interface (``record_metrics``, no wait:
-losing the last samples in a crash is harmless). Roll-ups: on TimescaleDB the storage
-migration already made ``metric_samples_1m`` a continuous aggregate (its refresh policy
-runs every minute; here only its retention policy is set from the config). Elsewhere
-(SQLite, PostgreSQL without TimescaleDB) this module keeps ``metric_rollups_1m`` itself:
-same columns (bucket, name, labels, n, avg, min, max), filled once a minute for the
-minutes that are complete (``ROLLUP_LAG`` after their end, so late no-wait samples are in),
-idempotently (the minute range is deleted and re-inserted in one transaction of the
-storage writer), and pruned after ``metrics.rollup_retention_days``. It is a separate
-table name so that installing TimescaleDB later and running `kefu db upgrade` still
-creates the continuous aggregate.
+losing the last samples in a crash is harmless). Roll-ups, once a minute, for the minutes
+that are complete (a lag after their end, so late no-wait samples are in), and pruned
+after ``metrics.rollup_retention_days``:
+
+- On TimescaleDB the storage migration made ``metric_samples_1m`` a continuous aggregate;
+  this module refreshes it for exactly those minutes (``refresh_continuous_aggregate`` on
+  a pooled autocommit connection: it cannot run in the writer's transaction) and drops its
+  chunks past the retention (a day each). No TimescaleDB background job is involved.
+- Elsewhere (SQLite, PostgreSQL without TimescaleDB) it keeps ``metric_rollups_1m``
+  itself: same columns (bucket, name, labels, n, avg, min, max), filled idempotently (the
+  minute range is deleted and re-inserted in one transaction of the storage writer). It
+  is a separate table name so that installing TimescaleDB later and running
+  `kefu db upgrade` still creates the continuous aggregate.
 
 Reads (``History.query``): ranges up to an hour come from raw samples, longer ones from
 the roll-ups, bucketed so a chart gets a few hundred points.
@@ -246,16 +249,8 @@ class History:
         return await read(fn)
 
     async def setup(self) -> None:
-        """Create the roll-up table (or set the continuous aggregate's retention on TimescaleDB)."""
-        days = self.rollup_retention_days
-        if self.timescale:
-            def policy(conn):
-                conn.execute(f"SELECT remove_retention_policy('{TIMESCALE_VIEW}', if_exists => true)")
-                if days > 0:
-                    conn.execute(f"SELECT add_retention_policy('{TIMESCALE_VIEW}', make_interval(days => %s))",
-                                 (int(math.ceil(days)),))
-            await self._write(policy)
-        else:
+        """Create the roll-up table (on TimescaleDB the migration made the continuous aggregate)."""
+        if not self.timescale:
             ts = "REAL" if self.dialect == "sqlite" else "timestamptz"
             num = "REAL" if self.dialect == "sqlite" else "double precision"
 
@@ -269,13 +264,11 @@ class History:
 
     async def rollup(self, now: float, lag: float) -> int:
         """Roll up every complete minute ending at least ``lag`` seconds before ``now``; returns rows written."""
-        if self.timescale:
-            return 0
         hi = math.floor((now - lag) / 60.0) * 60.0
         q = self._sql
         if self.watermark is None:
             def start(conn):
-                last = conn.execute(q(f"SELECT max(EPOCH(bucket)) FROM {ROLLUP_TABLE}")).fetchone()[0]
+                last = conn.execute(q(f"SELECT max(EPOCH(bucket)) FROM {self.rollup_source}")).fetchone()[0]
                 if last is not None:
                     return float(last) + 60.0
                 first = conn.execute(q("SELECT min(EPOCH(at)) FROM metric_samples")).fetchone()[0]
@@ -287,9 +280,19 @@ class History:
         lo = self.watermark
         if hi <= lo:
             return 0
+        days = self.rollup_retention_days
+        if self.timescale:
+            import psycopg  # only PostgreSQL stores have TimescaleDB
+
+            try:
+                n = await self._read(lambda conn: self._refresh(conn, lo, hi, now - days * 86400.0 if days > 0 else None))
+            except psycopg.Error as e:  # e.g. another node refreshing the same minutes: the next pass retries
+                log.warning("metrics: roll-up refresh postponed: %s", str(e).strip().splitlines()[0] if str(e) else e)
+                return 0
+            self.watermark = hi
+            return n
         minute = ("CAST(at / 60 AS INTEGER) * 60" if self.dialect == "sqlite"
                   else "date_bin(INTERVAL '1 minute', at, 'epoch'::timestamptz)")
-        days = self.rollup_retention_days
 
         def fill(conn):
             conn.execute(q(f"DELETE FROM {ROLLUP_TABLE} WHERE bucket >= TS(?) AND bucket < TS(?)"), (lo, hi))
@@ -305,6 +308,18 @@ class History:
         n = await self._write(fill)
         self.watermark = hi
         return n
+
+    @staticmethod
+    def _refresh(conn, lo: float, hi: float, cutoff: float | None) -> int:
+        """TimescaleDB, on an autocommit connection: materialise the minutes [lo, hi), drop
+        roll-up chunks wholly before ``cutoff``; returns the roll-up rows of those minutes."""
+        conn.execute(f"CALL refresh_continuous_aggregate('{TIMESCALE_VIEW}', to_timestamp(%s), to_timestamp(%s))",
+                     (lo, hi))
+        if cutoff is not None:
+            conn.execute(f"SELECT count(*) FROM drop_chunks('{TIMESCALE_VIEW}', older_than => to_timestamp(%s))",
+                         (cutoff,))
+        return int(conn.execute(f"SELECT count(*) FROM {TIMESCALE_VIEW} WHERE bucket >= to_timestamp(%s) "
+                                "AND bucket < to_timestamp(%s)", (lo, hi)).fetchone()[0])
 
     async def query(self, names: list[str], start: float, end: float, step: float, *,
                     source: str = "raw") -> dict[str, list[dict[str, Any]]]:

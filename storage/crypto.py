@@ -67,6 +67,21 @@ TX_RESERVE = 1024  # egress counters reserved (persisted) per step, so a crash n
 # errors
 
 
+
+def key_id_text(key_id: int) -> str:
+    """A key id as people read it (docs/sm4-envelope.md, `kefu keys`): 0x + 8 hex digits."""
+    return f"0x{key_id:08x}"
+
+
+def parse_key_id(text: str) -> int | None:
+    """``0x1234abcd`` (as printed) or decimal digits -> key id; None for anything else."""
+    t = text.strip().lower()
+    try:
+        n = int(t, 16) if t.startswith("0x") else int(t) if t.isdigit() else None
+    except ValueError:
+        return None
+    return n if n is not None and 0 <= n < 2**32 else None
+
 class CryptoError(Exception):
     """An envelope or blob was rejected. ``reason`` is a short stable label for metrics."""
 
@@ -438,7 +453,7 @@ class Keyring:
         for rec in records:
             if rec.master_fp != self.master.fingerprint:
                 raise KeyringError(
-                    f"key {rec.key_id} was wrapped by master key {rec.master_fp}, but the configured master key "
+                    f"key {key_id_text(rec.key_id)} was wrapped by master key {rec.master_fp}, but the configured master key "
                     f"is {self.master.fingerprint} ({self.master.source}): wrong master key"
                 )
             old = self.records.get(rec.key_id)
@@ -454,7 +469,7 @@ class Keyring:
             try:
                 key = self.master.unwrap(rec.wrapped, _wrap_aad(rec.key_id, rec.purpose, rec.device_id))
             except CryptoError:
-                raise KeyringError(f"key {rec.key_id} does not unwrap with the master key: the key table is damaged") from None
+                raise KeyringError(f"key {key_id_text(rec.key_id)} does not unwrap with the master key: the key table is damaged") from None
             if rec.purpose == "data":
                 self._data[rec.key_id] = key
             else:
@@ -495,7 +510,7 @@ class Keyring:
     def with_state(self, key_id: int, state: str) -> KeyRecord:
         rec = self.records.get(key_id)
         if rec is None:
-            raise UnknownKey(f"no key {key_id}")
+            raise UnknownKey(f"no key {key_id_text(key_id)}")
         rec = replace(rec, state=state)
         self.load([rec])
         return rec
@@ -519,8 +534,8 @@ class Keyring:
         if key is None:
             rec = self.records.get(env.key_id)
             if rec is not None and rec.state == "revoked":
-                raise RevokedKey(f"data key {env.key_id} is revoked")
-            raise UnknownKey(f"data key {env.key_id} is not in the keyring")
+                raise RevokedKey(f"data key {key_id_text(env.key_id)} is revoked")
+            raise UnknownKey(f"data key {key_id_text(env.key_id)} is not in the keyring")
         return sm4_gcm_open(key, env.nonce, env.sealed, env.header + context)
 
     @staticmethod
@@ -544,10 +559,10 @@ class Keyring:
             rec = self.records.get(env.key_id)
             if st is None or rec is None:
                 if rec is not None and rec.state == "revoked":
-                    raise RevokedKey(f"key {env.key_id} is revoked")
-                raise UnknownKey(f"no device key {env.key_id}")
+                    raise RevokedKey(f"key {key_id_text(env.key_id)} is revoked")
+                raise UnknownKey(f"no device key {key_id_text(env.key_id)}")
             if rec.device_id != client_id:
-                raise UnknownKey(f"key {env.key_id} does not belong to client {client_id!r}")
+                raise UnknownKey(f"key {key_id_text(env.key_id)} does not belong to client {client_id!r}")
             counter = env.counter
             if counter > MAX_COUNTER:
                 raise MalformedEnvelope("counter above 2**63-1")

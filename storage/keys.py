@@ -23,7 +23,7 @@ from typing import Callable
 
 import trio
 
-from .crypto import HEADER_SIZE, KeyRecord, Keyring, Opened, UnknownKey
+from .crypto import HEADER_SIZE, KeyRecord, Keyring, Opened, UnknownKey, key_id_text
 
 log = logging.getLogger("kefu.storage.keys")
 
@@ -64,7 +64,7 @@ class KeyService:
         await self.refresh()
         old = self.keyring.device_key_id(device_id)
         if old is not None and not replace:
-            raise ValueError(f"device {device_id!r} already has active key {old}; revoke it first or use --replace")
+            raise ValueError(f"device {device_id!r} already has active key {key_id_text(old)}; revoke it first or use --replace")
         rec, key = self.keyring.new_key("device", device_id)
         await self.store.save_key(rec)
         if old is not None:
@@ -75,9 +75,9 @@ class KeyService:
         await self.refresh()
         rec = self.keyring.records.get(key_id)
         if rec is None:
-            raise UnknownKey(f"no key {key_id}")
+            raise UnknownKey(f"no key {key_id_text(key_id)}")
         if rec.purpose == "data" and rec.state != "retired" and await self.store.count_key_uses(key_id):
-            raise ValueError(f"data key {key_id} still encrypts stored rows; `kefu keys rotate` retires it safely")
+            raise ValueError(f"data key {key_id_text(key_id)} still encrypts stored rows; `kefu keys rotate` retires it safely")
         await self.store.set_key_state(key_id, "revoked")
         return self.keyring.with_state(key_id, "revoked")
 

@@ -8,9 +8,17 @@ of PUBLISHes becomes one ``SELECT nextval`` for its ids plus one binary COPY for
 messages and one for the queue rows: three round trips for a thousand messages.
 
 What the server offers is *detected* at open and reported in ``health().features``
-(and by `kefu db status`): TimescaleDB installed -> hypertables, compression and
-retention policies, ``time_bucket``; absent -> plain tables, ``date_bin`` and kefu's own
-pruning. pg_trgm present -> indexed ILIKE search; absent -> the same query by scan.
+(and by `kefu db status`): TimescaleDB installed (and ``storage.timescaledb`` on) ->
+hypertables, compression, ``time_bucket``; absent -> plain tables and ``date_bin``.
+pg_trgm present -> indexed ILIKE search; absent -> the same query by scan.
+
+Time-based upkeep is kefu's own on both, in its maintenance task (``prune``), not
+TimescaleDB background jobs: those follow their own schedule (retention a day late, by
+whole chunks), need a working job scheduler, and race anything dropping the schema. On
+TimescaleDB, retention drops the chunks wholly past the cut-off and deletes the older rows
+of the chunk it falls in (so the cut-off holds to the row, as on plain tables), and chunks
+past ``COMPRESS_AFTER_DAYS`` are compressed over a pooled connection, one at a time, so the
+group-commit writer never waits for a compression.
 
 Errors are split like SQLite's: connection loss, admin shutdown, disk full and other
 server-side resource errors (SQLSTATE classes 08, 53, 57P, 58, and psycopg's
@@ -19,7 +27,9 @@ OperationalError) make the store not ready and are retried until the server is b
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from typing import Any, Callable
 
 import psycopg
@@ -30,7 +40,12 @@ from . import migrate
 from .base import StorageUnavailable, StoredMessage
 from .sqlstore import PRUNE_BATCH, SqlStore, like_escape
 
+log = logging.getLogger("kefu.storage")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# TimescaleDB: chunks whose end is older than this many days are compressed by maintenance.
+COMPRESS_AFTER_DAYS = {"chat_messages": 30, "audit_log": 60, "metric_samples": 7}
+# Background jobs on kefu's hypertables that older versions added; maintenance does their work.
+_OLD_POLICIES = ("policy_retention", "policy_compression", "policy_refresh_continuous_aggregate")
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58", "40")
 
 
@@ -79,6 +94,7 @@ class PostgresStore(SqlStore):
         self.pool_size = int(getattr(cfg, "pool_size", 4))
         self.pool: psycopg_pool.ConnectionPool | None = None
         self.timescale = False
+        self.use_timescale = bool(getattr(cfg, "timescaledb", True))
         self.read_timeout = 5.0  # seconds a read waits for a pooled connection
         self._limiter = trio.CapacityLimiter(self.pool_size)
 
@@ -112,14 +128,16 @@ class PostgresStore(SqlStore):
 
     def _prepare(self, upgrade: bool) -> tuple[list, dict, bool]:
         with self.connect() as conn:
+            if not self.use_timescale:
+                conn.execute("SET kefu.timescaledb = off")  # read by migration 0003
             if upgrade:
                 with conn.transaction():
                     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 migrate.upgrade_postgres(conn)
             pending = [m for m in migrate.status(conn, "postgres") if m.applied_at is None]
-            features, timescale = detect_features(conn)
+            features, timescale = detect_features(conn, self.use_timescale)
             if timescale and not pending:
-                self._apply_retention(conn)
+                self._remove_old_policies(conn)
             conn.commit()
             return pending, features, timescale
 
@@ -170,17 +188,43 @@ class PostgresStore(SqlStore):
     async def migration_status(self) -> list:
         return await self._read(lambda c: migrate.status(c, "postgres"))
 
-    def _apply_retention(self, conn) -> None:
-        """TimescaleDB: make the retention policies match the config (idempotent)."""
-        for table, days in self._timescale_retention():
-            conn.execute("SELECT remove_retention_policy(%s::regclass, if_exists => true)", (table,))
-            if days > 0:
-                conn.execute("SELECT add_retention_policy(%s::regclass, make_interval(days => %s))", (table, int(days)))
+    @staticmethod
+    def _remove_old_policies(conn) -> None:
+        """Delete the retention, compression and refresh jobs earlier kefu versions added to
+        this schema (maintenance does that work now); touches nothing where there are none."""
+        for (job,) in conn.execute(
+                "SELECT job_id FROM timescaledb_information.jobs WHERE hypertable_schema = current_schema() "
+                "AND proc_name = ANY(%s)", (list(_OLD_POLICIES),)).fetchall():
+            conn.execute("SELECT delete_job(%s)", (job,))
 
-    def _timescale_retention(self) -> list[tuple[str, float]]:
-        days = float(getattr(self.cfg, "retention_days", 0) or 0)
-        mdays = float(getattr(self.cfg, "metrics_retention_days", 0) or 0)
-        return [("chat_messages", days), ("audit_log", days), ("metric_samples", mdays)]
+    async def prune(self, now: float | None = None) -> dict[str, int]:
+        out = await super().prune(now)
+        if self.timescale:
+            try:
+                await self.compress_chunks(time.time() if now is None else now)
+            except psycopg.Error as e:  # e.g. a chunk locked by another node's pass: next pass retries
+                log.warning("timescaledb: compression postponed: %s", _first_line(e))
+        return out
+
+    async def compress_chunks(self, now: float, limit: int = 4) -> int:
+        """TimescaleDB: compress up to ``limit`` chunks past ``COMPRESS_AFTER_DAYS`` (oldest
+        first), each in its own transaction on a pooled connection; returns how many."""
+        def run(cur) -> int:
+            done = 0
+            for table, days in COMPRESS_AFTER_DAYS.items():
+                chunks = cur.execute(
+                    "SELECT c.chunk_schema || '.' || c.chunk_name FROM timescaledb_information.chunks c "
+                    "WHERE c.hypertable_schema = current_schema() AND c.hypertable_name = %s "
+                    "AND NOT c.is_compressed AND c.range_end <= to_timestamp(%s) ORDER BY c.range_end LIMIT %s",
+                    (table, now - days * 86400.0, limit - done)).fetchall()
+                for (chunk,) in chunks:
+                    cur.execute("SELECT compress_chunk(%s::regclass, if_not_compressed => true)", (chunk,))
+                    done += 1
+                if done >= limit:
+                    break
+            return done
+
+        return await self._read(run)
 
     # ------------------------------------------------------------ engine specifics
 
@@ -243,10 +287,19 @@ class PostgresStore(SqlStore):
         return cur.execute(sql + " GROUP BY b ORDER BY b", params).fetchall()
 
     def _prune_extra(self, cur, now: float) -> dict[str, int]:
-        if self.timescale:  # retention policies do it
-            return {}
         out = {}
         for table, col, cutoff in self._retention_cutoffs(now):
+            if self.timescale:
+                # Whole chunks past the cut-off go at once; the chunk it falls in loses its
+                # older rows by DELETE (compressed chunks take DML too). ctid is per chunk,
+                # so the batched ctid delete below is for plain tables only.
+                n = cur.execute(f"SELECT count(*) FROM {table} WHERE {col} < to_timestamp(%s)", (cutoff,)).fetchone()[0]
+                if n:
+                    cur.execute("SELECT count(*) FROM drop_chunks(%s::regclass, older_than => to_timestamp(%s))",
+                                (table, cutoff))
+                    cur.execute(f"DELETE FROM {table} WHERE {col} < to_timestamp(%s)", (cutoff,))
+                out[table] = int(n)
+                continue
             n = cur.execute(
                 f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {col} < to_timestamp(%s) "
                 "LIMIT %s))", (cutoff, PRUNE_BATCH)).rowcount
@@ -254,7 +307,7 @@ class PostgresStore(SqlStore):
         return out
 
 
-def detect_features(conn) -> tuple[dict[str, str], bool]:
+def detect_features(conn, use_timescale: bool = True) -> tuple[dict[str, str], bool]:
     """What this server offers, as reported by `kefu db status` and /readyz."""
     version = conn.execute("SHOW server_version").fetchone()[0]
     ext = dict(conn.execute(
@@ -262,11 +315,14 @@ def detect_features(conn) -> tuple[dict[str, str], bool]:
     avail = dict(conn.execute(
         "SELECT name, default_version FROM pg_available_extensions WHERE name IN ('timescaledb', 'pg_trgm')").fetchall())
     hyper = False
-    if "timescaledb" in ext:
+    if "timescaledb" in ext:  # tables already converted stay hypertables whatever the setting
         hyper = conn.execute(
             "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = current_schema() "
             "AND hypertable_name = 'chat_messages'").fetchone()[0] > 0
-        ts = f"installed {ext['timescaledb']}" + ("; hypertables, compression, retention policies, time_bucket"
+    if not use_timescale and not hyper and "timescaledb" in (ext | avail):
+        ts = "off (storage.timescaledb = false); plain tables, date_bin"
+    elif "timescaledb" in ext:
+        ts = f"installed {ext['timescaledb']}" + ("; hypertables, compression, continuous aggregate, time_bucket"
                                                    if hyper else "; tables not converted yet: run `kefu db upgrade`")
     elif "timescaledb" in avail:
         ts = f"available {avail['timescaledb']}, not installed; plain tables, date_bin"

@@ -48,6 +48,21 @@ def postgres_dsn() -> str:
 
 
 @pytest.fixture(scope="session")
+def timescale_dsn(postgres_dsn) -> str:
+    """The PostgreSQL server, where it offers TimescaleDB (`CREATE EXTENSION timescaledb` works)."""
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, connect_timeout=3) as conn:
+        row = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+        preload = conn.execute("SHOW shared_preload_libraries").fetchone()[0]
+    if row is None or "timescaledb" not in preload:
+        _missing(f"TimescaleDB on the PostgreSQL server at {postgres_dsn} (available: {row is not None}, "
+                 f"preloaded: {'timescaledb' in preload}); install it with "
+                 "`bash ../shared/vendor/timescaledb-2.28.3-pg15-amd64/install.sh` (as .ci/run does)")
+    return postgres_dsn
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     try:
         import redis

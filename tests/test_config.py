@@ -116,3 +116,15 @@ def test_deep_checks_name_alert_and_storage_keys():
     got = deep_check(cfg)
     assert any(p.startswith("storage.dsn: required") for p in got)
     assert any(p.startswith("alerts[0].metric: unknown series") for p in got)
+
+
+def test_shipped_config_files_name_only_paths_a_user_has():
+    """Comments in config/*.toml point at files in kefu itself, never at a development machine's."""
+    import re
+
+    for f in sorted((ROOT / "config").glob("*.toml")):
+        text = f.read_text(encoding="utf-8")
+        assert "/work/" not in text and "shared/data" not in text, f
+    answers = (ROOT / "config" / "answers.toml").read_text(encoding="utf-8")
+    for rel in re.findall(r"(nlp/models/\S+\.json)", answers):
+        assert (ROOT / rel).is_file(), rel

@@ -2,10 +2,16 @@
 
 Detected, never guessed: if the extension is installed (or available and creatable,
 which needs timescaledb in shared_preload_libraries), the time-ordered tables become
-hypertables with compression policies, and metric_samples gets a one-minute continuous
-aggregate. If it is absent nothing changes: the same queries run on plain tables, with
-date_bin() where time_bucket() would be used. Retention policies depend on the config
-and are (re)applied when the store opens (storage.postgres.PostgresStore).
+hypertables with compression enabled, and metric_samples gets a one-minute continuous
+aggregate. If it is absent, or `storage.timescaledb = false` (the store sets
+``kefu.timescaledb = off`` for the session), nothing changes: the same queries run on
+plain tables, with date_bin() where time_bucket() would be used.
+
+No TimescaleDB background jobs are added: kefu's own maintenance does the time-based
+work on every engine (storage.postgres.PostgresStore: retention by drop_chunks plus a
+DELETE of the boundary chunk's old rows, compression of chunks past their age;
+kefu.timeseries: refreshing the continuous aggregate and its retention), so it follows
+the config to the row, needs no job scheduler, and never races a background worker.
 
 An optional migration returns (done, report). When not done, the runner records it as
 skipped and tries again at the next `kefu db upgrade`, so installing TimescaleDB later
@@ -13,14 +19,17 @@ and upgrading converts the tables then.
 """
 
 HYPERTABLES = (
-    # table, time column, chunk interval, compress segment-by, compress after
-    ("chat_messages", "created_at", "7 days", "conversation_id", "30 days"),
-    ("audit_log", "at", "30 days", "", "60 days"),
-    ("metric_samples", "at", "1 day", "name, labels", "7 days"),
+    # table, time column, chunk interval, compress segment-by (kefu's maintenance compresses
+    # the chunks past an age: storage.postgres.COMPRESS_AFTER_DAYS)
+    ("chat_messages", "created_at", "7 days", "conversation_id"),
+    ("audit_log", "at", "30 days", ""),
+    ("metric_samples", "at", "1 day", "name, labels"),
 )
 
 
 def upgrade(conn) -> tuple[bool, str]:
+    if conn.execute("SELECT current_setting('kefu.timescaledb', true)").fetchone()[0] == "off":
+        return False, "timescaledb: off (storage.timescaledb = false); plain tables, date_bin() buckets"
     row = conn.execute(
         "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()
@@ -34,7 +43,7 @@ def upgrade(conn) -> tuple[bool, str]:
             return False, (f"timescaledb {row[0]} available but not creatable ({str(e).strip()}); "
                     "plain tables. Add timescaledb to shared_preload_libraries and run `kefu db upgrade` again")
     made = []
-    for table, column, chunk, segment_by, after in HYPERTABLES:
+    for table, column, chunk, segment_by in HYPERTABLES:
         conn.execute(
             "SELECT create_hypertable(%s::regclass, %s, chunk_time_interval => %s::interval, "
             "migrate_data => true, if_not_exists => true)",
@@ -42,18 +51,18 @@ def upgrade(conn) -> tuple[bool, str]:
         )
         opts = "timescaledb.compress" + (f", timescaledb.compress_segmentby = '{segment_by}'" if segment_by else "")
         conn.execute(f"ALTER TABLE {table} SET ({opts})")
-        conn.execute("SELECT add_compression_policy(%s::regclass, %s::interval, if_not_exists => true)", (table, after))
         made.append(table)
+    # Materialised rows only: the dashboard reads the minutes kefu refreshed (complete ones)
+    # and the raw samples for the last few minutes itself.
     conn.execute(
-        "CREATE MATERIALIZED VIEW metric_samples_1m WITH (timescaledb.continuous) AS "
+        "CREATE MATERIALIZED VIEW metric_samples_1m "
+        "WITH (timescaledb.continuous, timescaledb.materialized_only = true) AS "
         "SELECT time_bucket(INTERVAL '1 minute', at) AS bucket, name, labels, "
         "count(*) AS n, avg(value) AS avg, min(value) AS min, max(value) AS max "
         "FROM metric_samples GROUP BY 1, 2, 3 WITH NO DATA"
     )
-    conn.execute(
-        "SELECT add_continuous_aggregate_policy('metric_samples_1m', start_offset => INTERVAL '1 day', "
-        "end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute', if_not_exists => true)"
-    )
+    # Roll-up retention drops whole chunks: a day each keeps it within a day of the setting.
+    conn.execute("SELECT set_chunk_time_interval('metric_samples_1m', INTERVAL '1 day')")
     version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]
     return True, (f"timescaledb {version}: hypertables {', '.join(made)} with compression; "
             "continuous aggregate metric_samples_1m")

@@ -181,8 +181,11 @@ async def test_health_and_pages():
             ("/widget.js", b"attachShadow", "javascript"),
             ("/static/console.js", b"api_access_token", "javascript"),
             ("/static/vendor/mqtt.min.js", b"mqtt", "javascript"),
+            ("/favicon.ico", b"\x00\x00\x01\x00", "image/x-icon"),  # an ICO header: no 404 on any page
         ]:
             s, _, h = await call("GET", st.http + path)
             assert s == 200, path
             assert needle in h["raw"], path
             assert ctype in h.get("content-type", ""), (path, h.get("content-type"))
+            if ctype == "text/html":
+                assert b'<link rel="icon" href="/favicon.ico">' in h["raw"], path

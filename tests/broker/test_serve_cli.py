@@ -66,6 +66,7 @@ def test_port_in_use_is_one_line(tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert err.strip().splitlines() == [
-        f"kefu: cannot listen on 127.0.0.1:{port} (address in use): set listeners.mqtt.port in your config"
+        f"kefu: cannot listen on 127.0.0.1:{port} (address in use): set listeners.mqtt.port to a free port "
+        "(0: any free one) in a config file and start with `kefu serve --config FILE` (README: Quick start)"
     ]
     assert "Traceback" not in err and out == ""

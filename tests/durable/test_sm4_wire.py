@@ -43,7 +43,7 @@ def kefu_cli(*args: str, cwd: Path) -> str:
 
 def provision(tmp_path: Path, config: Path, device_id: str) -> tuple[int, bytes]:
     out = kefu_cli("keys", "new-device", device_id, "--config", str(config), cwd=tmp_path)
-    key_id = int(re.search(r"key id (\d+)", out).group(1))
+    key_id = int(re.search(r"key id (0x[0-9a-f]{8})$", out, re.M).group(1), 16)
     key = bytes.fromhex(re.search(r"^key ([0-9a-f]{32})$", out, re.M).group(1))
     return key_id, key
 
@@ -158,3 +158,35 @@ def test_sm4_needs_the_master_key(tmp_path):
                          text=True, timeout=WAIT, env=env, cwd=str(tmp_path))
     assert out.returncode == 1
     assert "sm4.device_topics needs the master key" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_device_following_the_doc_reaches_the_desk(tmp_path, device):
+    """docs/sm4-envelope.md's setup: [sm4] device_topics = ["kefu/c/#"] and the reference device
+    on the desk's conversation topics. Its sealed message opens a conversation; the desk's
+    answers (the conversation it opened, the bot's message) come back sealed."""
+    import json
+
+    doc = (ROOT / "docs" / "sm4-envelope.md").read_text(encoding="utf-8")
+    topics = re.search(r'^device_topics = (\[.*?\])', doc, re.M).group(1)
+    master = tmp_path / "master.key"
+    kefu_cli("keys", "new-master", str(master), cwd=tmp_path)
+    config = write_config(tmp_path / "kefu.toml", {"path": str(tmp_path / "kefu.db"), "master_key_file": str(master)},
+                          http=True, extra=f"[sm4]\ndevice_topics = {topics}\n")
+    key_id, key = provision(tmp_path, config, "dev-1")
+    kefu = Kefu(config).start()
+    try:
+        up, downs = device.desk_topics("dev-1")
+        assert up == "kefu/c/dev-1/main/in" and f"`{up}`" in doc
+        state = device.CounterState(str(tmp_path / "dev-1.state"))
+        msg = json.dumps({"type": "message", "text": "我的风扇很吵 my fan is noisy"}).encode()
+        got = device.run("127.0.0.1", kefu.port, "dev-1", key, key_id, state, [msg], up, downs,
+                         wait_downlinks=2, timeout=WAIT)
+        frames = [json.loads(p) for p in got]  # opened with the device's key: sealed by kefu
+        created = [f for f in frames if f.get("type") == "conversation" and f.get("event") == "created"]
+        assert created and created[0]["conversation"]["customer"] == "dev-1", frames
+        assert created[0]["conversation"]["thread"] == "main"
+        bot = [f for f in frames if f.get("type") == "message" and f["message"]["author"]["kind"] == "bot"]
+        assert bot and bot[0]["message"]["conversation"] == created[0]["conversation"]["id"], frames
+    finally:
+        kefu.stop()
+    assert "rejected SM4 envelope" not in kefu.log.read_text()

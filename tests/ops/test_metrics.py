@@ -143,8 +143,10 @@ async def test_operator_access_guards_metrics_and_status(tmp_path):
         assert status == 403 and "operator" in body["message"]
         status, body, _ = await http_get(st.http + "/metrics", [("Authorization", f"Bearer {OPERATOR_TOKEN}")])
         assert status == 200 and b"kefu_build_info" in body
-        status, _, _ = await http_get(st.http + "/dashboard")  # the page itself holds no data
-        assert status == 200
+        status, page, _ = await http_get(st.http + "/dashboard")  # the page itself holds no data
+        assert status == 200 and b'<link rel="icon" href="/favicon.ico">' in page
+        status, icon, _ = await http_get(st.http + "/favicon.ico")
+        assert status == 200 and icon.startswith(b"\x00\x00\x01\x00")
 
 
 async def test_status_names_listeners_storage_and_queues(tmp_path):

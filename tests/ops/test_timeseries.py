@@ -14,7 +14,7 @@ from kefu.metrics import Metrics
 from kefu.ops import query_history
 from kefu.storage import open_store
 from kefu.storage.base import MetricSample
-from kefu.timeseries import (ROLLUP_TABLE, SERIES, History, Sampler, bucket_quantile, derive, labels_text,
+from kefu.timeseries import (ROLLUP_TABLE, SERIES, TIMESCALE_VIEW, History, Sampler, bucket_quantile, derive, labels_text,
                              range_plan, snapshot)
 
 T0 = 1_800_000_000.0  # a minute boundary (divisible by 60)
@@ -84,14 +84,16 @@ def test_range_plan_reads_raw_up_to_an_hour_and_rollups_beyond():
 # --------------------------------------------------------------------------- on real databases
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "timescale"])
 def storage_cfg(request, tmp_path):
+    """SQLite, plain PostgreSQL (plain tables even where TimescaleDB is installed), TimescaleDB."""
     if request.param == "sqlite":
         yield Storage(backend="sqlite", path=str(tmp_path / "kefu.db"), metrics_retention_days=0)
         return
-    dsn = request.getfixturevalue("postgres_dsn")
-    schema = "kefu_ops_" + uuid.uuid4().hex[:10]
-    yield Storage(backend="postgres", dsn=dsn, pg_schema=schema, metrics_retention_days=0)
+    ts = request.param == "timescale"
+    dsn = request.getfixturevalue("timescale_dsn" if ts else "postgres_dsn")
+    schema = ("kefu_ops_ts_" if ts else "kefu_ops_") + uuid.uuid4().hex[:10]
+    yield Storage(backend="postgres", dsn=dsn, pg_schema=schema, metrics_retention_days=0, timescaledb=ts)
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -128,7 +130,9 @@ async def test_rollups_equal_the_raw_aggregates_and_are_idempotent(storage_cfg):
         assert await hist.rollup(T0 + 200, lag=15) == 2
         hist.watermark = T0  # as after a restart that lost its place: rewrite, do not duplicate
         assert await hist.rollup(T0 + 200, lag=15) == 6
-        rows = await store.run_in_writer(lambda c: c.execute(f"SELECT count(*) FROM {ROLLUP_TABLE}").fetchone()[0])
+        assert hist.rollup_source == (TIMESCALE_VIEW if storage_cfg.timescaledb and storage_cfg.backend == "postgres"
+                                      else ROLLUP_TABLE)
+        rows = await store.run_in_writer(lambda c: c.execute(f"SELECT count(*) FROM {hist.rollup_source}").fetchone()[0])
         assert rows == 6
         # a 3-minute bucket over the roll-ups weighs each minute by its sample count
         got = await hist.query(["queue_length"], T0, T0 + 180, 180, source="rollup")

@@ -27,10 +27,18 @@ def drop_schema(dsn: str, schema: str) -> None:
 
 @pytest.fixture
 def pg_cfg(postgres_dsn):
-    """A storage config on the real PostgreSQL, in a schema of its own."""
+    """A storage config on the real PostgreSQL, in a schema of its own (TimescaleDB used where installed)."""
     schema = "kefu_test_" + uuid.uuid4().hex[:10]
     yield Storage(backend="postgres", dsn=postgres_dsn, pg_schema=schema, encrypt_at_rest=True)
     drop_schema(postgres_dsn, schema)
+
+
+@pytest.fixture
+def timescale_cfg(timescale_dsn):
+    """A storage config on PostgreSQL with TimescaleDB, in a schema of its own."""
+    schema = "kefu_ts_" + uuid.uuid4().hex[:10]
+    yield Storage(backend="postgres", dsn=timescale_dsn, pg_schema=schema, encrypt_at_rest=True)
+    drop_schema(timescale_dsn, schema)
 
 
 @pytest.fixture
@@ -38,15 +46,17 @@ def sqlite_cfg(tmp_path):
     return Storage(backend="sqlite", path=str(tmp_path / "kefu.db"), encrypt_at_rest=True)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "timescale"])
 def cfg(request, tmp_path):
-    """The same behaviour checked on both SQL backends."""
+    """The same behaviour checked on SQLite, plain PostgreSQL (``timescaledb = false``, plain
+    tables even where the extension is installed) and PostgreSQL with TimescaleDB."""
     if request.param == "sqlite":
         yield Storage(backend="sqlite", path=str(tmp_path / "kefu.db"), encrypt_at_rest=True)
         return
-    dsn = request.getfixturevalue("postgres_dsn")
-    schema = "kefu_test_" + uuid.uuid4().hex[:10]
-    yield Storage(backend="postgres", dsn=dsn, pg_schema=schema, encrypt_at_rest=True)
+    ts = request.param == "timescale"
+    dsn = request.getfixturevalue("timescale_dsn" if ts else "postgres_dsn")
+    schema = ("kefu_ts_" if ts else "kefu_test_") + uuid.uuid4().hex[:10]
+    yield Storage(backend="postgres", dsn=dsn, pg_schema=schema, encrypt_at_rest=True, timescaledb=ts)
     drop_schema(dsn, schema)
 
 

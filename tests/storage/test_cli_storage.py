@@ -56,7 +56,7 @@ def test_keys_lifecycle(site, capsys):
     assert run(capsys, "keys", "new-master", "master.key")[0] == 2  # never overwritten
     code, out, _ = run(capsys, "keys", "new-device", "dev-1", "-c", "kefu.toml")
     assert code == 0
-    kid = re.search(r"key id (\d+)", out).group(1)
+    kid = re.search(r"key id (0x[0-9a-f]{8})$", out, re.M).group(1)  # as docs/sm4-envelope.md writes it
     key = re.search(r"^key ([0-9a-f]{32})$", out, re.M).group(1)
     assert key not in (site / "data" / "kefu.db").read_bytes().hex()  # stored only wrapped
     assert run(capsys, "keys", "new-device", "dev-1", "-c", "kefu.toml")[0] == 1  # already has one
@@ -68,6 +68,12 @@ def test_keys_lifecycle(site, capsys):
     code, out, _ = run(capsys, "keys", "list", "-c", "kefu.toml")
     assert re.search(rf"{kid}\s+device\s+revoked", out)
     assert run(capsys, "keys", "revoke", "nobody", "-c", "kefu.toml")[0] == 2
+    # revoking by the key id as printed (hex), or in decimal
+    for form in (str, lambda k: str(int(k, 16))):
+        out = run(capsys, "keys", "new-device", "dev-2", "--replace", "-c", "kefu.toml")[1]
+        kid2 = re.search(r"key id (0x[0-9a-f]{8})$", out, re.M).group(1)
+        code, out, _ = run(capsys, "keys", "revoke", form(kid2), "-c", "kefu.toml")
+        assert code == 0 and f"revoked key {kid2} of device dev-2" in out
 
 
 def test_rotate_and_search(site, capsys, monkeypatch):

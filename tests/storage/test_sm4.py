@@ -286,8 +286,14 @@ def test_documented_example_envelope():
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "sm4-envelope.md").read_text(encoding="utf-8")
-    example = bytes.fromhex(re.search(r"envelope \(46 bytes\):\n([0-9a-f]+)", doc).group(1))
-    env = crypto.seal_envelope(GB_KEY, 0x12345678, crypto.DIR_TO_KEFU, 1, "dev-1", "d/dev-1/up", b'{"temp":21.5}')
+    example = bytes.fromhex(re.search(r"envelope \(38 bytes\):\n([0-9a-f]+)", doc).group(1))
+    topic = "kefu/c/dev-1/main/in"  # the desk's topic for a device's message (kefu.topics)
+    assert f"topic `{topic}`" in doc
+    env = crypto.seal_envelope(GB_KEY, 0x12345678, crypto.DIR_TO_KEFU, 1, "dev-1", topic, b"hello")
     assert env == example
     parsed = crypto.parse_envelope(example)
-    assert crypto.open_envelope(GB_KEY, parsed, "dev-1", "d/dev-1/up") == b'{"temp":21.5}'
+    assert crypto.open_envelope(GB_KEY, parsed, "dev-1", topic) == b"hello"
+    aad = re.search(r"^AAD +([0-9a-f ]+)$", doc, re.M).group(1).replace(" ", "")
+    assert bytes.fromhex(aad) == crypto.device_aad(parsed.header, "dev-1", topic)
+    from kefu.topics import Topics
+    assert Topics().parse(topic).kind == "customer_in"
