@@ -14,7 +14,7 @@
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
   var S = {
-    token: localStorage.getItem("kefu.console.token") || "",
+    token: sessionStorage.getItem("kefu.console.token") || "",
     me: null, tab: "mine", convs: [], current: null, messages: [], contact: null,
     agents: [], labels: [], canned: [], ws: null, refs: 0, waiting: {}, unread: {},
     backoff: 1000, reloadTimer: null, typingTimer: null, sentTyping: false, wsBase: "",
@@ -32,10 +32,19 @@
       });
     });
   }
+  // Text someone else wrote is shown as it is: bidirectional overrides and invisible
+  // characters (U+202E and friends, zero-width space) become visible markers instead of
+  // silently reordering or hiding text (kefu/edge.py display_safe does the same server-side).
+  var DECEPTIVE = /[\u202a-\u202e\u2066-\u2069\u200b\u200e\u200f\u061c\u2060\ufeff\u180e]/g;
+  function shown(text) {
+    return String(text).replace(DECEPTIVE, function (c) {
+      return "\u27e6U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e7";
+    });
+  }
   function el(tag, cls, text) {
     var e = document.createElement(tag);
     if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = text;
+    if (text !== undefined && text !== null) e.textContent = shown(text);
     return e;
   }
   function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : ""; }
@@ -52,7 +61,7 @@
     signIn();
   });
   $("signout").addEventListener("click", function () {
-    localStorage.removeItem("kefu.console.token");
+    sessionStorage.removeItem("kefu.console.token");
     if (S.ws) { S.ws.onclose = null; S.ws.close(); }
     S.token = ""; showSignin("");
   });
@@ -60,7 +69,7 @@
   function signIn() {
     api("GET", "/profile").then(function (p) {
       if (!p.agent) throw new Error("this token is not an agent's token");
-      localStorage.setItem("kefu.console.token", S.token);
+      sessionStorage.setItem("kefu.console.token", S.token);
       S.me = p.agent;
       S.wsBase = p.ws_url || "";
       $("signin").hidden = true; $("app").hidden = false;
@@ -239,7 +248,7 @@
       d.dataset.id = m.id;
       var by = m.private ? "Private note · " + (m.author.name || m.author.id) : (m.author.kind === "customer" ? "" : (m.author.name || m.author.id));
       if (by) d.appendChild(el("div", "by", by + " · " + fmtTime(m.ts)));
-      d.appendChild(document.createTextNode(m.text));
+      d.appendChild(document.createTextNode(shown(m.text)));
       if (S.hit && m.id === S.hit) d.classList.add("hit");
       box.appendChild(d);
     });
@@ -427,7 +436,7 @@
       top.appendChild(el("span", "when", new Date(h.ts * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
       li.appendChild(top);
       var snip = el("div", "snip");
-      h.highlights.forEach(function (p) { snip.appendChild(p.match ? el("mark", null, p.text) : document.createTextNode(p.text)); });
+      h.highlights.forEach(function (p) { snip.appendChild(p.match ? el("mark", null, p.text) : document.createTextNode(shown(p.text))); });
       li.appendChild(snip);
       var who = h.private ? "Private note · " + (h.author.name || h.author.id) : h.author.kind === "customer" ? "Customer" : (h.author.name || h.author.id);
       li.appendChild(el("div", "who", who + " · " + h.conversation + (h.status ? " · " + h.status : "")));
