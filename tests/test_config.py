@@ -116,3 +116,13 @@ def test_deep_checks_name_alert_and_storage_keys():
     got = deep_check(cfg)
     assert any(p.startswith("storage.dsn: required") for p in got)
     assert any(p.startswith("alerts[0].metric: unknown series") for p in got)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    # found by tests/fuzz/fuzz_edges.py: this raised UnicodeDecodeError
+    from kefu.config import ConfigError, load
+
+    p = tmp_path / "bad.toml"
+    p.write_bytes(b'[mqtt]\nmax_packet_size = 1\n# \xed\xa0\x80\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(p)
