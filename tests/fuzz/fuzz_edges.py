@@ -186,6 +186,7 @@ class Report:
     rtt_mqtt: list = field(default_factory=list)
     rtt_chat: list = field(default_factory=list)
     seconds: float = 0.0
+    phase_seconds: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         def pct(xs, q):
@@ -195,7 +196,7 @@ class Report:
             return round(xs[min(len(xs) - 1, int(q / 100 * len(xs)))] * 1000, 2)
 
         return {"cases": self.cases, "connections": self.connections, "crashes": self.crashes,
-                "seconds": round(self.seconds, 1),
+                "seconds": round(self.seconds, 1), "phase_seconds": self.phase_seconds,
                 "bystander_mqtt_rtt_ms": {"n": len(self.rtt_mqtt), "p50": pct(self.rtt_mqtt, 50),
                                           "p99": pct(self.rtt_mqtt, 99)},
                 "bystander_chat_rtt_ms": {"n": len(self.rtt_chat), "p50": pct(self.rtt_chat, 50),
@@ -434,6 +435,10 @@ class Bystander:
         from websockets.sync.client import connect as ws_connect
 
         with ws_connect(self.ws_url + "/chat", open_timeout=10) as ws:
+            # a signed-out visitor (an unauthenticated connection is closed after chat.auth_timeout)
+            ws.send(json.dumps({"type": "auth", "role": "visitor", "site": "pk_shop", "ref": "a"}))
+            while json.loads(ws.recv(timeout=10)).get("ref") != "a":
+                pass
             k = 0
             while not self.stop.is_set():
                 k += 1
@@ -445,6 +450,9 @@ class Bystander:
                     self.rep.rtt_chat.append(time.perf_counter() - t0)
                 except TimeoutError:
                     self.errors.append(f"chat bystander: no pong {k} within 10 s")
+                except Exception as e:  # noqa: BLE001 - the bystander's connection must not end
+                    self.errors.append(f"chat bystander: connection ended: {e}")
+                    return
                 self.stop.wait(0.05)  # under the /chat rate limit
 
 
@@ -459,7 +467,9 @@ def run_all(host: str, mqtt_port: int, ws_url: str, http: str, token: str, *, se
                          ("mqtt_ws", lambda: fuzz_mqtt_ws(ws_url, mqtt_ws, rng, rep)),
                          ("chat", lambda: fuzz_chat(ws_url, chat, rng, rep)),
                          ("rest", lambda: fuzz_rest(http, token, rest, rng, rep))):
+            t1 = time.perf_counter()
             fn()
+            rep.phase_seconds[name] = round(time.perf_counter() - t1, 1)
             if alive is not None and not alive():
                 rep.crashes.append(f"the server is gone after the {name} fuzz")
                 break
