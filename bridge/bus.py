@@ -69,7 +69,8 @@ class LocalBus:
                 sub.overflowed = True
                 self.overflows += 1
                 sub.send.close()
-            except trio.ClosedResourceError:
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                # A console that closed under traffic: skip it, keep delivering to the rest.
                 pass
 
     @asynccontextmanager

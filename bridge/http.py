@@ -777,7 +777,41 @@ def build_app(st: BridgeState) -> Starlette:
         routes.append(Route("/api/v1" + r.path, _endpoint(r, st), methods=[r.method]))
     routes.extend(st.extra_routes)
     routes.append(Mount("/static", StaticFiles(directory=str(WEB)), name="static"))
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    from starlette.middleware import Middleware
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found},
+                     middleware=[Middleware(SecurityHeaders)])
+
+
+# Pages are served with a Content-Security-Policy that allows only kefu's own scripts
+# (no inline script), WebSocket connections to the listeners (another port: ws:/wss:), and
+# no framing; every answer says nosniff. The widget script itself is loaded by other sites'
+# pages and is not framed by kefu, so only its nosniff applies.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'")
+_ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+_PAGES = [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY")]
+
+
+class SecurityHeaders:
+    """ASGI middleware adding the headers above (HTML answers get CSP and X-Frame-Options)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                html = any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers)
+                headers += _ALWAYS + (_PAGES if html else [])
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 @dataclass

@@ -40,9 +40,13 @@ import os
 
 import trio
 
+from kefu.edge import RateLimitedLog
+
 from .mqtt.session import Protocol
 
 log = logging.getLogger("kefu.broker")
+
+_end_log = RateLimitedLog(log, per_minute=120)
 
 RECEIVE_SIZE = 65536
 FLUSH_TIMEOUT = 2.0
@@ -153,8 +157,9 @@ class Connection:
                 proto.connection_lost(trio.current_time())  # no-op unless still open
                 self._wake()
             self._nursery = None
-        except Exception:  # a bug must not take the broker down: this client only
-            log.exception("client %r (%s): internal error; connection closed", proto.client_id, proto.peer)
+        except Exception as exc:  # a bug must not take the broker down: this client only
+            _end_log(logging.ERROR, "client %r (%s): internal error; connection closed", proto.client_id, proto.peer,
+                     exc_info=exc)
         finally:
             self._nursery = None
             proto.connection_lost(trio.current_time())
@@ -162,18 +167,19 @@ class Connection:
             self._log_end()
 
     def _log_end(self) -> None:
+        # Rate-limited: 100k bad connections must not become 77k log lines (issue 12).
         proto = self.proto
         e = proto.error
         if e is None:
             if proto.close_reason in ("keep alive timeout", "no CONNECT in time"):
-                log.info("client %r (%s): %s", proto.client_id, proto.peer, proto.close_reason)
+                _end_log(logging.INFO, "client %r (%s): %s", proto.client_id, proto.peer, proto.close_reason)
             return
         if proto.close_reason == "connect refused":
-            log.info("client %r (%s): connection refused (0x%02X): %s", proto.client_id, proto.peer,
+            _end_log(logging.INFO, "client %r (%s): connection refused (0x%02X): %s", proto.client_id, proto.peer,
                      e.reason_code, e.message)
         else:
-            log.warning("client %r (%s): %s (0x%02X): %s; connection closed", proto.client_id, proto.peer,
-                        proto.close_reason, e.reason_code, e.message)
+            _end_log(logging.WARNING, "client %r (%s): %s (0x%02X): %s; connection closed", proto.client_id,
+                     proto.peer, proto.close_reason, e.reason_code, e.message)
 
     async def _reader(self) -> None:
         proto = self.proto

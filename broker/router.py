@@ -75,11 +75,12 @@ _EMPTY = ()
 class RetainedStore:
     """Retained messages by topic, in a level tree so a filter finds its topics without a scan."""
 
-    __slots__ = ("_root", "count")
+    __slots__ = ("_root", "count", "bytes")
 
     def __init__(self) -> None:
         self._root: list = [{}, None]  # node: [children by level, Message or None]
         self.count = 0
+        self.bytes = 0  # payload bytes of all retained messages (mqtt.max_retained_bytes)
 
     def set(self, topic: str, msg: Message | None) -> None:
         """Store ``msg`` for ``topic``; ``None`` clears it (and prunes empty nodes)."""
@@ -96,6 +97,7 @@ class RetainedStore:
         if msg is None:
             if node[1] is not None:
                 self.count -= 1
+                self.bytes -= len(node[1].payload)
             node[1] = None
             for parent, level in reversed(path):
                 if node[0] or node[1] is not None:
@@ -105,6 +107,9 @@ class RetainedStore:
         else:
             if node[1] is None:
                 self.count += 1
+            else:
+                self.bytes -= len(node[1].payload)
+            self.bytes += len(msg.payload)
             node[1] = msg
 
     def get(self, topic: str) -> Message | None:
@@ -170,6 +175,14 @@ class Router:
         self.auth_in_thread = bool(config.auth.users)
         self.max_topic_levels = mq.max_topic_levels
         self.sessions: dict[str, SessionState] = {}
+        # Quotas (issue 12: an anonymous client could fill memory and disk); 0: no limit.
+        self.max_retained_messages = getattr(mq, "max_retained_messages", 0)
+        self.max_retained_bytes = getattr(mq, "max_retained_bytes", 0)
+        self.max_retained_payload = getattr(mq, "max_retained_payload", 0)
+        self.max_subscriptions = getattr(mq, "max_subscriptions_per_client", 0)
+        self.max_persistent_sessions = getattr(mq, "max_persistent_sessions", 0)
+        self.persistent: set[str] = set()  # client ids whose session outlives the connection
+        self.quota_refused = {"retained": 0, "subscriptions": 0, "sessions": 0}
         self.trie = TopicTrie(cache_size=0)  # the router caches whole plans instead
         self.retained = RetainedStore()
         self.subscription_count = 0
@@ -205,6 +218,12 @@ class Router:
             # unverified newcomer may not disconnect a signed-in client by naming its id.
             log.info("client %s (%s): refused, the client id is in use by another user", proto.client_id, proto.peer)
             return RC.NOT_AUTHORIZED
+        if (self.max_persistent_sessions and proto.session_expiry and proto.client_id not in self.persistent
+                and len(self.persistent) >= self.max_persistent_sessions):
+            self.quota_refused["sessions"] += 1
+            log.info("client %s (%s): refused, mqtt.max_persistent_sessions (%d) reached", proto.client_id,
+                     proto.peer, self.max_persistent_sessions)
+            return RC.QUOTA_EXCEEDED
         hooks = self.hooks
         if hooks.active("on_authenticate"):
             d = hooks.decide("on_authenticate", AuthenticateEvent(
@@ -246,6 +265,7 @@ class Router:
         s.proto = proto
         s.username = proto.username
         s.expiry = proto.session_expiry
+        (self.persistent.add if s.expiry else self.persistent.discard)(cid)
         if self.persister is not None:
             self.persister.attached(s, proto)
         return s, present
@@ -259,6 +279,8 @@ class Router:
         """Put back a (disconnected) session read from storage at start: subscriptions into
         the trie, its expiry timer (``s.expires_at``) into the heap."""
         self.sessions[s.client_id] = s
+        if s.expiry:
+            self.persistent.add(s.client_id)
         for f, value in s.subscriptions.items():
             if self.trie.add(f, s, value):
                 self.subscription_count += 1
@@ -318,6 +340,7 @@ class Router:
         s.inflight.clear()
         if self.sessions.get(s.client_id) is s:
             del self.sessions[s.client_id]
+            self.persistent.discard(s.client_id)
             if self.persister is not None:
                 self.persister.session_ended(s)
         if self.hooks.active("on_session_expired"):
@@ -405,6 +428,9 @@ class Router:
         if not ok:
             self.acl_denied += 1
             return RC.NOT_AUTHORIZED
+        if retain and payload and not self._retained_fits(topic, len(payload)):
+            self.quota_refused["retained"] += 1
+            return RC.QUOTA_EXCEEDED
         replay = None
         if self.sm4 is not None and self.sm4.covers(topic):
             opened = self.sm4.open(proto.client_id, topic, payload)
@@ -419,6 +445,18 @@ class Router:
         exp = props.message_expiry_interval
         msg = Message(topic, payload, qos, retain, props, None if exp is None else now + exp, proto.client_id)
         return self._accept(msg, proto.client_id, proto.username, now, proto, replay, pid)
+
+    def _retained_fits(self, topic: str, size: int) -> bool:
+        """Would retaining ``size`` bytes on ``topic`` stay within the retained quotas?"""
+        if self.max_retained_payload and size > self.max_retained_payload:
+            return False
+        if not (self.max_retained_messages or self.max_retained_bytes):
+            return True
+        old = self.retained.get(topic)
+        count = self.retained.count + (old is None)
+        total = self.retained.bytes - (len(old.payload) if old is not None else 0) + size
+        return not ((self.max_retained_messages and count > self.max_retained_messages)
+                    or (self.max_retained_bytes and total > self.max_retained_bytes))
 
     def inject(self, topic: str, payload: bytes, now: float, *, qos: int = 0, retain: bool = False,
                properties=NO_PROPERTIES, client_id: str = "", username: str | None = None) -> int:
@@ -547,8 +585,12 @@ class Router:
                 codes.append(RC.NOT_AUTHORIZED)
                 self.acl_denied += 1
                 continue
-            qos = sub.qos if sub.qos < max_qos else max_qos
             existed = f in s.subscriptions
+            if not existed and self.max_subscriptions and len(s.subscriptions) >= self.max_subscriptions:
+                self.quota_refused["subscriptions"] += 1
+                codes.append(RC.QUOTA_EXCEEDED)
+                continue
+            qos = sub.qos if sub.qos < max_qos else max_qos
             value = (qos, sub.no_local, sub.retain_as_published, sub_ids)
             s.subscriptions[f] = value
             if self.trie.add(f, s, value):

@@ -135,6 +135,8 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(["no such file"], str(p)) from None
     except OSError as e:
         raise ConfigError([f"cannot read: {e.strerror}"], str(p)) from None
+    except UnicodeDecodeError as e:  # found by tests/fuzz: a config file must be UTF-8 text
+        raise ConfigError([f"not UTF-8 text (byte {e.start})"], str(p)) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -179,6 +179,18 @@ class Mqtt:
     topic_alias_maximum: int = opt(64, "Topic aliases a 5.0 client may use towards kefu.", non_negative)
     maximum_qos: int = opt(2, "Highest QoS granted.", qos)
     retain_available: bool = opt(True, "Accept retained messages.")
+    max_retained_messages: int = opt(10_000, "Retained messages held at most (all topics); a PUBLISH that would "
+                                             "retain one more gets 0x97 (quota exceeded). 0: no limit.", non_negative)
+    max_retained_bytes: int = opt(67_108_864, "Payload bytes of all retained messages together; beyond: 0x97. "
+                                              "0: no limit.", non_negative)
+    max_retained_payload: int = opt(65_536, "Largest payload kept as a retained message; larger: 0x97. 0: no limit.",
+                                    non_negative)
+    max_subscriptions_per_client: int = opt(100, "Subscriptions one session may hold; further filters get 0x97 in "
+                                                 "the SUBACK (3.1.1: 0x80). 0: no limit.", non_negative)
+    max_persistent_sessions: int = opt(10_000, "Sessions that outlive their connection (clean start off / session "
+                                               "expiry > 0) held at most; a new one beyond gets CONNACK 0x97 "
+                                               "(3.1.1: 3). Resuming an existing one is always allowed. 0: no limit.",
+                                       non_negative)
     max_topic_levels: int = opt(32, "Deepest topic or filter accepted.", positive)
     sys_interval: int = opt(10, "Seconds between $SYS/ statistics updates; 0 disables them.", non_negative)
     connect_timeout: float = opt(
@@ -596,6 +608,11 @@ class Storage:
         True,
         "Keep the broker's persistent sessions (subscriptions, expiry), their queued and inflight messages, and "
         "retained messages in this database, restored at start; false: in memory only (lost on restart).",
+    )
+    mqtt_log_seconds: float = opt(
+        60.0,
+        "QoS 1/2 and retained MQTT messages are written before they are acknowledged; once no persistent session "
+        "holds them (delivered, or nobody subscribed) they are deleted after this many seconds.", non_negative,
     )
     ack_after_commit: bool = opt(
         True,

@@ -111,6 +111,9 @@ class Ops:
 
             self.http_url = await nursery.start(serve_alone, self)
         say(f"kefu: metrics on {self.http_url}/metrics, dashboard on {self.http_url}/dashboard")
+        if self.cfg.metrics.access == "open" and lc.host not in ("127.0.0.1", "::1", "localhost"):
+            say(f"kefu: /metrics and /ops/* are open to anyone who reaches {lc.host or '*'}:{lc.port}; "
+                "set metrics.access = \"operator\" to require an operator API token (docs/security.md)")
         return self
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -118,7 +118,11 @@ async def serve_alone(ops: Ops, *, task_status=trio.TASK_STATUS_IGNORED) -> None
     from kefu.bridge.http import favicon_route, hypercorn_config, local_url, serve_forever
 
     hc = hypercorn_config(ops.cfg.listeners.http, "kefu.ops.http.server")
-    app = Starlette(routes=[*routes(ops), favicon_route()])
+    from starlette.middleware import Middleware
+
+    from kefu.bridge.http import SecurityHeaders
+
+    app = Starlette(routes=[*routes(ops), favicon_route()], middleware=[Middleware(SecurityHeaders)])
 
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve_forever, app, hc)

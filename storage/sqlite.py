@@ -17,6 +17,7 @@ and counters of the keyring live in one process.
 
 from __future__ import annotations
 
+import os
 import queue
 import sqlite3
 from pathlib import Path
@@ -74,6 +75,10 @@ class SqliteStore(SqlStore):
     def _connect(self, *, reader: bool = False) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if not reader:
+                # Transcripts and sessions are private: a new database is created owner-only
+                # (0600); SQLite gives its -wal and -shm files the same permissions.
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=self.busy_timeout_ms / 1000)
         conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")

@@ -35,7 +35,7 @@ from .crypto import KeyRecord, Keyring
 from .writer import Writer
 
 NEVER_EXPIRES = 0xFFFFFFFF
-MQTT_LOG_SECONDS = 3600  # delivered / unaddressed MQTT messages are kept this long, then pruned
+MQTT_LOG_SECONDS = 60.0  # delivered / unaddressed MQTT messages: kept this long, then pruned (storage.mqtt_log_seconds)
 BODY_CTX = b"chat_messages.body"
 PII_CTX = b"contacts.pii"
 RECORD_CTX = b"desk_records.record"
@@ -777,7 +777,7 @@ class SqlStore:
             "DELETE FROM mqtt_messages WHERE id IN (SELECT m.id FROM mqtt_messages m WHERE m.created_at < ? "
             "AND NOT EXISTS (SELECT 1 FROM mqtt_queue q WHERE q.message_id = m.id) "
             "AND NOT EXISTS (SELECT 1 FROM mqtt_inbound i WHERE i.message_id = m.id) LIMIT ?)"),
-            (now - MQTT_LOG_SECONDS, PRUNE_BATCH))
+            (now - float(getattr(self.cfg, "mqtt_log_seconds", MQTT_LOG_SECONDS)), PRUNE_BATCH))
         out["mqtt_messages"] = max(cur.rowcount, 0)
         conn.execute(self.q("DELETE FROM mqtt_retained WHERE expires_at IS NOT NULL AND expires_at <= ?"), (now,))
         out.update(self._prune_extra(conn, now))

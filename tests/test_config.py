@@ -128,3 +128,13 @@ def test_shipped_config_files_name_only_paths_a_user_has():
     answers = (ROOT / "config" / "answers.toml").read_text(encoding="utf-8")
     for rel in re.findall(r"(nlp/models/\S+\.json)", answers):
         assert (ROOT / rel).is_file(), rel
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    # found by tests/fuzz/fuzz_edges.py: this raised UnicodeDecodeError
+    from kefu.config import ConfigError, load
+
+    p = tmp_path / "bad.toml"
+    p.write_bytes(b'[mqtt]\nmax_packet_size = 1\n# \xed\xa0\x80\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(p)

@@ -18,7 +18,7 @@
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
   var S = {
-    token: localStorage.getItem("kefu.console.token") || "",
+    token: sessionStorage.getItem("kefu.console.token") || "",
     me: null, tab: "mine", convs: [], current: null, messages: [], contact: null,
     agents: [], labels: [], canned: [], ws: null, refs: 0, waiting: {}, unread: {},
     backoff: 1000, reloadTimer: null, typingTimer: null, sentTyping: false, wsBase: "",
@@ -81,10 +81,19 @@
       });
     });
   }
+  // Text someone else wrote is shown as it is: bidirectional overrides and invisible
+  // characters (U+202E and friends, zero-width space) become visible markers instead of
+  // silently reordering or hiding text (kefu/edge.py display_safe does the same server-side).
+  var DECEPTIVE = /[\u202a-\u202e\u2066-\u2069\u200b\u200e\u200f\u061c\u2060\ufeff\u180e]/g;
+  function shown(text) {
+    return String(text).replace(DECEPTIVE, function (c) {
+      return "\u27e6U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e7";
+    });
+  }
   function el(tag, cls, text) {
     var e = document.createElement(tag);
     if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = text;
+    if (text !== undefined && text !== null) e.textContent = shown(text);
     return e;
   }
   function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString(S.lang || [], { hour: "2-digit", minute: "2-digit" }) : ""; }
@@ -115,7 +124,7 @@
     signIn();
   });
   $("signout").addEventListener("click", function () {
-    localStorage.removeItem("kefu.console.token");
+    sessionStorage.removeItem("kefu.console.token");
     if (S.ws) { S.ws.onclose = null; S.ws.close(); }
     S.token = ""; showSignin("");
   });
@@ -123,7 +132,7 @@
   function signIn() {
     api("GET", "/profile").then(function (p) {
       if (!p.agent) throw new Error(T("console.signin.not_agent"));
-      localStorage.setItem("kefu.console.token", S.token);
+      sessionStorage.setItem("kefu.console.token", S.token);
       S.me = p.agent;
       S.wsBase = p.ws_url || "";
       // the agent's own language wins over the browser's
@@ -307,7 +316,7 @@
       d.dataset.id = m.id;
       var by = m.private ? T("console.note_by", { name: author(m.author) }) : (m.author.kind === "customer" ? "" : author(m.author));
       if (by) d.appendChild(el("div", "by", by + " · " + fmtTime(m.ts)));
-      d.appendChild(document.createTextNode(m.text));
+      d.appendChild(document.createTextNode(shown(m.text)));
       if (S.hit && m.id === S.hit) d.classList.add("hit");
       box.appendChild(d);
     });
@@ -499,7 +508,7 @@
       top.appendChild(el("span", "when", new Date(h.ts * 1000).toLocaleString(S.lang || [], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
       li.appendChild(top);
       var snip = el("div", "snip");
-      h.highlights.forEach(function (p) { snip.appendChild(p.match ? el("mark", null, p.text) : document.createTextNode(p.text)); });
+      h.highlights.forEach(function (p) { snip.appendChild(p.match ? el("mark", null, p.text) : document.createTextNode(shown(p.text))); });
       li.appendChild(snip);
       var who = h.private ? T("console.note_by", { name: author(h.author) }) : h.author.kind === "customer" ? T("console.customer") : author(h.author);
       li.appendChild(el("div", "who", who + " · " + h.conversation + (h.status ? " · " + h.status : "")));

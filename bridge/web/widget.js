@@ -31,6 +31,14 @@
     set: function (k, v) { try { localStorage.setItem(KEY + k, JSON.stringify(v)); } catch (e) { /* private mode */ } }
   };
 
+  // Bidirectional overrides and invisible characters shown as visible markers (as the console does).
+  var DECEPTIVE = /[\u202a-\u202e\u2066-\u2069\u200b\u200e\u200f\u061c\u2060\ufeff\u180e]/g;
+  function shown(text) {
+    return String(text).replace(DECEPTIVE, function (c) {
+      return "\u27e6U+" + ("000" + c.charCodeAt(0).toString(16).toUpperCase()).slice(-4) + "\u27e7";
+    });
+  }
+
   var state = {
     lang: null, words: {}, cfg: null, ws: null, ready: false, open: ds.open === "true" || store.get("open", false),
     conv: null, messages: store.get("history", []), pending: {}, me: store.get("visitor_id", null),
@@ -130,12 +138,12 @@
       if (!mine && m.author.kind !== "system") {
         var who = document.createElement("div");
         who.className = "who";
-        who.textContent = m.author.kind === "bot" ? T("widget.assistant") : (m.author.name || (m.author.kind === "agent" ? T("widget.agent") : ""));
+        who.textContent = m.author.kind === "bot" ? T("widget.assistant") : (shown(m.author.name || "") || (m.author.kind === "agent" ? T("widget.agent") : ""));
         if (who.textContent) list.appendChild(who);
       }
       var el = document.createElement("div");
       el.className = "msg " + (m.author.kind === "system" ? "sys" : mine ? "me" : "them");
-      el.textContent = m.text;
+      el.textContent = shown(m.text);
       el.dataset.id = m.id;
       list.appendChild(el);
       if (mine) { lastMine = m; lastMineEl = el; }

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from secstack import OPERATOR, SecStack, recv_until, sec_config, signed
 from realclients import Paho
 
-DEEP = '["' * 1000 + '"' + "]" * 1000  # json.loads -> RecursionError before the fix
+DEEP = "[" * 5000 + "]" * 5000  # json.loads -> RecursionError before the fix
 DEEP_OBJ = '{"type":"message","text":"x","meta":' + '{"a":' * 2000 + "1" + "}" * 2001
 
 

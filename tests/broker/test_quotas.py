@@ -1,0 +1,85 @@
+"""Issue 12, item 6: an anonymous client cannot fill memory or disk.
+
+Real paho clients against the broker with small quotas: retained count, retained bytes,
+retained payload size, subscriptions per client and persistent sessions each answer
+0x97 (quota exceeded) past their limit -- in the PUBACK, SUBACK or CONNACK, so the
+client is told why -- and nothing beyond the limit is kept.
+"""
+
+from __future__ import annotations
+
+from realclients import KefuThread, Paho, broker_config
+
+QUOTA = 0x97
+OK = (0x00, 0x10)  # 5.0 PUBACK: success, or "no matching subscribers" (still accepted)
+
+
+def broker(**mqtt):
+    return KefuThread(broker_config(**mqtt)).start()
+
+
+def test_retained_count_bytes_and_size():
+    k = broker(max_retained_messages=3, max_retained_bytes=100, max_retained_payload=40)
+    try:
+        c = Paho(k.port, "filler", version=5)
+        assert c.connect()[1] == 0
+        assert all(c.publish(f"r/{i}", b"x" * 10, qos=1, retain=True) in OK for i in range(3))
+        assert c.publish("r/3", b"x", qos=1, retain=True) == QUOTA  # a 4th topic
+        assert c.publish("r/0", b"y" * 30, qos=1, retain=True) in OK  # replacing one is fine
+        assert c.publish("r/1", b"z" * 41, qos=1, retain=True) == QUOTA  # too large for one
+        assert c.publish("r/1", b"z" * 40, qos=1, retain=True) in OK
+        assert c.publish("r/2", b"w" * 40, qos=1, retain=True) == QUOTA  # 30 + 40 + 40 > 100 bytes
+        assert c.publish("r/2", b"", qos=1, retain=True) in OK  # clearing always works
+        assert c.publish("r/9", b"ok", qos=1, retain=True) in OK
+        assert c.publish("plain", b"not retained is not counted" * 10, qos=1) in OK
+        c.disconnect()
+        r = k.call(lambda: (k.router.retained.count, k.router.retained.bytes, dict(k.router.quota_refused)))
+        assert r == (3, 72, {"retained": 3, "subscriptions": 0, "sessions": 0})
+        v3 = Paho(k.port, "old-client", version=4)  # 3.1.1: no reason code; nothing is retained
+        assert v3.connect()[1] == 0
+        v3.publish("r/10", b"x", qos=1, retain=True)
+        v3.disconnect()
+        assert k.call(lambda: k.router.retained.get("r/10")) is None
+    finally:
+        k.stop()
+
+
+def test_subscriptions_per_client():
+    k = broker(max_subscriptions_per_client=3)
+    try:
+        c = Paho(k.port, "subber", version=5)
+        assert c.connect()[1] == 0
+        assert [c.subscribe(f"s/{i}", qos=1)[0] for i in range(3)] == [1, 1, 1]
+        assert c.subscribe("s/3", qos=1) == [QUOTA]
+        assert c.subscribe("s/0", qos=0) == [0]  # changing one it holds is fine
+        c.disconnect()
+        v3 = Paho(k.port, "subber3", version=4)
+        assert v3.connect()[1] == 0
+        assert [v3.subscribe(f"t/{i}", qos=1)[0] for i in range(4)] == [1, 1, 1, 0x80]
+        v3.disconnect()
+    finally:
+        k.stop()
+
+
+def test_persistent_sessions():
+    k = broker(max_persistent_sessions=2)
+    try:
+        for i in range(2):
+            c = Paho(k.port, f"keep-{i}", version=5, clean=False, session_expiry=3600)
+            assert c.connect()[1] == 0
+            c.disconnect()
+        extra = Paho(k.port, "keep-2", version=5, clean=False, session_expiry=3600)
+        assert extra.connect()[1] == QUOTA
+        extra.disconnect()
+        again = Paho(k.port, "keep-0", version=5, clean=False, session_expiry=3600)  # resuming is fine
+        flags, rc = again.connect()
+        assert rc == 0 and flags.session_present
+        again.disconnect()
+        brief = Paho(k.port, "brief", version=5)  # a session that ends with its connection is fine
+        assert brief.connect()[1] == 0
+        brief.disconnect()
+        old = Paho(k.port, "keep-v3", version=4, clean=False)  # 3.1.1 clean session 0: return code 3
+        assert str(old.connect()[1]) == "Server unavailable"
+        old.disconnect()
+    finally:
+        k.stop()
