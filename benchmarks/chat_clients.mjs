@@ -1,7 +1,8 @@
 // Browser-side /chat load for benchmarks/ws_bench.py: N visitors over WebSocket, each
 // authenticating, then sending ROUNDS messages one every INTERVAL seconds (random
 // start), timing each message -> its ack and -> the desk's first message back (the bot's
-// answer); no answer within 10 s counts as unanswered. Texts cycle through TEXTS (a JSON list).
+// answer); no answer within 10 s counts as unanswered. A visitor handed to a human (the
+// intent queue was full, or the bot could not answer) expects no more answers. Texts cycle through TEXTS (a JSON list).
 // Node's built-in WebSocket (the WHATWG API browsers have; Node 20 needs
 // --experimental-websocket) keeps the client side cheap, so the numbers are kefu's and
 // not a Python client's. Prints one JSON object on stdout.
@@ -12,7 +13,7 @@ const [url, clients, rounds, interval, hold] = [
 ];
 const texts = process.argv[7] ? JSON.parse(process.argv[7]) : ["bench"];
 const ack = [], answer = [], failures = [];
-let unanswered = 0;
+let unanswered = 0, handedOff = 0;
 let ready = 0, held = 0, finished = 0;
 const t0 = performance.now();
 let connectMs = 0;
@@ -22,7 +23,7 @@ const allReady = new Promise((r) => { release = r; });
 function visitor(i) {
   return new Promise((resolve) => {
     const ws = new WebSocket(url);
-    let round = 0, sentAt = 0, waitingAnswer = false, acked = false, done = false;
+    let round = 0, sentAt = 0, waitingAnswer = false, acked = false, done = false, human = false;
     const finish = (err) => {
       if (done) return;
       done = true;
@@ -36,7 +37,7 @@ function visitor(i) {
         return;
       }
       acked = false;
-      waitingAnswer = true;
+      waitingAnswer = !human; // once handed to a human (no agents here), only the ack comes back
       sentAt = performance.now();
       const mine = round;
       ws.send(JSON.stringify({ type: "message", text: texts[round % texts.length], ref: `r${round}` }));
@@ -61,6 +62,9 @@ function visitor(i) {
         ack.push(now - sentAt); acked = true; maybeNext();
       } else if (f.type === "message" && waitingAnswer && f.message.author.kind !== "customer") {
         answer.push(now - sentAt); waitingAnswer = false; maybeNext();
+      } else if (!human && (f.type === "queue" || (f.type === "conversation"
+                 && ["queued", "assigned"].includes(f.conversation.status)))) {
+        human = true; handedOff++;
       } else if (f.type === "error") {
         finish(`error ${f.code}: ${f.message}`);
       }
@@ -75,4 +79,4 @@ for (let i = 0; i < clients; i++) {
 }
 setTimeout(() => release(), 120000); // start anyway if some never got ready
 await Promise.all(all);
-process.stdout.write(JSON.stringify({ clients, ready, held, connect_s: connectMs / 1000, ack, answer, unanswered, failures }) + "\n");
+process.stdout.write(JSON.stringify({ clients, ready, held, connect_s: connectMs / 1000, ack, answer, unanswered, handed_off: handedOff, failures }) + "\n");

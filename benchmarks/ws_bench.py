@@ -14,8 +14,10 @@ questions the bot answers (card arrival, activation, exchange rate, ATMs, PIN: d
 intents, so no answer counts as "did not help"). Two round trips per message: to its
 ``ack`` (the message was validated, stored and published) and to the desk's first
 message back (the bot's answer, or its handoff notice) -- the answer includes
-classification. A message with no answer within 10 s counts as unanswered. Agents are not
-simulated; the desk's own benchmark covers routing.
+classification. A message with no answer within 10 s counts as unanswered; a visitor the
+bot handed to a human (a full intent queue: ``classifier_busy``) waits for no more answers
+(no agent is online) and is counted as handed off. Agents are not simulated; the desk's own
+benchmark covers routing.
 
 MQTT part: the same workload against each broker — one subscriber on ``bench/#``,
 P publishers each sending M QoS 0 messages of 64 bytes, many packets per WebSocket
@@ -310,6 +312,7 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, i
     ack_rtts: list[float] = []
     echo_rtts: list[float] = []  # a message -> the desk's first message back (the bot's answer)
     unanswered = [0]
+    handed_off = [0]
     ready = 0
     held = 0
     failures: list[str] = []
@@ -334,6 +337,7 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, i
                     all_ready.set()
                 await go.wait()
                 await trio.sleep(random.uniform(0, interval))  # spread: a steady rate, not one burst
+                human = False
                 for r in range(rounds):
                     if r:
                         await trio.sleep(interval)
@@ -342,7 +346,7 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, i
                     await ws.send_message(json.dumps({"type": "message", "text": QUESTIONS[r % len(QUESTIONS)],
                                                       "ref": ref}))
                     acked = False
-                    replied = False  # the desk answers every question (the bot, or its handoff notice)
+                    replied = human  # the desk answers every question (the bot, or its handoff notice)
                     with trio.move_on_after(10) as cs:
                         while not (acked and replied):
                             f = json.loads(await ws.get_message())
@@ -353,6 +357,10 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, i
                             elif f["type"] == "message" and not replied and f["message"]["author"]["kind"] != "customer":
                                 echo_rtts.append(now - t0)
                                 replied = True
+                            elif not human and (f["type"] == "queue" or (
+                                    f["type"] == "conversation" and f["conversation"]["status"] in ("queued", "assigned"))):
+                                human = True
+                                handed_off[0] += 1
                             elif f["type"] == "error":
                                 raise RuntimeError(f["message"])
                     if cs.cancelled_caught and not replied:
@@ -383,7 +391,7 @@ async def chat_bench(ws_port: int, clients: int, rounds: int, held_for: float, i
         with trio.move_on_after(180):
             await all_done.wait()
     return {"clients": clients, "ready": ready, "held": held, "connect_s": t_ready, "ack": ack_rtts,
-            "echo": echo_rtts, "unanswered": unanswered[0], "failures": failures}
+            "echo": echo_rtts, "unanswered": unanswered[0], "handed_off": handed_off[0], "failures": failures}
 
 
 async def node_chat_bench(node: str, ws_port: int, args) -> dict:
@@ -449,13 +457,14 @@ async def main(args) -> None:
                 rows = [[r["clients"], r["ready"], r["held"], f"{r['connect_s']:.1f}",
                          len(r["ack"]), f"{pct(r['ack'], 50):.2f}", f"{pct(r['ack'], 99):.2f}",
                          len(echo), f"{pct(echo, 50):.2f}" if echo else "-", f"{pct(echo, 99):.2f}" if echo else "-",
-                         r.get("unanswered", 0), len(r["failures"])]]
+                         r.get("unanswered", 0), r.get("handed_off", 0), len(r["failures"])]]
                 print(f"# /chat client: {r['client']}")
                 rate = args.clients / args.interval
                 print(f"\n/chat: browser-side clients against kefu; each sends {args.rounds} messages, one every "
                       f"{args.interval:g} s (about {rate:.0f} msgs/s in all); round trips in ms\n")
                 print(table(rows, ["clients", "authenticated", "held to end", "connect s", "acks", "ack p50",
-                                   "ack p99", "answers", "answer p50", "answer p99", "unanswered", "failures"]))
+                                   "ack p99", "answers", "answer p50", "answer p99", "unanswered", "handed off",
+                                   "failures"]))
                 if r["failures"]:
                     print("  first failures:", "; ".join(sorted(set(r["failures"]))[:3]))
         finally:

@@ -152,18 +152,21 @@ class Desk(DeskQueries):
         """Timers, queue-position updates, keepalive sweep and webhook delivery."""
         async with self._locked():
             await self.setup()
-        async with trio.open_nursery() as n:
-            await n.start(self.webhooks.run)
-            n.start_soon(self._timer_loop)
-            n.start_soon(self._outbox_loop)
-            n.start_soon(self._position_loop)
-            if self.s.agent_keepalive > 0:
-                n.start_soon(self._keepalive_loop)
-            n.start_soon(self._lease_loop)
-            if getattr(self.store, "shared", False):
-                n.start_soon(self._shared_assign_loop)
-            self._later_nursery = n
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as n:
+                await n.start(self.webhooks.run)
+                n.start_soon(self._timer_loop)
+                n.start_soon(self._outbox_loop)
+                n.start_soon(self._position_loop)
+                if self.s.agent_keepalive > 0:
+                    n.start_soon(self._keepalive_loop)
+                n.start_soon(self._lease_loop)
+                if getattr(self.store, "shared", False):
+                    n.start_soon(self._shared_assign_loop)
+                self._later_nursery = n
+                task_status.started(self)
+        finally:
+            self._later_nursery = None  # stopped: later messages take their bot turn inline
 
     async def _shared_assign_loop(self) -> None:
         """With live state shared between nodes, a conversation queued or an agent freed on

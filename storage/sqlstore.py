@@ -647,12 +647,16 @@ class SqlStore:
         return ids
 
     async def list_messages(self, conv_id: str, *, after_id: int = 0, limit: int = 500) -> list[ChatMessage]:
-        rows = await self._read(lambda c: c.execute(self.q(
-            "SELECT id, conversation_id, sender_kind, sender_id, body, key_id, EPOCH(created_at), meta, seq, private "
-            "FROM chat_messages WHERE conversation_id = ? AND id > ? ORDER BY id LIMIT ?"),
-            (conv_id, after_id, limit)).fetchall())
-        return [ChatMessage(r[1], r[2], self._unseal(r[4], r[5], BODY_CTX).decode(), r[3], float(r[6]),
-                            json.loads(r[7]), int(r[0]), int(r[8]), bool(r[9])) for r in rows]
+        def read(c) -> list[ChatMessage]:
+            rows = c.execute(self.q(
+                "SELECT id, conversation_id, sender_kind, sender_id, body, key_id, EPOCH(created_at), meta, seq, private "
+                "FROM chat_messages WHERE conversation_id = ? AND id > ? ORDER BY id LIMIT ?"),
+                (conv_id, after_id, limit)).fetchall()
+            # up to `limit` SM4 decryptions: in the reader thread, off the event loop
+            return [ChatMessage(r[1], r[2], self._unseal(r[4], r[5], BODY_CTX).decode(), r[3], float(r[6]),
+                                json.loads(r[7]), int(r[0]), int(r[8]), bool(r[9])) for r in rows]
+
+        return await self._read(read)
 
     async def search(self, text: str, *, limit: int = 20, conversation_id: str | None = None) -> list[SearchHit]:
         if not self.search_index:
@@ -660,12 +664,14 @@ class SqlStore:
         terms = text.split()
         if not terms:
             return []
-        rows = await self._read(lambda c: self._search_rows(c, terms, conversation_id, limit))
-        hits = []
-        for mid, conv, created, kind, body, key_id in rows:
-            plain = self._unseal(body, key_id, BODY_CTX).decode()
-            hits.append(SearchHit(int(mid), conv, float(created), kind, plain, make_snippet(plain, terms)))
-        return hits
+        def read(c) -> list[SearchHit]:
+            hits = []  # decrypted (SM4) and cut into snippets in the reader thread, off the event loop
+            for mid, conv, created, kind, body, key_id in self._search_rows(c, terms, conversation_id, limit):
+                plain = self._unseal(body, key_id, BODY_CTX).decode()
+                hits.append(SearchHit(int(mid), conv, float(created), kind, plain, make_snippet(plain, terms)))
+            return hits
+
+        return await self._read(read)
 
     # ------------------------------------------------------------ tickets, contacts, audit
 

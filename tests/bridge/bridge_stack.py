@@ -77,13 +77,13 @@ class Stack:
 
 
 @asynccontextmanager
-async def kefu_stack(cfg=None, settings=None):
+async def kefu_stack(cfg=None, settings=None, classify=None):
     cfg = cfg or config()
     async with trio.open_nursery() as nursery:
         broker = Broker(cfg)
         await nursery.start(broker.serve)
         bus = RouterBus(broker)
-        desk = Desk(settings or desk_settings(), publish=bus.publish)
+        desk = Desk(settings or desk_settings(), publish=bus.publish, classify=classify)
         await nursery.start(desk.run)
         await nursery.start(bus.consume, desk.s.topics.desk_filters(), desk.ingest)
         bridge = await nursery.start(lambda task_status: service.run(

@@ -245,3 +245,11 @@ async def test_from_config_uses_the_nlp_section():
             p = await service.classify("This is awful!")
             assert p.sentiment == "neutral"  # sentiment = "off"
             nursery.cancel_scope.cancel()
+
+
+def test_worker_pool_size_from_config():
+    from kefu.config.model import Nlp
+    from kefu.nlp.service import default_workers
+
+    assert IntentService.from_config(Nlp(workers=3)).workers == 3
+    assert IntentService.from_config(Nlp(workers=0, threads=1)).workers == default_workers(1)
