@@ -181,6 +181,7 @@ class Router:
         self._id_prefix = secrets.token_hex(3)
         self._ids = itertools.count(1)
         self.sys_interval = mq.sys_interval
+        self.hooks.on_change.append(self.acl_changed)
         self.persister = None  # kefu.broker.persist.Persister once storage is attached
         self.sm4 = None  # kefu.broker.sm4wire.DeviceWire when [sm4] device_topics are set
         self.started_at: float | None = None
@@ -229,6 +230,11 @@ class Router:
                 self._end_session(s, now)
                 s = None
         present = s is not None
+        if present and s.username != proto.username:
+            # Delivery plans hold read decisions made for the old identity.
+            self.auth.forget(cid)
+            if s.subscriptions:
+                self._plans.clear()
         if s is None:
             s = SessionState(cid, self.limits, self.stats)
             self.sessions[cid] = s
@@ -382,7 +388,7 @@ class Router:
         ok = cache.get(topic)
         if ok is None:
             ok = self._may_publish(proto, topic)
-            if not self.hooks.active("on_authorize"):  # hook answers may change: never cached
+            if not self.auth.hooked(topic):  # hook answers may change: never cached
                 if len(cache) >= _PUB_CACHE_MAX:
                     cache.clear()
                 cache[topic] = ok
@@ -456,7 +462,11 @@ class Router:
             except Exception:  # a bug for one subscriber must not cost the publisher or the others
                 _delivery_failed(session, msg)
         for group in groups:
-            picked = group.pick(_online) or group.pick()
+            if self._read_checks:
+                online, anyone = self._readers(msg.topic)
+                picked = group.pick(online) or group.pick(anyone)
+            else:
+                picked = group.pick(_online) or group.pick()
             if picked is not None:
                 session, (sqos, no_local, rap, sub_ids) = picked
                 q = qos if qos < sqos else sqos
@@ -501,12 +511,41 @@ class Router:
                     prev[2] = prev[2] or rap
                     prev[3] = prev[3] + sub_ids
             targets = tuple((s, q, nl, rap, ids) for s, (q, nl, rap, ids) in merged.items())
+        if targets and self._read_checks:
+            # The ACL at delivery: decided once per (client, topic), kept in the plan.
+            may_read = self.auth.may_read
+            targets = tuple(t for t in targets if may_read(t[0].client_id, t[0].username, topic))
         plan = (targets, groups)
         plans = self._plans
         if len(plans) >= _PLAN_CACHE_MAX:
             plans.clear()
         plans[topic] = plan
         return plan
+
+    @property
+    def _read_checks(self) -> bool:
+        return self.auth.read_restricted
+
+    def _readers(self, topic: str):
+        """Shared-group pick predicates with the read check: (online and may read, may read)."""
+        may_read = self.auth.may_read
+
+        def anyone(s: SessionState) -> bool:
+            return may_read(s.client_id, s.username, topic)
+
+        def online(s: SessionState) -> bool:
+            return s.proto is not None and may_read(s.client_id, s.username, topic)
+
+        return online, anyone
+
+    def acl_changed(self) -> None:
+        """The ACL's inputs changed (rules replaced, hooks registered): forget every
+        cached decision, the delivery plans that hold read decisions included."""
+        self.auth.reset()
+        self._plans.clear()
+        for s in self.sessions.values():
+            if s.proto is not None:
+                s.proto.pub_acl = None
 
     # ------------------------------------------------------------------ subscribe
     def subscribe(self, proto, subscriptions, sub_id, now) -> tuple[list, list]:
@@ -548,6 +587,8 @@ class Router:
                         self.retained.set(msg.topic, None)
                         continue
                     if sub.no_local and msg.origin == proto.client_id:
+                        continue
+                    if self._read_checks and not self.auth.may_read(proto.client_id, proto.username, msg.topic):
                         continue
                     rq = msg.qos if msg.qos < qos else qos
                     if self.sm4 is not None and self.sm4.covers(msg.topic):

@@ -334,10 +334,11 @@ class Protocol:
         ka = c.keep_alive
         server_ka = None
         if lim.max_keepalive and (ka == 0 or ka > lim.max_keepalive):
-            if not v5:  # 3.1.1 cannot be told: refuse, as Mosquitto does
+            if v5:  # told in CONNACK (Server Keep Alive), as Mosquitto does
+                ka = server_ka = lim.max_keepalive
+            elif ka:  # 3.1.1 cannot be told: refuse (keep alive 0, "none", is accepted as is)
                 return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, now,
                                     f"keep alive {ka} above mqtt.max_keepalive {lim.max_keepalive}")
-            ka = server_ka = lim.max_keepalive
         if v5:
             expiry = props.session_expiry_interval or 0
         else:

@@ -200,6 +200,69 @@ def test_acl_publish_denied(kefu_acl):
         c.disconnect()
 
 
+@pytest.fixture(scope="module")
+def kefu_nosubscribe():
+    cfg = broker_config()
+    cfg.auth.acl = [AclRule(action="subscribe", topic="test/nosubscribe", permission="deny")]
+    k = KefuThread(cfg).start()
+    yield k
+    k.stop()
+
+
+@pytest.mark.parametrize("version", V)
+def test_acl_deny_rule_leaves_wildcards_granted_and_withholds_the_topic(kefu_nosubscribe, version):
+    """Mosquitto's semantics: '#' and '+/+' are granted and receive every allowed topic;
+    the denied one never arrives, neither live nor retained."""
+    port = kefu_nosubscribe.port
+    pub = Paho(port, _ids("ns-pub", version), version)
+    pub.connect()
+    pub.publish("test/nosubscribe", b"old secret", qos=1, retain=True)
+    pub.publish("test/retained", b"old news", qos=1, retain=True)
+    subs = {}
+    for f in ("#", "+/+"):
+        c = Paho(port, _ids(f"ns-sub{len(subs)}", version), version)
+        c.connect()
+        assert c.subscribe(f, qos=1) == [1], f
+        subs[f] = c
+    refused = 0x80 if version == 4 else 0x87
+    assert subs["#"].subscribe("test/nosubscribe", qos=1) == [refused]
+    for i in range(3):
+        pub.publish("test/nosubscribe", b"secret %d" % i, qos=1)
+        pub.publish("test/ok", b"ok %d" % i, qos=1)
+    pub.publish("test/end", b"marker", qos=1)
+    for f, c in subs.items():
+        got = []
+        while not got or got[-1] != ("test/end", b"marker"):
+            m = c.get()
+            got.append((m.topic, m.payload))
+        assert ("test/retained", b"old news") in got, f
+        assert [p for t, p in got if t == "test/ok"] == [b"ok 0", b"ok 1", b"ok 2"], f
+        assert not [t for t, _ in got if t == "test/nosubscribe"], f
+    pub.publish("test/nosubscribe", b"", qos=1, retain=True)
+    pub.publish("test/retained", b"", qos=1, retain=True)
+    for c in [pub, *subs.values()]:
+        c.disconnect()
+
+
+def test_max_keepalive_caps_and_tells_5_0_clients():
+    k = KefuThread(broker_config(max_keepalive=60)).start()
+    try:
+        c5 = Paho(k.port, "ka5", 5)
+        assert c5.connect(keepalive=120)[1] == 0
+        assert c5.connack_properties.ServerKeepAlive == 60
+        c5b = Paho(k.port, "ka5b", 5)
+        assert c5b.connect(keepalive=30)[1] == 0
+        assert not hasattr(c5b.connack_properties, "ServerKeepAlive")  # within the cap: nothing to say
+        c4 = Paho(k.port, "ka4", 4)
+        assert c4.connect(keepalive=30)[1] == 0
+        c4b = Paho(k.port, "ka4b", 4, loop=False)
+        assert c4b.connect(keepalive=120)[1] != 0  # 3.1.1 cannot be told: refused, as Mosquitto does
+        for c in (c5, c5b, c4):
+            c.disconnect()
+    finally:
+        k.stop()
+
+
 # --------------------------------------------------------------------------- TLS
 
 

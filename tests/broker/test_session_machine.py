@@ -153,6 +153,9 @@ def test_keep_alive_above_maximum_3_1_1_is_refused():
     assert p.connect("a", keep_alive=60).reason_code == 0x85
     ok = Peer(r, V4)
     assert ok.connect("b", keep_alive=20).reason_code == 0
+    none = Peer(r, V4)  # 0 ("no keep alive") is accepted, as by Mosquitto
+    assert none.connect("c", keep_alive=0).reason_code == 0
+    assert none.proto.keep_alive == 0
 
 
 def test_connect_timeout_deadline():
@@ -689,11 +692,26 @@ def test_acl_denied_subscription(version, code):
     assert s.subscribe("secret/x", "open/x") == [SubAck(1, (code, 0))]
 
 
+@pytest.mark.parametrize("version,code", [(V4, 0x80), (V5, 0x87)])
+def test_acl_wildcards_granted_and_denied_topics_withheld_at_delivery(version, code):
+    r = _acl_router()
+    r.inject("secret/old", b"r1", 0.0, retain=True)
+    r.inject("open/old", b"r2", 0.0, retain=True)
+    s = Peer(r, version)
+    s.connect("s")
+    out = s.subscribe("#", "+/+", "secret/#")
+    assert out[0] == SubAck(1, (0, 0, code))
+    assert [m.topic for m in out[1:]] == ["open/old", "open/old"]  # retained: one per filter, no secret
+    r.inject("secret/x", b"no", 0.0)
+    r.inject("open/x", b"yes", 0.0)
+    assert [m.topic for m in s.received()] == ["open/x"]  # once: overlapping filters merge
+
+
 def test_acl_denied_publish_3_1_1_dropped_5_0_0x87():
     r = _acl_router()
     w = Peer(r, V4)
     w.connect("w")
-    assert w.subscribe("#") == [SubAck(1, (0x80,))]  # could receive secret/...: refused
+    assert w.subscribe("#") == [SubAck(1, (0,))]  # granted: secret/... is withheld at delivery
     w.subscribe("other/#", "devices/#", pid=2)
     p4 = Peer(r, V4)
     p4.connect("d4")
