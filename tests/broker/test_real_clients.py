@@ -263,6 +263,38 @@ def test_max_keepalive_caps_and_tells_5_0_clients():
         k.stop()
 
 
+@pytest.mark.parametrize("version", V)
+def test_qos1_publisher_is_slowed_not_dropped_for_an_acknowledging_subscriber(version, monkeypatch):
+    """A publisher far ahead of an online QoS 1 subscriber that keeps acknowledging is
+    paused (its socket unread) instead of the broker dropping what it acknowledged."""
+    from kefu.broker import connection, router
+
+    # "stopped acknowledging" is judged on time; make it irrelevant on a busy machine
+    monkeypatch.setattr(connection, "PAUSE_CHECK", 60.0)
+    monkeypatch.setattr(router, "ACK_RECENT", 60.0)
+    k = KefuThread(broker_config(max_offline_messages=20)).start()
+    try:
+        sub = Paho(k.port, _ids("bp-sub", version), version)
+        sub.connect()
+        assert sub.subscribe("bp/t", qos=1) == [1]
+        pub = Paho(k.port, _ids("bp-pub", version), version)
+        pub.c.max_inflight_messages_set(0)  # no client-side window: it sends all at once
+        pub.connect()
+        n = 2000
+        infos = [pub.c.publish("bp/t", b"%d" % i, qos=1) for i in range(n)]
+        got = [sub.get().payload for _ in range(n)]
+        assert got == [b"%d" % i for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(WAIT)
+        stats = k.call(lambda: k.router.stats)
+        assert stats.dropped == 0
+        assert stats.throttled > 0
+        pub.disconnect()
+        sub.disconnect()
+    finally:
+        k.stop()
+
+
 # --------------------------------------------------------------------------- TLS
 
 
