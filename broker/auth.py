@@ -412,21 +412,20 @@ class Authenticator:
         ``"subscribe"`` and the topic name as the filter. Answers, hooks' included,
         are cached per client until ``forget`` (a disconnect) or ``reset``.
         """
-        if self._read_open and not self.hooks.active("on_authorize"):
-            return True
+        hooks = self.hooks
+        hs = hooks.authorizers(topic, False) if hooks.active("on_authorize") else ()
+        if self._read_open and not hs:
+            return True  # nothing can deny it: nothing to remember either
         entry = self._acl_cache.get(client_id)
         if entry is not None and entry[0] == username:
             hit = entry[1].get((READ, topic))
             if hit is not None:
                 return hit
         result = None
-        hooks = self.hooks
-        if hooks.active("on_authorize"):
-            hs = hooks.authorizers(topic, False)
-            if hs:
-                d = hooks.decide("on_authorize", AuthorizeEvent(client_id, username, SUBSCRIBE, topic, None), hs)
-                if d is not None:
-                    result = d.allow
+        if hs:
+            d = hooks.decide("on_authorize", AuthorizeEvent(client_id, username, SUBSCRIBE, topic, None), hs)
+            if d is not None:
+                result = d.allow
         if result is None:
             result = True if self._read_open else self._decide(client_id, username, READ, topic)
         self._remember(client_id, username, READ, topic, result)
