@@ -143,7 +143,22 @@ class KefuServe(BrokerProcess):
 
     Only the listeners (free loopback ports), the database file (the temporary folder),
     warnings-only logging and ``mqtt.sys_interval = 1`` differ from a fresh install.
+
+    ``extra``: more config (``kefu-bare``: the desk and the model off). ``tree``: run the
+    code of another checkout (``kefu-LABEL`` with ``--tree LABEL=DIR``), imported from there.
     """
+
+    extra = ""
+    tree: str | None = None
+    label = "desk, SQLite persistence, intent model, bridge"
+
+    def __init__(self, name: str, versions: tuple[int, ...], extra: str = "", tree: str | None = None,
+                 label: str | None = None) -> None:
+        super().__init__(name, versions)
+        self.extra = extra
+        self.tree = tree
+        if label:
+            self.label = label
 
     def start(self) -> BrokerProcess:
         self.port = free_port()
@@ -154,14 +169,22 @@ class KefuServe(BrokerProcess):
             f'[listeners.ws]\nhost = "127.0.0.1"\nport = {ws}\n'
             f'[listeners.http]\nhost = "127.0.0.1"\nport = {http}\n'
             f'[storage]\npath = "{self.tmp / "kefu.db"}"\n'
-            '[mqtt]\nsys_interval = 1\n[log]\nlevel = "warning"\n'
+            '[mqtt]\nsys_interval = 1\n[log]\nlevel = "warning"\n' + self.extra
         )
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "kefu"), "serve", "--config", str(conf)],
-                                     stdout=log, stderr=log, preexec_fn=raise_nofile, cwd=self.tmp)
-        self._wait_port(60)
+        env = None
+        cmd = [str(Path(sys.executable).parent / "kefu"), "serve", "--config", str(conf)]
+        if self.tree:
+            # Another checkout: its kefu/ with broker/, bridge/, ... linked in (see
+            # broker_bench.py --tree) comes first on the path, before the editable install.
+            env = dict(os.environ, PYTHONPATH=self.tree)
+            cmd = [sys.executable, "-c", "import sys; from kefu.cli import main; sys.exit(main())",
+                   "serve", "--config", str(conf)]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=raise_nofile, cwd=self.tmp, env=env)
+        self._wait_port(90)
         from kefu import __version__
-        self.version_text = f"kefu serve {__version__} (desk, SQLite persistence, intent model, bridge)"
+        where = f" from {self.tree}" if self.tree else ""
+        self.version_text = f"kefu serve {__version__}{where} ({self.label})"
         return self
 
 
@@ -195,5 +218,16 @@ def make_brokers(names: list[str]) -> list[BrokerProcess]:
         "mosquitto": lambda: Mosquitto("mosquitto", (4, 5)),
         "amqtt": lambda: PythonBroker("amqtt", (4,)),  # amqtt 0.12 speaks MQTT 3.1.1 only
         "kefu-serve": lambda: KefuServe("kefu-serve", (4, 5)),
+        "kefu-bare": lambda: KefuServe("kefu-bare", (4, 5), "[desk]\nenabled = false\n[nlp]\nenabled = false\n",
+                                       label="desk and intent model off, SQLite persistence"),
     }
+    for label, tree in TREES.items():
+        name = f"kefu-{label}"
+        table[name] = lambda name=name, tree=tree: KefuServe(name, (4, 5), tree=tree, label="defaults")
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown broker(s) {', '.join(unknown)}: kefu-LABEL needs --tree LABEL=DIR")
     return [table[n]() for n in names]
+
+
+TREES: dict[str, str] = {}  # label -> checkout on PYTHONPATH (broker_bench.py --tree LABEL=DIR)

@@ -50,6 +50,7 @@ class Settings:
         self.connect_timeout = 20.0 if quick else 60.0
         self.idle = idle if idle is not None else (500 if quick else 2000)
         self.rss_cap = 1536 << 20  # a flood is stopped when the broker passes 1.5 GiB
+        self.qos1_window = 2550  # unacknowledged QoS 1 messages end to end (as issue 15's generator)
 
 
 # ---------------------------------------------------------------------- plumbing
@@ -175,7 +176,8 @@ def throughput(b: BrokerProcess, version: int, kind: str, st: Settings, prof: Pr
     else:
         subs, sub_procs, fanout = 1, 1, 1
         pub_topics, pub_procs = [topic], 1
-    window = 500 if qos else 5000
+    window = st.qos1_window if qos else 5000
+    sys0 = L.read_sys(b.port, version, wait=1.2) if qos else None
     sub_ids = ids(f"{kind}-sub", subs)
     pub_ids = ids(f"{kind}-pub", len(pub_topics))
     try:
@@ -201,7 +203,18 @@ def throughput(b: BrokerProcess, version: int, kind: str, st: Settings, prof: Pr
             raise L.BenchError(f"{b.name} died")
     finally:
         w.finish()
-    return {"value": (c1 - c0) / (t1 - t0), "cpu": (cpu1 - cpu0) / (t1 - t0), "gen": (g1 - g0) / (t1 - t0)}
+    out = {"value": (c1 - c0) / (t1 - t0), "cpu": (cpu1 - cpu0) / (t1 - t0), "gen": (g1 - g0) / (t1 - t0)}
+    if sys0 is not None:  # QoS 1: did the broker drop anything it had acknowledged?
+        sys1 = L.read_sys(b.port, version, wait=1.2)
+        out["drops"] = _dropped(sys1) - _dropped(sys0) if sys1 and sys0 else None
+    return out
+
+
+def _dropped(values: dict) -> int:
+    for key, v in values.items():
+        if key.endswith("/dropped"):
+            return int(float(v.split()[0]))
+    return 0
 
 
 def latency(b: BrokerProcess, version: int, st: Settings, prof: Profiler) -> dict:
@@ -314,6 +327,19 @@ def flood(b: BrokerProcess, version: int, st: Settings) -> dict:
             "drops": drops, "capped": capped}
 
 
+def link_tree(path: str) -> str:
+    """Make checkout ``path`` importable as ``kefu`` (the package-dir mapping of
+    pyproject.toml, as links): returns the directory to put on PYTHONPATH."""
+    root = Path(path).resolve()
+    if not (root / "kefu" / "__init__.py").exists():
+        raise SystemExit(f"--tree {path}: no kefu/__init__.py there")
+    for sub in ("broker", "bridge", "nlp", "storage", "config"):
+        link = root / "kefu" / sub
+        if not link.exists():
+            link.symlink_to(Path("..") / sub)
+    return str(root)
+
+
 # ---------------------------------------------------------------------- table
 def fmt_rate(v):
     return "-" if v is None else f"{v:,.0f}"
@@ -331,7 +357,8 @@ def main() -> int:
                     help="short phases, MQTT 3.1.1 only, 2,000 connections, 500 idle clients (~1.5 minutes)")
     ap.add_argument("--brokers", default="kefu,kefu-serve,mosquitto,amqtt",
                     help="comma-separated subset of kefu (the broker alone), kefu-serve (the whole product "
-                         "with its defaults), mosquitto, amqtt")
+                         "with its defaults), kefu-bare (kefu serve with the desk and the model off), "
+                         "kefu-LABEL (kefu serve of --tree LABEL=DIR), mosquitto, amqtt")
     ap.add_argument("--phases", default="qos0,qos1,fanout,fanin,latency,connections,flood",
                     help="comma-separated subset of the phases")
     ap.add_argument("--versions", default=None, help="4, 5 or 4,5 (default: both; --quick: 4)")
@@ -342,9 +369,24 @@ def main() -> int:
                     help="extra mosquitto.conf line, e.g. 'max_inflight_messages 32' (repeatable; "
                          "default: Mosquitto's shipped defaults)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the kefu broker in throughput phases (raw stacks)")
+    ap.add_argument("--qos1-window", type=int, default=2550,
+                    help="unacknowledged QoS 1 messages the publisher may have end to end (2,550)")
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
+                    help="another checkout of kefu (git worktree add DIR COMMIT) run as broker kefu-LABEL: "
+                         "its `kefu serve` with the same defaults (repeatable; links kefu/broker, kefu/bridge, "
+                         "... -> ../broker, ... are added in DIR so that it imports from there)")
     args = ap.parse_args()
 
     st = Settings(args.quick, args.duration, args.connections, args.idle)
+    st.qos1_window = args.qos1_window
+    if args.tree:
+        import bench_brokers
+
+        for spec in args.tree:
+            label, sep, path = spec.partition("=")
+            if not sep or not label or not path:
+                raise SystemExit(f"--tree {spec!r}: expected LABEL=DIR")
+            bench_brokers.TREES[label] = link_tree(path)
     versions = [int(v) for v in (args.versions or ("4" if args.quick else "4,5")).split(",")]
     phases = args.phases.split(",")
     limit = raise_nofile()
@@ -376,15 +418,20 @@ def main() -> int:
             if kind not in phases:
                 continue
             for v in versions:
-                vals, cpus = {}, {}
+                vals, cpus, drops = {}, {}, {}
                 for b in each(v):
                     try:
                         r = throughput(b, v, kind, st, prof)
                         vals[b.name], cpus[b.name] = r["value"], (r["cpu"], r["gen"])
-                        log(f"{kind} {VNAME[v]} {b.name}: {r['value']:,.0f}/s (broker CPU {r['cpu']:.0%}, generator {r['gen']:.0%})")
+                        if "drops" in r:
+                            drops[b.name] = r["drops"]
+                        log(f"{kind} {VNAME[v]} {b.name}: {r['value']:,.0f}/s (broker CPU {r['cpu']:.0%}, generator {r['gen']:.0%})"
+                            + (f", dropped {r['drops']}" if "drops" in r else ""))
                     except L.BenchError as e:
                         log(f"{kind} {VNAME[v]} {b.name}: FAILED: {e}")
                 rows.append((labels[kind][0], v, vals, cpus, labels[kind][1], "rate"))
+                if drops:
+                    rows.append(("QoS 1 1→1: messages the broker dropped ($SYS)", v, drops, {}, "0", "count"))
 
         if "latency" in phases:
             for v in versions:

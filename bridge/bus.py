@@ -2,10 +2,9 @@
 
 The bridge's /chat sessions are in-process clients of the topic space. ``LocalBus``
 fans a publish out to matching subscriptions (the broker's own subscription trie does
-the matching) and to *taps* — callables that see every publish, which is how the
-broker's router or the desk is fed when the bridge runs beside them. ``kefu/app.py``
-may instead hand the bridge an adapter over the broker's router; the bridge only sees
-the ``Bus`` Protocol.
+the matching) and to *taps* — callables that see every publish. ``RouterBus`` joins
+the bus to the embedded broker: its subscriptions are the router's in-process
+consumers (``Router.add_tap``). The bridge only sees the ``Bus`` Protocol.
 
 Each subscription has a bounded channel. A subscriber that falls that far behind is
 not allowed to stall publishers: it is marked ``overflowed`` and its channel is
@@ -98,9 +97,10 @@ class RouterBus(LocalBus):
     * ``publish`` injects the message into the broker's router as the broker itself
       (client id ""): retained handling, the ``on_message_published`` hook and delivery
       to MQTT subscribers happen exactly as for a device's PUBLISH;
-    * every message the router accepts — from devices, from the desk, from the bridge —
-      is seen through the ``on_message_published`` hook and handed to the bridge's
-      subscriptions (``LocalBus.deliver``) without blocking the router;
+    * the bridge's subscriptions and the desk's consumers are registered in the router
+      like subscriptions (``Router.add_tap``): the router decides once per topic whether
+      a message concerns them, so traffic outside their filters costs them nothing
+      (no per-message hook);
     * ``consume(filters, handler)`` runs ``handler(topic, payload)`` in order for every
       accepted message matching ``filters`` (how the desk hears ``.../in`` and agent
       topics), behind a bounded queue so a slow consumer cannot stall the broker: past
@@ -110,22 +110,8 @@ class RouterBus(LocalBus):
     def __init__(self, broker, *, queue: int = 256, consume_queue: int = 10_000) -> None:
         super().__init__(queue=queue)
         self.router = broker.router
-        self._consumers: list[tuple[TopicTrie, trio.MemorySendChannel]] = []
         self._consume_queue = consume_queue
         self.dropped = 0
-        broker.hooks.register("on_message_published", self._seen)
-
-    def _seen(self, event) -> None:
-        self.deliver(event.topic, event.payload)
-        for trie, send in self._consumers:
-            if trie.match(event.topic):
-                try:
-                    send.send_nowait((event.topic, event.payload))
-                except trio.WouldBlock:
-                    self.dropped += 1
-                    log.error("bus: consumer queue full, dropped a message on %s", event.topic)
-                except trio.ClosedResourceError:
-                    pass
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
         from kefu.broker.mqtt.packets import NO_PROPERTIES
@@ -138,14 +124,48 @@ class RouterBus(LocalBus):
         self.router._accept(msg, "", None, trio.current_time())
         await trio.lowlevel.checkpoint()
 
-    async def consume(self, filters: list[str], handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        trie = TopicTrie()
+    @asynccontextmanager
+    async def subscribe(self, filters: list[str]) -> AsyncIterator[trio.MemoryReceiveChannel]:
         for f in filters:
             validate_topic_filter(f)
-            trie.add(f, "consumer")
+        send, recv = trio.open_memory_channel(self._queue)
+        sub = _Sub(send)
+
+        def deliver(msg) -> None:
+            if sub.overflowed:
+                return
+            try:
+                send.send_nowait((msg.topic, msg.payload))
+            except trio.WouldBlock:
+                sub.overflowed = True
+                self.overflows += 1
+                send.close()
+            except trio.ClosedResourceError:
+                pass
+
+        tap = self.router.add_tap(filters, deliver)
+        try:
+            async with recv:
+                yield recv
+        finally:
+            self.router.remove_tap(tap)
+            send.close()
+
+    async def consume(self, filters: list[str], handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        for f in filters:
+            validate_topic_filter(f)
         send, recv = trio.open_memory_channel(self._consume_queue)
-        entry = (trie, send)
-        self._consumers.append(entry)
+
+        def take(msg) -> None:
+            try:
+                send.send_nowait((msg.topic, msg.payload))
+            except trio.WouldBlock:
+                self.dropped += 1
+                log.error("bus: consumer queue full, dropped a message on %s", msg.topic)
+            except trio.ClosedResourceError:
+                pass
+
+        tap = self.router.add_tap(filters, take)
         try:
             task_status.started()
             async with recv:
@@ -155,5 +175,5 @@ class RouterBus(LocalBus):
                     except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
                         log.exception("bus: consumer failed on %s", topic)
         finally:
-            self._consumers.remove(entry)
+            self.router.remove_tap(tap)
             send.close()

@@ -32,18 +32,21 @@ password verify, else 0x86 (3.1.1: return code 4 / 5 mapped by the codec).
 
 ACL
 ---
+Mosquitto's and EMQX's semantics: a subscription is granted when the client may read
+*something* under its filter, and every message is checked at delivery, so ``#``
+never receives a denied topic but receives every allowed one.
+
 Rules are tried in order; the first that applies decides; none -> ``acl_default``.
 A rule applies when its action is ``all`` or the action asked, its ``username`` /
 ``clientid`` qualifiers (if set) equal the client's, and its topic filter (after
-``%c``/``%u`` substitution) relates to the topic:
+``%c``/``%u`` substitution) matches the topic name:
 
-* publish: the rule's filter matches the topic name;
-* subscribe, allow rule: the rule's filter *covers* the subscription filter, i.e.
-  matches every topic the subscription could match (``a/#`` covers ``a/+/b``; ``a/+``
-  does not cover ``a/#``);
-* subscribe, deny rule: the rule's filter *overlaps* the subscription filter (some
-  topic matches both), so ``deny secret/#`` refuses a subscription to ``#``: a client
-  can never subscribe its way into a denied topic.
+* publish: the first publish/all rule matching the topic decides;
+* read (``may_read``, at delivery): the first subscribe/all rule matching the topic;
+* subscribe: granted when at least one topic the filter matches may be read. So with
+  ``deny secret/#`` first and ``acl_default = "allow"``, ``#`` and ``+/x`` are granted
+  (and never deliver ``secret/...``) while ``secret/#`` and ``secret`` are refused
+  (0x80 / 0x87): a filter that can read nothing is still refused.
 
 Shared subscriptions are judged on their inner filter. Filters follow the ``$`` rule,
 so a rule ``#`` neither matches nor covers ``$SYS/...``.
@@ -54,8 +57,10 @@ using it does not apply, and a *deny* rule using it applies with that whole leve
 replaced by ``+``.
 
 ``on_authorize`` hooks run before the rules, like rules placed first (deny
-overrides among hooks). Rule decisions (not hook decisions, which may change) are
-cached per client id; call ``forget(client_id)`` when a client goes away.
+overrides among hooks); a hook registered with ``topics=`` is asked only about
+topics in its scope. Publish decisions from hooks are never cached (they may
+change); read decisions, rules' and hooks' alike, are cached per client id until
+``forget(client_id)`` (the client went away) or ``reset()`` (rules or hooks changed).
 """
 
 from __future__ import annotations
@@ -73,8 +78,7 @@ from typing import Any
 
 from .hooks import AuthenticateEvent, AuthorizeEvent, HookRegistry
 from .topics import (
-    filter_covers,
-    filters_overlap,
+    filter_intersection,
     levels_match,
     parse_shared,
     validate_topic_filter,
@@ -89,6 +93,8 @@ CONNECTION_RATE_EXCEEDED = 0x9F  # 3.1.1: return code 3 (server unavailable)
 
 PUBLISH = "publish"
 SUBSCRIBE = "subscribe"
+READ = "read"  # cache key for delivery checks (``may_read``)
+_FRESH = "\x00"  # a topic level no rule can name (NUL is not allowed in filters)
 
 # scrypt cost: N = 2**14, r = 8, p = 1 (about 16 MiB, tens of ms).
 SCRYPT_LOG_N = 14
@@ -252,6 +258,20 @@ def compile_rules(acl: Iterable[Any]) -> list[_Rule]:
     return rules
 
 
+def _witnesses(region: str, deepest: int):
+    """Topic names (as level lists) standing for every topic ``region`` matches: its
+    wildcards replaced by a level no rule names, ``#`` tried at each depth."""
+    lv = [(_FRESH if x == "+" else x) for x in region.split("/")]
+    if lv[-1] != "#":
+        yield lv
+        return
+    base = lv[:-1]
+    if base:
+        yield base  # "a/#" matches "a"
+    for extra in range(1, max(1, deepest + 1 - len(base)) + 1):
+        yield base + [_FRESH] * extra
+
+
 # --------------------------------------------------------------------------- the authenticator
 
 _CACHE_PER_CLIENT = 1024
@@ -348,6 +368,9 @@ class Authenticator:
         self.cache_hits = 0
         # Nothing to decide: every authorize() is True without a lookup.
         self._open = not self.rules and self.acl_default
+        # Every topic may be read by everyone: no check at delivery.
+        self._read_open = self.acl_default and not any(
+            SUBSCRIBE in r.actions and not r.allow for r in self.rules)
 
     # -- authentication
 
@@ -421,7 +444,9 @@ class Authenticator:
         """May this client publish to ``topic`` / subscribe to the filter ``topic``?
 
         ``action`` is ``"publish"`` or ``"subscribe"``; ``topic`` must be a valid
-        topic name / filter (a ``$share/g/f`` filter is judged on ``f``).
+        topic name / filter (a ``$share/g/f`` filter is judged on ``f``). A
+        subscription is granted when the client may read *something* under the
+        filter (``may_read`` on each message then decides what it receives).
         """
         if action != PUBLISH and action != SUBSCRIBE:
             raise ValueError(f'action must be "publish" or "subscribe", got {action!r}')
@@ -430,11 +455,69 @@ class Authenticator:
             group, topic = parse_shared(topic)
         hooks = self.hooks
         if hooks.active("on_authorize"):
-            d = hooks.decide("on_authorize", AuthorizeEvent(client_id, username, action, topic, group))
-            if d is not None:
-                return d.allow
+            hs = hooks.authorizers(topic, action == SUBSCRIBE)
+            if hs:
+                d = hooks.decide("on_authorize", AuthorizeEvent(client_id, username, action, topic, group), hs)
+                if d is not None:
+                    return d.allow
         if self._open:
             return True
+        return self._cached(client_id, username, action, topic)
+
+    def hooked(self, topic: str, is_filter: bool = False) -> bool:
+        """True when an ``on_authorize`` hook decides about ``topic`` (its answers may
+        change, so the broker must not cache a publish decision for it)."""
+        hooks = self.hooks
+        return hooks.active("on_authorize") and bool(hooks.authorizers(topic, is_filter))
+
+    @property
+    def read_restricted(self) -> bool:
+        """False when every client may read every topic (no check at delivery needed)."""
+        return not self._read_open or self.hooks.active("on_authorize")
+
+    def may_read(self, client_id: str, username: str | None, topic: str) -> bool:
+        """May this client receive a message on the topic name ``topic``?
+
+        Checked at delivery (the router caches the answer in its delivery plans);
+        the first subscribe/all rule whose filter matches the topic decides, then
+        ``acl_default``. ``on_authorize`` hooks are asked first with action
+        ``"subscribe"`` and the topic name as the filter. Answers, hooks' included,
+        are cached per client until ``forget`` (a disconnect) or ``reset``.
+        """
+        hooks = self.hooks
+        hs = hooks.authorizers(topic, False) if hooks.active("on_authorize") else ()
+        if self._read_open and not hs:
+            return True  # nothing can deny it: nothing to remember either
+        entry = self._acl_cache.get(client_id)
+        if entry is not None and entry[0] == username:
+            hit = entry[1].get((READ, topic))
+            if hit is not None:
+                return hit
+        result = None
+        if hs:
+            d = hooks.decide("on_authorize", AuthorizeEvent(client_id, username, SUBSCRIBE, topic, None), hs)
+            if d is not None:
+                result = d.allow
+        if result is None:
+            result = True if self._read_open else self._decide(client_id, username, READ, topic)
+        self._remember(client_id, username, READ, topic, result)
+        return result
+
+    def reset(self) -> None:
+        """Drop every cached decision (after the rules or the hooks changed)."""
+        self._acl_cache.clear()
+
+    def _cached(self, client_id: str, username: str | None, action: str, topic: str) -> bool:
+        entry = self._acl_cache.get(client_id)
+        if entry is not None and entry[0] == username:
+            hit = entry[1].get((action, topic))
+            if hit is not None:
+                return hit
+        result = self._decide(client_id, username, action, topic)
+        self._remember(client_id, username, action, topic, result)
+        return result
+
+    def _remember(self, client_id: str, username: str | None, action: str, topic: str, result: bool) -> None:
         entry = self._acl_cache.get(client_id)
         if entry is None or entry[0] != username:
             if len(self._acl_cache) >= _CACHE_CLIENTS:
@@ -442,26 +525,16 @@ class Authenticator:
             entry = (username, {})
             self._acl_cache[client_id] = entry
         decisions = entry[1]
-        k = (action, topic)
-        hit = decisions.get(k)
-        if hit is not None:
-            return hit
-        result = self._decide(client_id, username, action, topic)
         if len(decisions) >= _CACHE_PER_CLIENT:
             decisions.clear()
-        decisions[k] = result
-        return result
+        decisions[(action, topic)] = result
 
-    def _first_rule(self, client_id: str, username: str | None, action: str, topic: str):
-        """The first rule that applies and its substituted filter, or None."""
-        t_levels = topic.split("/") if action == PUBLISH else None
-        t0 = topic.split("/", 1)[0]
-        if t0 in ("+", "#"):
-            t0 = None  # a subscription starting with a wildcard may meet any rule
+    def _applicable(self, client_id: str, username: str | None, action: str, t0: str | None):
+        """(rule, its filter for this client) for the rules that may apply to ``action``."""
         for rule in self.rules:
             if action not in rule.actions:
                 continue
-            # Different literal first levels: the rule cannot match, cover or overlap.
+            # Different literal first levels: the rule cannot match or overlap.
             if t0 is not None and rule.first is not None and rule.first != t0:
                 continue
             if rule.username and rule.username != username:
@@ -471,17 +544,52 @@ class Authenticator:
             filt = rule.filter_for(client_id, username)
             if filt is None:
                 continue
-            if t_levels is not None:
-                applies = levels_match(rule.levels if not rule.templated else filt.split("/"), t_levels)
-            elif rule.allow:
-                applies = filter_covers(filt, topic)
-            else:
-                applies = filters_overlap(filt, topic)
-            if applies:
+            yield rule, filt
+
+    def _first_rule(self, client_id: str, username: str | None, action: str, topic: str):
+        """The first rule that applies to a publish or read of the topic name ``topic``
+        and its substituted filter, or None."""
+        t_levels = topic.split("/")
+        kind = PUBLISH if action == PUBLISH else SUBSCRIBE
+        for rule, filt in self._applicable(client_id, username, kind, t_levels[0]):
+            if levels_match(rule.levels if not rule.templated else filt.split("/"), t_levels):
                 return rule, filt
         return None
 
+    def _readable(self, client_id: str, username: str | None, filt: str) -> bool:
+        """Can a subscription to ``filt`` read at least one topic?
+
+        Exact, by witnesses: any readable topic under ``filt`` is read either through
+        an allow rule A (then it lies in filt ∩ A) or through ``acl_default`` (then in
+        filt). In such a region, a topic with a level no rule names at every ``+`` and
+        ``#`` matches only rules that every other topic of its depth matches too, so
+        trying that topic at each depth up to one past the deepest rule decides.
+        """
+        t0 = filt.split("/", 1)[0]
+        rules = [(r, f.split("/")) for r, f in self._applicable(
+            client_id, username, SUBSCRIBE, None if t0 in ("+", "#") else t0)]
+        deepest = max((len(lv) for _, lv in rules), default=0)
+        regions = [filt] if self.acl_default else []
+        for rule, lv in rules:
+            if rule.allow:
+                i = filter_intersection(filt, "/".join(lv))
+                if i is not None:
+                    regions.append(i)
+        for region in regions:
+            for topic in _witnesses(region, deepest):
+                for rule, lv in rules:
+                    if levels_match(lv, topic):
+                        if rule.allow:
+                            return True
+                        break
+                else:
+                    if self.acl_default:
+                        return True
+        return False
+
     def _decide(self, client_id: str, username: str | None, action: str, topic: str) -> bool:
+        if action == SUBSCRIBE:
+            return self._readable(client_id, username, topic)
         found = self._first_rule(client_id, username, action, topic)
         return self.acl_default if found is None else found[0].allow
 
@@ -489,6 +597,10 @@ class Authenticator:
         """Which rule decides (for logs and diagnostics); ignores hooks."""
         if action == SUBSCRIBE and topic.startswith("$share/"):
             topic = parse_shared(topic)[1]
+        if action == SUBSCRIBE and ("+" in topic or "#" in topic):
+            ok = self._readable(client_id, username, topic)
+            return ("allow: some topic under it may be read (each message is checked at delivery)" if ok
+                    else "deny: no topic under it may be read")
         found = self._first_rule(client_id, username, action, topic)
         if found is None:
             return f"{'allow' if self.acl_default else 'deny'} by auth.acl_default"

@@ -26,6 +26,12 @@ scope per receive: ``Protocol.deadline`` is checked for every connection by one
 sweeper task in the server (``check_deadline``), which keeps an idle connection
 down to two parked tasks and their frames (memory per connection matters at 10k+).
 
+Back-pressure: when the router pauses a publisher (``Protocol.paused_by``: an online
+QoS 1/2 subscriber it feeds is behind but acknowledging), the reader stops after the
+current packet and does not read the socket until the subscriber's queue drains; the
+client's own flow control (its window of unacknowledged PUBLISHes, TCP) then slows
+it down, instead of the broker dropping messages it has acknowledged.
+
 Closing: when the machine closes (DISCONNECT, protocol error, keepalive, takeover,
 shutdown) the writer flushes what is queued, bounded by ``FLUSH_TIMEOUT`` set on the
 connection's nursery at that moment, and the nursery is cancelled, which stops the
@@ -50,6 +56,11 @@ _end_log = RateLimitedLog(log, per_minute=120)
 
 RECEIVE_SIZE = 65536
 FLUSH_TIMEOUT = 2.0
+PAUSE_CHECK = 1.0  # seconds a paused publisher waits before checking the subscriber still acknowledges
+
+
+def _noop() -> None:
+    pass
 
 
 class _Step:
@@ -194,11 +205,17 @@ class Connection:
         dirty = step.dirty
         try:
             while not proto.closed:
-                data = await receive(RECEIVE_SIZE)
-                if not data:
-                    proto.connection_lost(current_time())
-                    return
-                stats.bytes_received += len(data)
+                if proto.paused_by is not None:
+                    # Back-pressure: a subscriber this client publishes to is behind; the
+                    # rest of what was received waits in the decoder, the socket unread.
+                    await self._paused()
+                    data = b""
+                else:
+                    data = await receive(RECEIVE_SIZE)
+                    if not data:
+                        proto.connection_lost(current_time())
+                        return
+                    stats.bytes_received += len(data)
                 step.active = True
                 try:
                     proto.receive_bytes(data, current_time())
@@ -215,6 +232,27 @@ class Connection:
                     proto.auth_result(rc, current_time())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             proto.connection_lost(current_time())
+
+    async def _paused(self) -> None:
+        """Wait while ``proto.paused_by`` is set: until the subscriber's queue drains
+        (``resume``), it goes offline, or it stops acknowledging for ``PAUSE_CHECK``
+        seconds (then it is not keeping up: its queue's drop policy applies instead)."""
+        proto = self.proto
+        while proto.paused_by is not None and not proto.closed:
+            s = proto.paused_by
+            resumed = trio.Event()
+            proto.resume = resumed.set
+            with trio.move_on_after(PAUSE_CHECK):
+                await resumed.wait()
+            proto.resume = _noop
+            now = trio.current_time()
+            if proto._ka_window is not None and proto.deadline is not None:
+                # not reading is the broker's doing, not a silent client's
+                proto.deadline = max(proto.deadline, now + proto._ka_window)
+            if proto.paused_by is s and now - s.last_ack >= PAUSE_CHECK:
+                proto.paused_by = None
+                if s.throttled and proto in s.throttled:
+                    s.throttled.remove(proto)
 
     async def _writer(self, leftover: bytes | None = None) -> None:
         proto = self.proto

@@ -37,7 +37,7 @@ raises ``HookError`` naming it (never skipped silently).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -175,15 +175,40 @@ class HookRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, tuple[Callable[[Any], Any], ...]] = {name: () for name in HOOKS}
+        # on_authorize handlers registered with ``topics``: handler -> filters split on '/'
+        self._scopes: dict[Callable[[Any], Any], tuple[tuple[str, ...], ...]] = {}
+        # called after every register/unregister (the broker drops cached ACL decisions)
+        self.on_change: list[Callable[[], None]] = []
 
-    def register(self, name: str, handler: Callable[[Any], Any]) -> None:
-        """Add ``handler`` for hook ``name`` (called after those registered before)."""
+    def register(self, name: str, handler: Callable[[Any], Any], *, topics: Iterable[str] | None = None) -> None:
+        """Add ``handler`` for hook ``name`` (called after those registered before).
+
+        ``topics`` (``on_authorize`` only): the topic filters the handler decides about.
+        It is then asked only about topics those filters match and subscriptions that
+        overlap them; every other topic costs it nothing and its decisions are cached.
+        """
         if name not in HOOKS:
             known = ", ".join(sorted(HOOKS))
             raise HookError(f"unknown broker hook {name!r}; the hooks are: {known}")
         if not callable(handler):
             raise HookError(f"handler for {name} is not callable: {handler!r}")
+        if topics is not None:
+            if name != "on_authorize":
+                raise HookError(f"topics= applies to on_authorize only, not {name}")
+            from .topics import validate_topic_filter
+
+            scope = []
+            for f in topics:
+                try:
+                    group, inner = validate_topic_filter(f)
+                except ValueError as e:
+                    raise HookError(f"on_authorize topics: {e}") from None
+                if group is not None:
+                    raise HookError(f"on_authorize topics: {f!r} is a shared subscription; give its filter")
+                scope.append(tuple(inner.split("/")))
+            self._scopes[handler] = tuple(scope)
         self._handlers[name] = self._handlers[name] + (handler,)
+        self._changed()
 
     def unregister(self, name: str, handler: Callable[[Any], Any]) -> None:
         if name not in HOOKS:
@@ -191,7 +216,36 @@ class HookRegistry:
         hs = list(self._handlers[name])
         if handler in hs:
             hs.remove(handler)
+            if handler not in hs:
+                self._scopes.pop(handler, None)
         self._handlers[name] = tuple(hs)
+        self._changed()
+
+    def _changed(self) -> None:
+        for cb in self.on_change:
+            cb()
+
+    def authorizers(self, topic: str, is_filter: bool) -> tuple[Callable[[Any], Any], ...]:
+        """The ``on_authorize`` handlers that decide about ``topic`` (a topic name, or a
+        subscription filter when ``is_filter``): unscoped ones and those whose ``topics``
+        match it (a name) or overlap it (a filter)."""
+        hs = self._handlers["on_authorize"]
+        if not hs or not self._scopes:
+            return hs
+        from .topics import filters_overlap, levels_match
+
+        levels = topic.split("/")
+        out = []
+        for h in hs:
+            scope = self._scopes.get(h)
+            if scope is None:
+                out.append(h)
+            elif is_filter:
+                if any(filters_overlap("/".join(f), topic) for f in scope):
+                    out.append(h)
+            elif any(levels_match(f, levels) for f in scope):
+                out.append(h)
+        return tuple(out)
 
     def active(self, name: str) -> bool:
         """True when at least one handler is registered for ``name``."""
@@ -209,10 +263,13 @@ class HookRegistry:
             raise HookError(f"{name} takes a {ptype.__name__}, got {type(payload).__name__}")
         return self._handlers[name]
 
-    def decide(self, name: str, payload: Any) -> Decision | None:
-        """Run a decision hook: the first denial, else ALLOW if any allowed, else None."""
+    def decide(self, name: str, payload: Any, handlers: tuple | None = None) -> Decision | None:
+        """Run a decision hook: the first denial, else ALLOW if any allowed, else None.
+
+        ``handlers``: only these (``authorizers()``'s answer) instead of all of them."""
         allowed = False
-        for handler in self._check(name, payload, True):
+        checked = self._check(name, payload, True)
+        for handler in checked if handlers is None else handlers:
             try:
                 answer = handler(payload)
             except Exception:

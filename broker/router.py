@@ -8,16 +8,32 @@ The publish fast path
 ---------------------
 A PUBLISH becomes one ``Message``; routing it is:
 
-1. the per-connection publish decision cache (topic -> allowed; valid topics only),
+1. the per-connection publish decision cache (topic -> allowed; valid topics only;
+   topics an ``on_authorize`` hook is registered for are asked every time),
 2. one dict lookup for the topic's *plan*: the matching subscribers with their
    options already merged per session (overlapping subscriptions of one client give
    one delivery with the highest QoS and every subscription identifier, spec 3.3.4),
-   plus the matching shared groups. Plans are built from the ``TopicTrie`` on a miss
-   and the whole plan cache is dropped whenever a subscription changes,
+   the matching shared groups and the in-process consumers (``Tap``: the desk, the
+   bridge). Subscribers that may not read the topic (the ACL at delivery,
+   ``Authenticator.may_read``) are left out when the plan is built, so the check costs
+   nothing per message. Plans are built from the ``TopicTrie`` on a miss and dropped
+   whenever a subscription or the ACL changes,
 3. per subscriber ``SessionState.deliver``: the message's encoded bytes are cached
    per (protocol, QoS, retain flag[, per-delivery properties]), so 100 subscribers on
    3.1.1 at QoS 0 share one ``bytes`` object; QoS 1/2 share a (prefix, suffix)
    template and only the packet id is spliced in per subscriber.
+
+Back-pressure (QoS 1/2)
+-----------------------
+When a delivery leaves an online subscriber's queue at half ``max_offline_messages``
+while its client keeps acknowledging (it owed nothing, or acknowledged something, in
+the last ``ACK_RECENT`` seconds), the publisher being routed is paused
+(``Protocol.paused_by``): its connection stops reading after the current packet until
+the queue is down to a quarter (``SessionState.release_throttled``), the subscriber goes
+offline, or it stops acknowledging. The publisher's own window then slows it down
+instead of the broker dropping messages it has acknowledged. What is still dropped
+(offline or stalled subscribers) is counted (``Stats.dropped``: $SYS and
+``kefu_messages_rejected_total{reason="queue_overflow"}``); pauses in ``Stats.throttled``.
 
 Sessions and wills
 ------------------
@@ -67,6 +83,7 @@ from .topics import TopicTrie, parse_shared, validate_topic_filter, validate_top
 log = logging.getLogger("kefu.broker")
 
 _WILL, _EXPIRE = 1, 2
+ACK_RECENT = 1.0  # seconds: a subscriber that acknowledged this recently is "keeping up"
 _PLAN_CACHE_MAX = 16384
 _PUB_CACHE_MAX = 1024
 _EMPTY = ()
@@ -158,6 +175,28 @@ def _online(session: SessionState) -> bool:
     return session.proto is not None
 
 
+class Tap:
+    """An in-process consumer of the topic space (the desk, the bridge's /chat sessions).
+
+    Added with ``Router.add_tap(filters, fn)``: its filters go into the subscription
+    trie like a client's, so the router decides once per topic (in the delivery plan)
+    whether a message concerns it, and calls ``fn(msg)`` for each one that does, once
+    per message however many of its filters match. Traffic outside its filters costs
+    it nothing. ``fn`` runs on the publish path: it must not block (hand the message
+    to a bounded queue).
+    """
+
+    __slots__ = ("fn", "filters", "client_id", "__weakref__")
+
+    def __init__(self, fn, filters: tuple[str, ...]) -> None:
+        self.fn = fn
+        self.filters = filters
+        self.client_id = ""  # the broker itself: never equal to a client's origin
+
+    def __repr__(self) -> str:
+        return f"Tap({list(self.filters)!r})"
+
+
 class Router:
     """Sessions, subscriptions, retained messages; implements session.BrokerPort."""
 
@@ -188,12 +227,18 @@ class Router:
         self.subscription_count = 0
         self.acl_denied = 0  # PUBLISHes and subscriptions refused by the ACL (kefu_messages_rejected_total)
         self._plans: dict[str, tuple] = {}
+        self._taps = 0  # in-process consumers (Tap) in the trie
+        # Back-pressure: an online QoS 1/2 subscriber that keeps acknowledging but whose
+        # queue reaches half of max_offline_messages pauses the publisher feeding it.
+        self._publisher = None  # the Protocol whose PUBLISH is being routed
+        self._high_water = max(1, self.limits.max_offline_messages // 2)
         self._timers: list = []
         self._seq = itertools.count()
         self.on_timer = _ignore  # driver callback(deadline) when an earlier timer appears
         self._id_prefix = secrets.token_hex(3)
         self._ids = itertools.count(1)
         self.sys_interval = mq.sys_interval
+        self.hooks.on_change.append(self.acl_changed)
         self.persister = None  # kefu.broker.persist.Persister once storage is attached
         self.sm4 = None  # kefu.broker.sm4wire.DeviceWire when [sm4] device_topics are set
         self.started_at: float | None = None
@@ -259,6 +304,11 @@ class Router:
                 self._end_session(s, now)
                 s = None
         present = s is not None
+        if present and s.username != proto.username:
+            # Delivery plans hold read decisions made for the old identity.
+            self.auth.forget(cid)
+            if s.subscriptions:
+                self._plans.clear()
         if s is None:
             s = SessionState(cid, self.limits, self.stats)
             self.sessions[cid] = s
@@ -301,6 +351,7 @@ class Router:
         if s is None or s.proto is not proto:
             return
         s.proto = None
+        s.release_throttled()  # offline now: publishers no longer wait for it
         will = proto.will
         if will is not None:
             delay = min(proto.will_delay, s.expiry)
@@ -336,6 +387,7 @@ class Router:
             self.subscription_count -= 1
             self._invalidate(f)
         s.subscriptions = {}
+        s.release_throttled()
         s.pending = None
         s.inflight.clear()
         if self.sessions.get(s.client_id) is s:
@@ -421,7 +473,7 @@ class Router:
         ok = cache.get(topic)
         if ok is None:
             ok = self._may_publish(proto, topic)
-            if not self.hooks.active("on_authorize"):  # hook answers may change: never cached
+            if not self.auth.hooked(topic):  # hook answers may change: never cached
                 if len(cache) >= _PUB_CACHE_MAX:
                     cache.clear()
                 cache[topic] = ok
@@ -444,7 +496,13 @@ class Router:
             return None  # cannot be stored now: the connection was closed, nothing acknowledged
         exp = props.message_expiry_interval
         msg = Message(topic, payload, qos, retain, props, None if exp is None else now + exp, proto.client_id)
-        return self._accept(msg, proto.client_id, proto.username, now, proto, replay, pid)
+        if not qos:
+            return self._accept(msg, proto.client_id, proto.username, now, proto, replay, pid)
+        self._publisher = proto
+        try:
+            return self._accept(msg, proto.client_id, proto.username, now, proto, replay, pid)
+        finally:
+            self._publisher = None
 
     def _retained_fits(self, topic: str, size: int) -> bool:
         """Would retaining ``size`` bytes on ``topic`` stay within the retained quotas?"""
@@ -491,7 +549,12 @@ class Router:
         plan = self._plans.get(msg.topic)
         if plan is None:
             plan = self._plan(msg.topic)
-        targets, groups = plan
+        targets, groups, taps = plan
+        for tap in taps:
+            try:
+                tap.fn(msg)
+            except Exception:
+                log.exception("internal consumer %r failed on %r", tap, msg)
         qos = msg.qos
         retain = msg.retain
         origin = msg.origin
@@ -509,8 +572,14 @@ class Router:
                     seal(session, msg, q, rap and retain, sub_ids, now)
             except Exception:  # a bug for one subscriber must not cost the publisher or the others
                 _delivery_failed(session, msg)
+            if q and session.pending is not None and len(session.pending) >= self._high_water:
+                self._congested(session, now)
         for group in groups:
-            picked = group.pick(_online) or group.pick()
+            if self._read_checks:
+                online, anyone = self._readers(msg.topic)
+                picked = group.pick(online) or group.pick(anyone)
+            else:
+                picked = group.pick(_online) or group.pick()
             if picked is not None:
                 session, (sqos, no_local, rap, sub_ids) = picked
                 q = qos if qos < sqos else sqos
@@ -523,9 +592,25 @@ class Router:
                         seal(session, msg, q, rap and retain, sub_ids, now)
                 except Exception:
                     _delivery_failed(session, msg)
-        if targets or groups:
+                if q and session.pending is not None and len(session.pending) >= self._high_water:
+                    self._congested(session, now)
+        if targets or groups or taps:
             return RC.SUCCESS
         return RC.NO_MATCHING_SUBSCRIBERS
+
+    def _congested(self, session: SessionState, now: float) -> None:
+        """``session``'s queue is long: pause the publisher being routed until it drains,
+        if its client is online and acknowledging (else its queue's drop policy applies)."""
+        p = self._publisher
+        if p is None or p.paused_by is not None or session.proto is None or session.proto is p:
+            return
+        if now - session.last_ack > ACK_RECENT:
+            return
+        p.paused_by = session
+        if session.throttled is None:
+            session.throttled = []
+        session.throttled.append(p)
+        self.stats.throttled += 1
 
     def _invalidate(self, topic_filter: str) -> None:
         """A subscription on ``topic_filter`` changed: forget the plans it can affect."""
@@ -540,7 +625,14 @@ class Router:
 
     def _plan(self, topic: str) -> tuple:
         plain, groups = self.trie.match_all(topic)
-        if len(plain) == 1:
+        taps = _EMPTY
+        if self._taps and plain:
+            taps = tuple({key: None for key, _, _ in plain if type(key) is Tap})
+            if taps:
+                plain = tuple(e for e in plain if type(e[0]) is not Tap)
+        if not plain:
+            targets = _EMPTY
+        elif len(plain) == 1:
             session, (sqos, no_local, rap, sub_ids), _ = plain[0]
             targets = ((session, sqos, no_local, rap, sub_ids),)
         else:
@@ -555,12 +647,62 @@ class Router:
                     prev[2] = prev[2] or rap
                     prev[3] = prev[3] + sub_ids
             targets = tuple((s, q, nl, rap, ids) for s, (q, nl, rap, ids) in merged.items())
-        plan = (targets, groups)
+        if targets and self._read_checks:
+            # The ACL at delivery: decided once per (client, topic), kept in the plan.
+            may_read = self.auth.may_read
+            targets = tuple(t for t in targets if may_read(t[0].client_id, t[0].username, topic))
+        plan = (targets, groups, taps)
         plans = self._plans
         if len(plans) >= _PLAN_CACHE_MAX:
             plans.clear()
         plans[topic] = plan
         return plan
+
+    # ------------------------------------------------------------------ in-process consumers
+    def add_tap(self, filters, fn) -> Tap:
+        """Hand ``fn(msg)`` every routed message matching one of ``filters`` (see ``Tap``)."""
+        filters = tuple(filters)
+        for f in filters:
+            group, _ = validate_topic_filter(f, self.max_topic_levels)
+            if group is not None:
+                raise ValueError(f"an internal consumer cannot take a shared subscription: {f!r}")
+        tap = Tap(fn, filters)
+        for f in filters:
+            self.trie.add(f, tap, (0, False, False, _EMPTY))
+            self._invalidate(f)
+        self._taps += 1
+        return tap
+
+    def remove_tap(self, tap: Tap) -> None:
+        for f in tap.filters:
+            if self.trie.remove(f, tap):
+                self._invalidate(f)
+        self._taps -= 1
+
+    @property
+    def _read_checks(self) -> bool:
+        return self.auth.read_restricted
+
+    def _readers(self, topic: str):
+        """Shared-group pick predicates with the read check: (online and may read, may read)."""
+        may_read = self.auth.may_read
+
+        def anyone(s: SessionState) -> bool:
+            return may_read(s.client_id, s.username, topic)
+
+        def online(s: SessionState) -> bool:
+            return s.proto is not None and may_read(s.client_id, s.username, topic)
+
+        return online, anyone
+
+    def acl_changed(self) -> None:
+        """The ACL's inputs changed (rules replaced, hooks registered): forget every
+        cached decision, the delivery plans that hold read decisions included."""
+        self.auth.reset()
+        self._plans.clear()
+        for s in self.sessions.values():
+            if s.proto is not None:
+                s.proto.pub_acl = None
 
     # ------------------------------------------------------------------ subscribe
     def subscribe(self, proto, subscriptions, sub_id, now) -> tuple[list, list]:
@@ -606,6 +748,8 @@ class Router:
                         self.retained.set(msg.topic, None)
                         continue
                     if sub.no_local and msg.origin == proto.client_id:
+                        continue
+                    if self._read_checks and not self.auth.may_read(proto.client_id, proto.username, msg.topic):
                         continue
                     rq = msg.qos if msg.qos < qos else qos
                     if self.sm4 is not None and self.sm4.covers(msg.topic):

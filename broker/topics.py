@@ -68,6 +68,7 @@ __all__ = [
     "SharedGroup",
     "TopicTrie",
     "filter_covers",
+    "filter_intersection",
     "filter_matches",
     "filters_overlap",
     "levels_match",
@@ -253,6 +254,39 @@ def filters_overlap(a: str, b: str) -> bool:
         return True
     longer = x if len(x) > len(y) else y
     return len(longer) == n + 1 and longer[n] == "#"
+
+
+def filter_intersection(a: str, b: str) -> str | None:
+    """The filter matching exactly the topics both plain, valid filters match, or None.
+
+    Used by the ACL to find what a subscription can read through one rule:
+    ``a/#`` and ``+/b/+`` give ``a/b/+``; ``a/#`` and ``a`` give ``a`` (``a/#`` matches
+    its parent); ``#`` and ``$SYS/x`` give None (the ``$`` rule).
+    """
+    x = a.split("/")
+    y = b.split("/")
+    if (x[0] in ("+", "#") and y[0].startswith("$")) or (y[0] in ("+", "#") and x[0].startswith("$")):
+        return None
+    out: list[str] = []
+    n = min(len(x), len(y))
+    for k in range(n):
+        p, q = x[k], y[k]
+        if p == "#":
+            return "/".join(out + y[k:])
+        if q == "#":
+            return "/".join(out + x[k:])
+        if p == "+":
+            out.append(q)
+        elif q == "+" or p == q:
+            out.append(p)
+        else:
+            return None
+    if len(x) == len(y):
+        return "/".join(out)
+    longer = x if len(x) > len(y) else y
+    if len(longer) == n + 1 and longer[n] == "#":
+        return "/".join(out)  # "a/#" also matches "a"
+    return None
 
 
 # --------------------------------------------------------------------------- the trie

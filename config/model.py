@@ -156,7 +156,11 @@ class Mqtt:
         1_048_576, "Largest packet accepted, in bytes; larger ones close the connection (0x95).", positive
     )
     max_keepalive: int = opt(
-        0, "Upper bound on a client's keep alive in seconds (sent back as server keep alive); 0: none.", non_negative
+        65535,
+        "Upper bound on a client's keep alive in seconds, as Mosquitto's max_keepalive: a 5.0 client asking for "
+        "more (or for 0) is told this value (Server Keep Alive in CONNACK) and held to it; a 3.1.1 client asking "
+        "for more is refused (keep alive 0 is accepted). 0: no bound.",
+        non_negative,
     )
     receive_maximum: int = opt(
         32,

@@ -5,8 +5,9 @@ The desk itself knows no broker. This module is the thin adapter:
 * ``on_authenticate``: a username naming an agent (``agent:<id>``) or a service must be
   a configured ``[[auth.users]]`` entry with a verified password -- otherwise anyone
   could claim to be an agent on an anonymous broker;
-* ``on_authorize``: kefu's topic ACL (``kefu.topics.Acl``) decides every publish and
-  subscription in kefu's namespace; outside it the broker's own ``[auth]`` ACL decides;
+* ``on_authorize`` (registered for kefu's namespace only): kefu's topic ACL
+  (``kefu.topics.Acl``) decides publishes, subscriptions and deliveries there;
+  outside it the broker's own ``[auth]`` ACL decides;
 * ``on_connected`` / ``on_disconnected``: an agent's MQTT connection keeps it online;
   the last one closing (or the broker's keepalive timeout) sets it offline, which
   requeues its conversations at the front;
@@ -59,9 +60,19 @@ class DeskGlue:
     # --- broker hooks (synchronous, hot path) -------------------------------------------------
     def install(self) -> None:
         self.hooks.register("on_authenticate", self.on_authenticate)
-        self.hooks.register("on_authorize", self.on_authorize)
+        # Asked only about kefu's namespace (and the alarm topics): every other topic
+        # costs the desk nothing and its ACL decisions are cached by the broker.
+        self.hooks.register("on_authorize", self.on_authorize, topics=self.acl_scope())
         self.hooks.register("on_connected", self.on_connected)
         self.hooks.register("on_disconnected", self.on_disconnected)
+
+    def acl_scope(self) -> list[str]:
+        t = self.desk.s.topics
+        scope = [f"{t.prefix}/#"]
+        alarm = t.alarm_topic.format(p=t.prefix, device="+")
+        if not alarm.startswith(f"{t.prefix}/"):
+            scope.append(alarm)
+        return scope
 
     def _privileged(self, username: str | None) -> bool:
         return bool(username) and (username.startswith(self._prefix) or username in self._services)

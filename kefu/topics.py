@@ -28,9 +28,12 @@ subscriptions (checked only when made) never need revoking because the desk is t
 only publisher on ``inbox`` and simply stops sending.
 
 The authoriser answers ALLOW, DENY or ABSTAIN; ABSTAIN means "not kefu's namespace,
-let the broker's own ACL decide". A wildcard filter that could match any topic in
-kefu's namespace is judged as if it named every such topic: ``#``, ``+/c/x/out`` and
-``kefu/c/+/out`` are denied to customers and agents.
+let the broker's own ACL decide". Subscriptions follow Mosquitto's rule: a filter is
+granted when it can read something, and the broker checks every message at delivery
+(asking ``subscribe`` again with the topic name, once per client and topic). So a
+customer's ``#`` or ``kefu/c/+/out`` is granted and delivers its own conversations
+(and, for ``#``, what the broker's ACL allows outside kefu's namespace), never another
+customer's; ``kefu/agent/#`` reads nothing for a customer and is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import enum
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal
+
+from .broker.topics import filters_overlap
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
 
@@ -240,7 +245,27 @@ class Acl:
             return False
         return levels[: len(want)] == want and all(x not in ("+", "#") for x in want)
 
+    def readable(self, who: Principal | None) -> list[str]:
+        """Filters covering every topic in kefu's namespace ``who`` may read (services: all)."""
+        if who is None:
+            return []
+        p = self.t.prefix
+        if who.kind == "service":
+            return [f"{p}/#"]
+        if who.kind == "customer":
+            return [f"{p}/c/{who.id}/#"]
+        return [f"{p}/agent/{who.id}/#"] + [f"{p}/team/{t}/queue" for t in sorted(who.teams) if valid_id(t)]
+
     def subscribe(self, who: Principal | None, filt: str) -> Verdict:
+        """A subscription to ``filt`` (or, for a topic name, a delivery of it).
+
+        ALLOW when ``who`` may read some topic of kefu's namespace under ``filt`` (the
+        broker then checks each message at delivery, asking again with the topic
+        name); DENY when ``filt`` lies inside kefu's namespace and nothing there is
+        readable; ABSTAIN when it does not touch kefu's namespace, or reaches beyond it
+        (``#``, ``+/c/x/out``) and reads nothing inside: the broker's own ACL decides
+        the rest, and kefu's topics are still withheld at delivery.
+        """
         if filt.startswith("$share/"):
             parts = filt.split("/", 2)
             if len(parts) < 3 or not parts[1]:
@@ -251,24 +276,11 @@ class Acl:
         lv = filt.split("/")
         if not self._touches(lv):
             return Verdict.ABSTAIN
-        if who is None:
-            return Verdict.DENY
-        if who.kind == "service":
-            return Verdict.ALLOW
-        if who.kind == "customer":
-            return Verdict.ALLOW if self._own_subtree(lv, "c", who.id) else Verdict.DENY
-        # agent: its own namespace, and the queues of its teams
-        if self._own_subtree(lv, "agent", who.id):
+        if any(filters_overlap(filt, r) for r in self.readable(who)):
             return Verdict.ALLOW
         n = len(self._pl)
-        if (
-            len(lv) == n + 3
-            and self._own_subtree(lv, "team")
-            and lv[n + 1] in who.teams
-            and lv[n + 2] == "queue"
-        ):
-            return Verdict.ALLOW
-        return Verdict.DENY
+        inside = len(lv) > n and lv[:n] == self._pl
+        return Verdict.DENY if inside else Verdict.ABSTAIN
 
     def publish(self, who: Principal | None, topic: str) -> Verdict:
         if "+" in topic or "#" in topic or "\x00" in topic:

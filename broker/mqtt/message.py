@@ -69,7 +69,7 @@ class Stats:
     """Broker-wide counters ($SYS); the machine bumps them, the router publishes them."""
 
     __slots__ = ("messages_received", "messages_sent", "bytes_received", "bytes_sent",
-                 "dropped", "connected", "malformed")
+                 "dropped", "connected", "malformed", "throttled")
 
     def __init__(self) -> None:
         self.messages_received = 0
@@ -79,6 +79,7 @@ class Stats:
         self.dropped = 0
         self.connected = 0
         self.malformed = 0
+        self.throttled = 0  # publishers paused for a subscriber's queue (back-pressure)
 
 
 class Message:

@@ -103,7 +103,7 @@ class SessionState:
     __slots__ = (
         "client_id", "username", "subscriptions", "inflight", "pending", "qos2_in", "expiry",
         "next_pid", "proto", "dropped", "limits", "stats", "will", "will_at", "expires_at",
-        "__weakref__",
+        "throttled", "last_ack", "__weakref__",
     )
 
     def __init__(self, client_id: str, limits: Limits, stats: Stats) -> None:
@@ -126,9 +126,25 @@ class SessionState:
         self.will: tuple | None = None  # (Will, username) waiting for its delay (router timers)
         self.will_at: float | None = None
         self.expires_at: float | None = None  # set while disconnected
+        # Publishers paused because this session's queue is long (router back-pressure),
+        # and when its client last acknowledged a QoS 1/2 delivery (or, when nothing
+        # was in flight, when the next one went out): "now - last_ack" is how long it
+        # has owed an acknowledgement.
+        self.throttled: list | None = None
+        self.last_ack = float("-inf")
 
     def __repr__(self) -> str:
         return f"SessionState({self.client_id!r}, connected={self.proto is not None})"
+
+    def release_throttled(self) -> None:
+        """Let the publishers paused for this session read again."""
+        paused = self.throttled
+        if paused:
+            self.throttled = None
+            for p in paused:
+                if p.paused_by is self:
+                    p.paused_by = None
+                    p.resume()
 
     def alloc_pid(self) -> int:
         pid = self.next_pid
@@ -206,7 +222,7 @@ class Protocol:
         "connect_expiry", "will", "will_delay", "send_quota", "client_max_packet", "aliases",
         "alias_out_max", "aliases_out", "_pinned", "deadline", "_ka_window", "out", "queued",
         "writing", "wake", "dropped", "error", "close_reason", "disconnect_code", "auth_request",
-        "pub_acl", "_pending", "held", "_undecided", "__weakref__",
+        "pub_acl", "_pending", "held", "_undecided", "paused_by", "resume", "__weakref__",
     )
 
     def __init__(self, broker, limits: Limits, peer: str = "") -> None:
@@ -251,6 +267,10 @@ class Protocol:
         self._pending = None
         self.held: deque | None = None  # [qos, packet id, code or None] owed, in PUBLISH order
         self._undecided: deque | None = None  # the entries of ``held`` waiting for their commit
+        # Back-pressure: the subscriber session whose queue this publisher must wait for
+        # (the router sets it; input stops after the current packet until ``resume()``).
+        self.paused_by: SessionState | None = None
+        self.resume = _noop  # the driver's "read again" callback
 
     def __repr__(self) -> str:
         return f"Protocol({self.client_id!r}, {self.state}, peer={self.peer!r})"
@@ -280,7 +300,7 @@ class Protocol:
                 if handler is None:
                     self._unexpected(packet)
                 handler(self, packet, now)
-                if self.state is not CONNECTED:
+                if self.state is not CONNECTED or self.paused_by is not None:
                     break
         except UnsupportedProtocolVersion as e:
             self.error = e
@@ -334,10 +354,11 @@ class Protocol:
         ka = c.keep_alive
         server_ka = None
         if lim.max_keepalive and (ka == 0 or ka > lim.max_keepalive):
-            if not v5:  # 3.1.1 cannot be told: refuse, as Mosquitto does
+            if v5:  # told in CONNACK (Server Keep Alive), as Mosquitto does
+                ka = server_ka = lim.max_keepalive
+            elif ka:  # 3.1.1 cannot be told: refuse (keep alive 0, "none", is accepted as is)
                 return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, now,
                                     f"keep alive {ka} above mqtt.max_keepalive {lim.max_keepalive}")
-            ka = server_ka = lim.max_keepalive
         if v5:
             expiry = props.session_expiry_interval or 0
         else:
@@ -624,6 +645,8 @@ class Protocol:
             self.aliases_out[msg.topic] = alias
         # The tag says how it was encoded: an aliased packet is re-encoded on resume,
         # aliases do not survive the connection [MQTT-3.3.2-7].
+        if not s.inflight:
+            s.last_ack = now  # nothing was owed: the client is not behind before now
         s.inflight[pid] = (msg, qos, retain, sub_ids, packet, "alias" if alias else self.v5)
         if msg.rec is not None and s.expiry:
             self.broker.delivery_sent(s, msg, pid)
@@ -644,6 +667,8 @@ class Protocol:
         while pending and len(inflight) < quota:
             msg, qos, retain, sub_ids = pending.popleft()
             self.send_qos(msg, qos, retain, sub_ids, now)
+        if s.throttled and len(pending) <= self.limits.max_offline_messages // 4:
+            s.release_throttled()
 
     def _on_puback(self, p: PubAck, now: float) -> None:
         s = self.session
@@ -651,6 +676,7 @@ class Protocol:
         if entry is None or entry is RELEASED or entry[1] != 1:
             return  # unknown id: nothing to do (spec 4.4 leaves it to us)
         del s.inflight[p.packet_id]
+        s.last_ack = now
         if entry[0].rec is not None and s.expiry:
             self.broker.delivery_done(s, p.packet_id)
         if s.pending:
@@ -680,6 +706,7 @@ class Protocol:
         s = self.session
         if s.inflight.get(p.packet_id) is RELEASED:
             del s.inflight[p.packet_id]
+            s.last_ack = now
             if s.expiry:
                 self.broker.delivery_done(s, p.packet_id)
             if s.pending:

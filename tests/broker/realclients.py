@@ -154,9 +154,9 @@ class Paho:
             self.c.connect(self.host, self.port, keepalive)
         if self.loop:
             self.c.loop_start()
-            flags, rc, _ = self.connacks.get(timeout=WAIT)
+            flags, rc, self.connack_properties = self.connacks.get(timeout=WAIT)
         else:
-            flags, rc, _ = self.pump(self.connacks)
+            flags, rc, self.connack_properties = self.pump(self.connacks)
         return flags, rc
 
     def pump(self, q: queue.Queue):

@@ -244,23 +244,60 @@ def test_unsafe_substitution_never_narrows_a_deny():
         ("sensors/+/temp", True),
         ("sensors", True),  # 'sensors/#' also matches the parent
         ("sensors/a/b/c", True),
-        ("#", False),  # could receive topics outside sensors/
-        ("+/temp", False),
+        ("#", True),  # reads sensors/...; other topics are withheld at delivery
+        ("+/temp", True),  # sensors/temp
         ("$share/g/sensors/+", True),
-        ("$share/g/#", False),
+        ("$share/g/#", True),
+        ("other/#", False),  # nothing under it may be read
+        ("+/+/+/x/#", True),  # sensors/a/b/x
+        ("$SYS/#", False),
     ],
 )
-def test_subscription_needs_coverage(sub, allowed):
+def test_subscription_granted_when_something_is_readable(sub, allowed):
     a = make(acl=[AclRule(action="subscribe", topic="sensors/#")], acl_default="deny")
     assert a.authorize("c", None, "subscribe", sub) is allowed
+    assert a.may_read("c", None, "sensors/x/temp")
+    assert not a.may_read("c", None, "other/temp")
 
 
-def test_deny_rule_refuses_overlapping_subscription():
+def test_deny_rule_grants_wildcards_and_withholds_the_denied_topics():
     a = make(acl=[AclRule(action="subscribe", topic="secret/#", permission="deny"), AclRule(topic="#")])
-    assert not a.authorize("c", None, "subscribe", "#")
-    assert not a.authorize("c", None, "subscribe", "+/x")
-    assert not a.authorize("c", None, "subscribe", "secret")
+    assert a.authorize("c", None, "subscribe", "#")
+    assert a.authorize("c", None, "subscribe", "+/x")
     assert a.authorize("c", None, "subscribe", "public/#")
+    # filters that can read nothing are still refused
+    assert not a.authorize("c", None, "subscribe", "secret")
+    assert not a.authorize("c", None, "subscribe", "secret/#")
+    assert not a.authorize("c", None, "subscribe", "secret/+/x")
+    assert not a.authorize("c", None, "subscribe", "$share/g/secret/#")
+    # the delivery check
+    assert not a.may_read("c", None, "secret")
+    assert not a.may_read("c", None, "secret/x")
+    assert a.may_read("c", None, "public/x")
+    assert a.read_restricted
+    assert "at delivery" in a.explain("c", None, "subscribe", "#")
+    assert "auth.acl[0]" in a.explain("c", None, "subscribe", "secret/x")
+
+
+def test_several_deny_rules_together_can_leave_nothing_readable():
+    a = make(acl=[AclRule(topic="a/+", permission="deny"), AclRule(topic="a/+/#", permission="deny")])
+    assert a.authorize("c", None, "subscribe", "a/#")  # the topic 'a'
+    assert not a.authorize("c", None, "subscribe", "a/+/#")
+    b = make(acl=[AclRule(topic="x/+/+", permission="deny"), AclRule(topic="x/+", permission="deny"),
+                  AclRule(topic="x/+/+/#", permission="deny")])
+    assert not b.authorize("c", None, "subscribe", "x/+/#")
+    assert b.authorize("c", None, "subscribe", "x/#")  # 'x'
+
+
+def test_read_open_when_nothing_can_deny_a_read():
+    assert not make().read_restricted
+    assert not make(acl=[AclRule(action="publish", topic="#", permission="deny")]).read_restricted
+    assert make(acl_default="deny").read_restricted
+    hooks = HookRegistry()
+    a = make(hooks=hooks)
+    assert not a.read_restricted
+    hooks.register("on_authorize", lambda e: None)
+    assert a.read_restricted
 
 
 def test_dollar_topics_not_covered_by_leading_wildcards():
@@ -282,27 +319,39 @@ def test_cache_follows_username_and_forget():
     assert "c" not in a._acl_cache
 
 
-def _reference_decision(rules, default, client_id, username, action, topic):
-    from kefu.broker.topics import filter_covers, filter_matches, filters_overlap, parse_shared
+def _reference_first(rules, default, client_id, username, action, topic):
+    """The rules read top to bottom for a publish or a read of the topic name ``topic``."""
+    from kefu.broker.topics import filter_matches
 
-    if action == "subscribe":
-        topic = parse_shared(topic)[1]
+    want = "publish" if action == "publish" else "subscribe"
     for r in rules:
-        if r.action not in ("all", action):
+        if r.action not in ("all", want):
             continue
         if (r.username and r.username != username) or (r.clientid and r.clientid != client_id):
             continue
-        f = r.topic
-        if action == "publish":
-            hit = filter_matches(f, topic)
-        elif r.permission == "allow":
-            hit = filter_covers(f, topic)
-        else:
-            hit = filters_overlap(f, topic)
-        if hit:
+        if filter_matches(r.topic, topic):
             return r.permission == "allow"
     return default == "allow"
 
+
+# Every topic up to 5 levels (one past the deepest generated filter) over the rules'
+# alphabet plus "c", which no rule names.
+_ALL_TOPICS = [
+    "/".join(t)
+    for n in range(1, 6)
+    for t in __import__("itertools").product(["a", "b", "c", "$s"], repeat=n)
+]
+
+
+def _reference_decision(rules, default, client_id, username, action, topic):
+    """Brute force: a subscription is granted when some topic it matches may be read."""
+    from kefu.broker.topics import filter_matches, parse_shared
+
+    if action != "subscribe":
+        return _reference_first(rules, default, client_id, username, action, topic)
+    topic = parse_shared(topic)[1]
+    return any(filter_matches(topic, t) and _reference_first(rules, default, client_id, username, "read", t)
+               for t in _ALL_TOPICS)
 
 
 @st.composite
@@ -330,17 +379,20 @@ _rule = st.builds(
     st.sampled_from(["allow", "deny"]),
     st.lists(
         st.tuples(st.sampled_from(["c1", "c2"]), st.sampled_from([None, "u1"]),
-                  st.one_of(st.tuples(st.just("publish"), _topic), st.tuples(st.just("subscribe"), _filter()))),
+                  st.one_of(st.tuples(st.just("publish"), _topic), st.tuples(st.just("subscribe"), _filter()),
+                            st.tuples(st.just("read"), _topic))),
         min_size=1, max_size=10,
     ),
 )
 def test_acl_equals_reference(rules, default, queries):
-    """The compiled, cached ACL decides exactly like the rules read top to bottom."""
+    """The compiled, cached ACL decides exactly like the rules read top to bottom
+    (publish, read) and like a search over every topic (subscribe)."""
     a = make(acl=rules, acl_default=default)
     for client_id, username, (action, topic) in queries:
         want = _reference_decision(rules, default, client_id, username, action, topic)
-        assert a.authorize(client_id, username, action, topic) is want, (client_id, username, action, topic)
-        assert a.authorize(client_id, username, action, topic) is want  # cached answer too
+        ask = a.may_read if action == "read" else (lambda c, u, t, act=action: a.authorize(c, u, act, t))
+        assert ask(client_id, username, topic) is want, (client_id, username, action, topic)
+        assert ask(client_id, username, topic) is want  # cached answer too
 
 
 # ----------------------------------------------------------------- hooks

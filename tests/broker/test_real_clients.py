@@ -200,6 +200,101 @@ def test_acl_publish_denied(kefu_acl):
         c.disconnect()
 
 
+@pytest.fixture(scope="module")
+def kefu_nosubscribe():
+    cfg = broker_config()
+    cfg.auth.acl = [AclRule(action="subscribe", topic="test/nosubscribe", permission="deny")]
+    k = KefuThread(cfg).start()
+    yield k
+    k.stop()
+
+
+@pytest.mark.parametrize("version", V)
+def test_acl_deny_rule_leaves_wildcards_granted_and_withholds_the_topic(kefu_nosubscribe, version):
+    """Mosquitto's semantics: '#' and '+/+' are granted and receive every allowed topic;
+    the denied one never arrives, neither live nor retained."""
+    port = kefu_nosubscribe.port
+    pub = Paho(port, _ids("ns-pub", version), version)
+    pub.connect()
+    pub.publish("test/nosubscribe", b"old secret", qos=1, retain=True)
+    pub.publish("test/retained", b"old news", qos=1, retain=True)
+    subs = {}
+    for f in ("#", "+/+"):
+        c = Paho(port, _ids(f"ns-sub{len(subs)}", version), version)
+        c.connect()
+        assert c.subscribe(f, qos=1) == [1], f
+        subs[f] = c
+    refused = 0x80 if version == 4 else 0x87
+    assert subs["#"].subscribe("test/nosubscribe", qos=1) == [refused]
+    for i in range(3):
+        pub.publish("test/nosubscribe", b"secret %d" % i, qos=1)
+        pub.publish("test/ok", b"ok %d" % i, qos=1)
+    pub.publish("test/end", b"marker", qos=1)
+    for f, c in subs.items():
+        got = []
+        while not got or got[-1] != ("test/end", b"marker"):
+            m = c.get()
+            got.append((m.topic, m.payload))
+        assert ("test/retained", b"old news") in got, f
+        assert [p for t, p in got if t == "test/ok"] == [b"ok 0", b"ok 1", b"ok 2"], f
+        assert not [t for t, _ in got if t == "test/nosubscribe"], f
+    pub.publish("test/nosubscribe", b"", qos=1, retain=True)
+    pub.publish("test/retained", b"", qos=1, retain=True)
+    for c in [pub, *subs.values()]:
+        c.disconnect()
+
+
+def test_max_keepalive_caps_and_tells_5_0_clients():
+    k = KefuThread(broker_config(max_keepalive=60)).start()
+    try:
+        c5 = Paho(k.port, "ka5", 5)
+        assert c5.connect(keepalive=120)[1] == 0
+        assert c5.connack_properties.ServerKeepAlive == 60
+        c5b = Paho(k.port, "ka5b", 5)
+        assert c5b.connect(keepalive=30)[1] == 0
+        assert not hasattr(c5b.connack_properties, "ServerKeepAlive")  # within the cap: nothing to say
+        c4 = Paho(k.port, "ka4", 4)
+        assert c4.connect(keepalive=30)[1] == 0
+        c4b = Paho(k.port, "ka4b", 4, loop=False)
+        assert c4b.connect(keepalive=120)[1] != 0  # 3.1.1 cannot be told: refused, as Mosquitto does
+        for c in (c5, c5b, c4):
+            c.disconnect()
+    finally:
+        k.stop()
+
+
+@pytest.mark.parametrize("version", V)
+def test_qos1_publisher_is_slowed_not_dropped_for_an_acknowledging_subscriber(version, monkeypatch):
+    """A publisher far ahead of an online QoS 1 subscriber that keeps acknowledging is
+    paused (its socket unread) instead of the broker dropping what it acknowledged."""
+    from kefu.broker import connection, router
+
+    # "stopped acknowledging" is judged on time; make it irrelevant on a busy machine
+    monkeypatch.setattr(connection, "PAUSE_CHECK", 60.0)
+    monkeypatch.setattr(router, "ACK_RECENT", 60.0)
+    k = KefuThread(broker_config(max_offline_messages=20)).start()
+    try:
+        sub = Paho(k.port, _ids("bp-sub", version), version)
+        sub.connect()
+        assert sub.subscribe("bp/t", qos=1) == [1]
+        pub = Paho(k.port, _ids("bp-pub", version), version)
+        pub.c.max_inflight_messages_set(0)  # no client-side window: it sends all at once
+        pub.connect()
+        n = 2000
+        infos = [pub.c.publish("bp/t", b"%d" % i, qos=1) for i in range(n)]
+        got = [sub.get().payload for _ in range(n)]
+        assert got == [b"%d" % i for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(WAIT)
+        stats = k.call(lambda: k.router.stats)
+        assert stats.dropped == 0
+        assert stats.throttled > 0
+        pub.disconnect()
+        sub.disconnect()
+    finally:
+        k.stop()
+
+
 # --------------------------------------------------------------------------- TLS
 
 

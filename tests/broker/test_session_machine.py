@@ -153,6 +153,9 @@ def test_keep_alive_above_maximum_3_1_1_is_refused():
     assert p.connect("a", keep_alive=60).reason_code == 0x85
     ok = Peer(r, V4)
     assert ok.connect("b", keep_alive=20).reason_code == 0
+    none = Peer(r, V4)  # 0 ("no keep alive") is accepted, as by Mosquitto
+    assert none.connect("c", keep_alive=0).reason_code == 0
+    assert none.proto.keep_alive == 0
 
 
 def test_connect_timeout_deadline():
@@ -689,11 +692,26 @@ def test_acl_denied_subscription(version, code):
     assert s.subscribe("secret/x", "open/x") == [SubAck(1, (code, 0))]
 
 
+@pytest.mark.parametrize("version,code", [(V4, 0x80), (V5, 0x87)])
+def test_acl_wildcards_granted_and_denied_topics_withheld_at_delivery(version, code):
+    r = _acl_router()
+    r.inject("secret/old", b"r1", 0.0, retain=True)
+    r.inject("open/old", b"r2", 0.0, retain=True)
+    s = Peer(r, version)
+    s.connect("s")
+    out = s.subscribe("#", "+/+", "secret/#")
+    assert out[0] == SubAck(1, (0, 0, code))
+    assert [m.topic for m in out[1:]] == ["open/old", "open/old"]  # retained: one per filter, no secret
+    r.inject("secret/x", b"no", 0.0)
+    r.inject("open/x", b"yes", 0.0)
+    assert [m.topic for m in s.received()] == ["open/x"]  # once: overlapping filters merge
+
+
 def test_acl_denied_publish_3_1_1_dropped_5_0_0x87():
     r = _acl_router()
     w = Peer(r, V4)
     w.connect("w")
-    assert w.subscribe("#") == [SubAck(1, (0x80,))]  # could receive secret/...: refused
+    assert w.subscribe("#") == [SubAck(1, (0,))]  # granted: secret/... is withheld at delivery
     w.subscribe("other/#", "devices/#", pid=2)
     p4 = Peer(r, V4)
     p4.connect("d4")
@@ -858,3 +876,54 @@ def test_inject_publishes_from_inside_kefu():
     assert r.inject("nobody/here", b"x", 0.0) == 0x10
     with pytest.raises(ValueError):
         r.inject("bad/+", b"x", 0.0)
+
+
+# --------------------------------------------------------------------------- in-process consumers, scoped hooks
+
+
+def test_tap_gets_its_topics_once_and_nothing_else():
+    r = make_router()
+    seen = []
+    tap = r.add_tap(["desk/+/in", "desk/#"], lambda m: seen.append(m.topic))
+    sub = Peer(r, V5)
+    sub.connect("s")
+    sub.subscribe("#")
+    pub = Peer(r, V5)
+    pub.connect("p")
+    pub.publish("desk/a/in", b"1")
+    pub.publish("other/x", b"2")
+    assert seen == ["desk/a/in"]  # two of its filters match: one call
+    assert [m.topic for m in sub.received()] == ["desk/a/in", "other/x"]
+    r.remove_tap(tap)
+    pub.publish("desk/a/in", b"3")
+    assert seen == ["desk/a/in"]
+
+
+def test_scoped_authorize_hook_is_asked_only_about_its_topics_and_other_decisions_are_cached():
+    from kefu.broker.hooks import DENY
+
+    r = make_router()
+    asked = []
+
+    def desk(e):
+        asked.append((e.client_id, e.action, e.topic))
+        return DENY if e.client_id == "evil" and e.topic.startswith("desk/") else None
+
+    r.hooks.register("on_authorize", desk, topics=["desk/#"])
+    evil = Peer(r, V5)
+    evil.connect("evil")
+    out = evil.subscribe("#", "desk/#")
+    assert out[0] == SubAck(1, (0, 0x87))  # '#' may read other topics; 'desk/#' nothing
+    assert asked == [("evil", "subscribe", "#"), ("evil", "subscribe", "desk/#")]
+    asked.clear()
+    pub = Peer(r, V5)
+    pub.connect("p")
+    for _ in range(3):
+        pub.publish("other/x", b"o")
+        pub.publish("desk/a", b"d")
+    # outside its scope the hook is never asked; inside, publishes are asked every time
+    # (its answers may change) and the delivery check once per client and topic
+    assert sorted(set(asked)) == [("evil", "subscribe", "desk/a"), ("p", "publish", "desk/a")]
+    assert asked.count(("p", "publish", "desk/a")) == 3
+    assert asked.count(("evil", "subscribe", "desk/a")) == 1
+    assert [m.topic for m in evil.received()] == ["other/x"] * 3

@@ -3,7 +3,8 @@
 A device asks the bot, then for a human; an agent signed in over MQTT gets the
 offer with the transcript, accepts and replies; the device reads it. An attacker
 tries neighbouring topics and wildcards and is refused by the broker (SUBACK/PUBACK
-0x87), impostors cannot log in as agents, and killing the agent's connection puts
+0x87) or, for wildcards that reach its own topics, granted and never sent another
+customer's messages; impostors cannot log in as agents, and killing the agent's connection puts
 its conversation back in the queue.
 """
 
@@ -153,15 +154,30 @@ def test_device_bot_agent_over_real_sockets_and_the_acl_holds():
         seen = frames(agent, lambda t, d: d.get("type") == "message" and d["message"]["author"]["kind"] == "customer")
         assert seen["message"]["text"] == "thanks!"
 
-        # the attacker: every neighbouring topic and wildcard
+        # the attacker: every neighbouring topic and wildcard. Filters that can read
+        # nothing are refused; wildcards reaching its own topics (or topics outside
+        # kefu's namespace) are granted, as in Mosquitto, and checked at delivery.
         evil = Paho(k.port, "evil", version=5)
         assert evil.connect()[1] == 0
-        for f in ["kefu/c/+/main/out", "kefu/c/dev-1/#", "kefu/#", "#", "+/c/dev-1/main/out", "kefu/agent/alice/inbox",
-                  "kefu/agent/+/inbox", "kefu/team/general/queue", "kefu/desk/events", "$share/g/kefu/c/dev-1/main/out"]:
+        for f in ["kefu/c/dev-1/#", "kefu/agent/alice/inbox", "kefu/agent/+/inbox", "kefu/team/general/queue",
+                  "kefu/desk/events", "$share/g/kefu/c/dev-1/main/out", "kefu/c/dev-1/main/out"]:
             assert evil.subscribe(f, qos=1) == [NOT_AUTHORIZED], f
-        # its own conversations are fine: an anonymous client is the customer anon:<client id>
-        assert evil.subscribe("kefu/c/anon:evil/#", qos=1) == [1]
+        # an anonymous client is the customer anon:<client id>: its own conversations are
+        # readable, the customer "evil" is someone else
+        for f in ["#", "kefu/#", "kefu/c/+/main/out", "+/c/dev-1/main/out", "kefu/c/anon:evil/#"]:
+            assert evil.subscribe(f, qos=1) == [1], f
         assert evil.subscribe("kefu/c/evil/#", qos=1) == [NOT_AUTHORIZED]
+        # dev-1's and the agent's traffic flows while evil listens on '#'
+        assert dev.publish("kefu/c/dev-1/main/in", b"are you still there?", qos=1) in OK
+        frames(agent, lambda t, d: d.get("type") == "message" and d["message"]["text"] == "are you still there?")
+        assert agent.publish(f"kefu/agent/alice/conv/{cid}", b"Yes, one moment.", qos=1) in OK
+        frames(dev, lambda t, d: d.get("type") == "message" and d["message"]["text"] == "Yes, one moment.")
+        # then evil's own conversation: its bot answer is the marker (one publisher, the desk, in order)
+        assert evil.publish("kefu/c/anon:evil/main/in", b"when will my card arrive?", qos=1) in OK
+        heard = []
+        while not heard or not (heard[-1].startswith("kefu/c/anon:evil/") and heard[-1].endswith("/out")):
+            heard.append(evil.get().topic)
+        assert all(t.startswith("kefu/c/anon:evil/") for t in heard), heard
         for t in ["kefu/c/dev-1/main/in", "kefu/c/dev-1/main/out", f"kefu/agent/alice/conv/{cid}", "kefu/agent/alice/ctl",
                   "kefu/desk/events", "kefu/d/dev-1/alarm"]:
             assert evil.publish(t, b"spoof", qos=1) == NOT_AUTHORIZED, t

@@ -5,8 +5,11 @@ other ids) plus each topic's neighbours (any one level replaced). The attacker's
 filters are those topics with one or two levels turned into '+', cut off with '#', or
 wrapped as shared subscriptions. The reference says what each principal may read and
 write on concrete topics; the broker's own matcher says which concrete topics a filter
-reaches. A filter the ACL allows must reach only readable topics; every publish verdict
-must equal the reference; and the legitimate filters must all be allowed.
+reaches. As in Mosquitto, a filter is granted when it can read something and each
+message is checked at delivery: the delivery check must equal the reference on every
+topic (so no granted filter delivers an unreadable topic), a refused filter must reach
+nothing readable, every publish verdict must equal the reference, and the legitimate
+filters must all be allowed.
 """
 
 from __future__ import annotations
@@ -129,18 +132,38 @@ def may_write(p: Principal, t: str) -> bool:
 
 
 @pytest.mark.parametrize("who", PRINCIPALS, ids=lambda p: f"{p.kind}-{p.id}")
-def test_no_filter_reaches_what_the_principal_may_not_read(who, reach):
+def test_delivery_check_equals_reference_on_every_topic(who):
+    """What the broker asks at delivery (``subscribe`` with the topic name) is the reference."""
+    for t in UNIVERSE:
+        v = ACL.subscribe(who, t)
+        if not in_namespace(t):
+            assert v == Verdict.ABSTAIN, t
+        else:
+            assert (v == Verdict.ALLOW) == may_read(who, t), f"{who.id} read {t!r}: {v}"
+
+
+@pytest.mark.parametrize("who", PRINCIPALS, ids=lambda p: f"{p.kind}-{p.id}")
+def test_no_filter_delivers_what_the_principal_may_not_read(who, reach):
+    """Granted filters deliver only readable kefu topics; refused ones could read none."""
     allowed = 0
     for f in FILTERS:
         v = ACL.subscribe(who, f)
-        hits = reach[f]
+        hits = [t for t in reach[f] if in_namespace(t)]
+        delivered = [t for t in hits if ACL.subscribe(who, t) == Verdict.ALLOW]
+        leaks = [t for t in delivered if not may_read(who, t)]
+        assert not leaks, f"{who.id} subscribed {f!r} and would receive {leaks[:3]}"
+        readable = [t for t in hits if may_read(who, t)]
         if v == Verdict.ALLOW:
             allowed += 1
-            leaks = [t for t in hits if in_namespace(t) and not may_read(who, t)]
-            assert not leaks, f"{who.id} may subscribe {f!r}, which reaches {leaks[:3]}"
-        elif v == Verdict.ABSTAIN:
-            assert not any(in_namespace(t) for t in hits), f"{f!r} reaches kefu topics but the ACL abstained"
+        else:
+            # a refused (or not kefu's) filter: nothing it reaches in kefu's namespace was readable
+            assert not readable, f"{who.id} refused {f!r} which reaches readable {readable[:3]}"
+            if v == Verdict.ABSTAIN:
+                assert not f.removeprefix("$share/g/").startswith("kefu/"), f
     assert allowed > 50  # the attacker set includes plenty of legitimate filters
+    own = "+/c/+/+/out" if who.kind == "customer" else "+/agent/+/inbox"
+    for f in ("#", "+/#", "kefu/#", "$share/g/#", own):
+        assert ACL.subscribe(who, f) == Verdict.ALLOW, f  # wildcards reaching its own topics
 
 
 @pytest.mark.parametrize("who", PRINCIPALS, ids=lambda p: f"{p.kind}-{p.id}")
@@ -170,7 +193,9 @@ def test_legitimate_subscriptions_are_allowed():
     for f in LEGIT["a1"]:
         assert ACL.subscribe(a1, f) == Verdict.ALLOW, f
     assert ACL.subscribe(a1, "kefu/team/vip/queue") == Verdict.DENY
-    assert ACL.subscribe(a1, "kefu/team/+/queue") == Verdict.DENY
+    assert ACL.subscribe(a1, "kefu/c/+/+/out") == Verdict.DENY  # agents read conversations via the inbox
+    assert ACL.subscribe(a1, "kefu/team/+/queue") == Verdict.ALLOW  # delivers its own team's only
+    assert ACL.subscribe(a1, "kefu/team/vip/queue") == Verdict.DENY
 
 
 def test_assignment_is_live():
@@ -199,8 +224,13 @@ def test_custom_prefix_and_alarm_topic_outside_it():
     assert acl.publish(d7, "acme/help/c/d8/main/in") == Verdict.DENY
     assert acl.publish(d7, "devices/d7/alarm") == Verdict.ALLOW
     assert acl.publish(d7, "devices/d8/alarm") == Verdict.DENY
-    assert acl.subscribe(d7, "acme/+/c/d7/#") == Verdict.DENY
-    assert acl.subscribe(d7, "acme/#") == Verdict.DENY
+    # wildcards reaching its own threads are granted; each message is checked at delivery
+    assert acl.subscribe(d7, "acme/+/c/d7/#") == Verdict.ALLOW
+    assert acl.subscribe(d7, "acme/#") == Verdict.ALLOW
+    assert acl.subscribe(d7, "acme/help/c/d8/main/out") == Verdict.DENY
+    assert acl.subscribe(d7, "acme/help/c/d7/main/out") == Verdict.ALLOW
+    assert acl.subscribe(d7, "acme/help/agent/#") == Verdict.DENY
+    assert acl.subscribe(d7, "acme/other/c/d7/x") == Verdict.ABSTAIN
     assert acl.subscribe(d7, "acme/help/c/d7/#") == Verdict.ALLOW
     assert t.parse("devices/d7/alarm").device == "d7"
     assert t.parse("acme/help/c/d7/main/in").customer == "d7"
