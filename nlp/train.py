@@ -141,12 +141,44 @@ def _length_batches(enc_ids, size: int, rng) -> list[np.ndarray]:
     return batches
 
 
+def _frozen_outputs(model, enc_ids, n: int, log) -> list:
+    """Each text's output of the bottom ``n`` layers, computed once (those layers stay frozen).
+
+    Padding does not change a real token's output (the attention mask keeps padded keys out),
+    so batches of similar length are cut back to each text's own tokens.
+    """
+    import torch
+
+    for p in list(model.embeddings.parameters()) + [p for layer in model.encoder.layer[:n] for p in layer.parameters()]:
+        p.requires_grad_(False)
+    model.eval()
+    out = [None] * len(enc_ids)
+    order = sorted(range(len(enc_ids)), key=lambda i: len(enc_ids[i]))
+    bar = D.Progress(len(order), f"layers 1-{n} (frozen, computed once)")
+    with torch.no_grad():
+        for s in range(0, len(order), 64):
+            idx = order[s:s + 64]
+            ids, mask = _batch(enc_ids, idx)
+            x = model.lower(ids, mask, n)
+            for r, i in enumerate(idx):
+                out[i] = x[r, :len(enc_ids[i])].clone()
+            bar.update(len(idx))
+    bar.close()
+    log(f"bottom {n} layers frozen: their output computed once for {len(out)} texts")
+    return out
+
+
 def fine_tune(model, enc_ids, y: np.ndarray, args, teacher_logits: np.ndarray | None, log) -> None:
     import torch
     from torch.nn import functional as F
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    frozen = getattr(args, "freeze_layers", 0) or 0
+    if frozen:
+        # Dropout in the frozen layers is off (their output is computed once, in eval mode).
+        for p in list(model.embeddings.parameters()) + [p for layer in model.encoder.layer[:frozen] for p in layer.parameters()]:
+            p.requires_grad_(False)
     if not args.train_embeddings:
         # The word-embedding table is most of a small model's parameters (11.7M of 22.7M
         # for MiniLM); a dense Adam update of it every step costs more than the layers'
@@ -169,13 +201,20 @@ def fine_tune(model, enc_ids, y: np.ndarray, args, teacher_logits: np.ndarray | 
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(total - warm, 1))))
     yt = torch.tensor(y, dtype=torch.long)
     tt = torch.tensor(teacher_logits, dtype=torch.float32) if teacher_logits is not None else None
+    frozen = getattr(args, "freeze_layers", 0) or 0
+    cached = _frozen_outputs(model, enc_ids, frozen, log) if frozen else None
     bar = D.Progress(total, "training")
     for epoch in range(args.epochs):
         model.train()
         run_loss, seen = 0.0, 0
         for idx in _length_batches(enc_ids, args.batch_size, rng):
             ids, mask = _batch(enc_ids, idx)
-            if model.exit_layer:
+            if cached is not None:
+                x = torch.zeros((len(idx), ids.shape[1], model.cfg.hidden_size))
+                for r, i in enumerate(idx):
+                    x[r, :len(cached[i])] = cached[i]
+                logits, early = model.forward_from(x, mask, frozen)
+            elif model.exit_layer:
                 logits, early = model.forward_with_exit(ids, mask)
             else:
                 logits, _ = model(ids, mask)
@@ -246,6 +285,11 @@ def train(args: argparse.Namespace, log=print) -> dict:
         if not 1 <= exit_layer < len(model.encoder.layer):
             raise TrainError(f"--exit-layer must be 1..{len(model.encoder.layer) - 1} (below the last layer)")
         model.add_exit(exit_layer, len(labels))
+    frozen = getattr(args, "freeze_layers", 0) or 0
+    if frozen and not 0 < frozen < len(model.encoder.layer):
+        raise TrainError(f"--freeze-layers must be below the {len(model.encoder.layer)} layers trained")
+    if frozen and exit_layer and exit_layer < frozen:
+        raise TrainError(f"--exit-layer {exit_layer} lies inside the {frozen} frozen layers")
     teacher = None
     if args.teacher:
         teacher = _teacher_logits(Path(args.teacher), tok, train_set.texts, labels)
@@ -498,6 +542,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also update the word-embedding table (slower on a CPU; frozen by default)")
     p.add_argument("--max-length", type=int, default=64, help="tokens per text after truncation (default 64)")
     p.add_argument("--layers", type=int, default=0, help="keep only the bottom N encoder layers (0: all)")
+    p.add_argument("--freeze-layers", type=int, default=0, metavar="N",
+                   help="keep the bottom N layers as the base has them and compute their output once: "
+                        "training then costs about (layers - N) / layers of full fine-tuning (0: train all)")
     p.add_argument("--exit-layer", type=int, default=0,
                    help="also train an early-exit head after layer K: confident messages stop there "
                         "at run time (0: none)")
