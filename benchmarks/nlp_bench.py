@@ -1,15 +1,19 @@
 """Intent engine benchmark: one command, prints a table (and --json for the numbers).
 
-    .venv/bin/python benchmarks/nlp_bench.py [--data ../shared/data] [--clinc .cache/nlp/clinc150]
+    .venv/bin/python benchmarks/nlp_bench.py [--data ../shared/data] [--clinc .cache/nlp/clinc150] [--compare DIR]
 
 Measures the shipped model (nlp/models/banking77) as served ("served": with its early exit)
 and, for a model that has one, with every layer for every message ("all layers"), on:
 - accuracy and macro-F1 on kefu's BANKING77 held-out split (the same stratified 10%,
-  seed 77, that training held out; never trained on);
+  seed 77, that training held out; never trained on), and accuracy on kefu's separate
+  Chinese held-out messages (scripts/nlp/data/zh/heldout.csv, never trained on);
 - single-message latency (tokenize + infer + head), one onnxruntime thread, p50/p99
   over every held-out message sent one at a time; the same with sentiment included;
 - micro-batched throughput through the trio IntentService (concurrent callers, one thread);
-- sentiment (VADER) on benchmarks/data/sentiment_cs.csv, a small hand-labelled set;
+- sentiment on benchmarks/data/sentiment_cs.csv (English, VADER) and sentiment_cs_zh.csv
+  (Chinese, kefu's lexicon), small hand-labelled sets;
+- with --compare DIR (repeatable): another model folder as served, in the same run, so
+  that speeds are compared on one machine in one sitting;
 - few-shot head: CLINC150 intents defined by 5 example phrases each, scored on CLINC150 val;
 - CLINC150 out-of-scope: in-scope accuracy and OOS recall on val + oos_val for a model
   trained by scripts/nlp/build_clinc150.sh (skipped, with the command, when absent).
@@ -44,6 +48,11 @@ def banking_heldout(data_dir: Path) -> D.Labelled:
     rows = D.read_csv(data_dir / "banking77" / "train.csv")
     _, held = D.stratified_split(rows, D.DEFAULT_HOLDOUT, D.DEFAULT_SEED)
     return rows.subset(held)
+
+
+def chinese_heldout() -> D.Labelled:
+    """kefu's Chinese held-out messages for the 77 intents (never trained on)."""
+    return D.read_csv(ROOT / "scripts" / "nlp" / "data" / "zh" / "heldout.csv")
 
 
 def accuracy_block(clf: IntentClassifier, held: D.Labelled) -> dict:
@@ -123,8 +132,8 @@ def throughput_block(clf: IntentClassifier, texts: list[str], total: int, caller
     return result
 
 
-def sentiment_block() -> dict:
-    rows = D.read_csv(ROOT / "benchmarks" / "data" / "sentiment_cs.csv")
+def sentiment_block(name: str = "sentiment_cs.csv") -> dict:
+    rows = D.read_csv(ROOT / "benchmarks" / "data" / name)
     s = Sentiment("vader")
     t0 = time.perf_counter()
     pred = [s(t).label for t in rows.texts]
@@ -181,6 +190,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("KEFU_DATA", ROOT.parent / "shared" / "data")))
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped one)")
+    p.add_argument("--compare", type=Path, action="append", default=[], metavar="DIR",
+                   help="also measure this model folder as served, in the same run (a column named after it)")
     p.add_argument("--clinc", type=Path, default=ROOT / ".cache" / "nlp" / "clinc150")
     p.add_argument("--rounds", type=int, default=2, help="passes over the held-out set for latency")
     p.add_argument("--total", type=int, default=4000, help="messages for the throughput run")
@@ -189,32 +200,52 @@ def main() -> int:
 
     enc = Encoder(args.model, threads=1)
     held = banking_heldout(args.data)
+    zh = chinese_heldout()
     r = {"model": str(enc.info.folder), "layers": enc.info.meta.get("layers"),
          "exit_layer": enc.info.exit.layer if enc.info.exit else None}
     # "served": what kefu runs by default (the early exit, when the model has one);
-    # "all layers": every message through every layer.
+    # "all layers": every message through every layer; then each --compare model as served.
     modes = {"served": IntentClassifier(enc, sentiment=Sentiment("vader"))}
+    encoders = {"served": enc}
     if enc.has_exit:
         modes["all layers"] = IntentClassifier(enc, sentiment=Sentiment("vader"), early_exit=False)
+        encoders["all layers"] = enc
+    for folder in args.compare:
+        other = Encoder(folder, threads=1)
+        name = folder.name
+        modes[name] = IntentClassifier(other, sentiment=Sentiment("vader"))
+        encoders[name] = other
     for mode, clf in modes.items():
         r[mode] = {
             "accuracy": accuracy_block(clf, held),
-            "latency": latency_block(enc, clf, held.texts, args.rounds),
+            "accuracy_zh": accuracy_block(clf, zh),
+            "latency": latency_block(encoders[mode], clf, held.texts, args.rounds),
+            "latency_zh": latency_block(encoders[mode], clf, zh.texts, args.rounds),
             "throughput": throughput_block(clf, held.texts, args.total, callers=256, batch=32),
         }
     r["sentiment"] = sentiment_block()
+    r["sentiment_zh"] = sentiment_block("sentiment_cs_zh.csv")
     r["few_shot"] = few_shot_block(enc, args.data)
     r["clinc"] = clinc_block(args.clinc, threads=1)
 
     se, fs, cl = (r[k] for k in ("sentiment", "few_shot", "clinc"))
 
-    def per_mode(fmt) -> list[str]:
-        return [fmt(r[m]["accuracy"], r[m]["latency"], r[m]["throughput"]) for m in modes]
+    def per_mode(fmt, acc="accuracy", lat="latency") -> list[str]:
+        return [fmt(r[m][acc], r[m][lat], r[m]["throughput"]) for m in modes]
 
     la = r["served"]["latency"]
+    lz = r["served"]["latency_zh"]
+    sz = r["sentiment_zh"]
     rows = [
         ("BANKING77 held-out accuracy", per_mode(lambda a, la, th: f"{100 * a['accuracy']:.2f}%"),
          ">= 94% (official test)"),
+        (f"Chinese held-out accuracy ({zh.__len__()} rows, 77 intents)",
+         per_mode(lambda a, la, th: f"{100 * a['accuracy']:.2f}%", acc="accuracy_zh"), ">= 85%"),
+        ("  flagged out of scope / correct and kept", per_mode(
+            lambda a, la, th: f"{100 * a['flagged_oos']:.1f}% / {100 * a['accuracy_with_threshold']:.2f}%",
+            acc="accuracy_zh"), ""),
+        (f"Chinese single message p50 / p99 (median {lz['median_tokens']} tokens)",
+         per_mode(lambda a, la, th: f"{la['p50']:.3f} / {la['p99']:.3f} ms", lat="latency_zh"), "<= 3 ms p50"),
         ("BANKING77 held-out macro-F1", per_mode(lambda a, la, th: f"{100 * a['macro_f1']:.2f}%"), ""),
         ("  flagged out of scope / correct and kept", per_mode(
             lambda a, la, th: f"{100 * a['flagged_oos']:.1f}% / {100 * a['accuracy_with_threshold']:.2f}%"), ""),
@@ -234,6 +265,10 @@ def main() -> int:
          f"{se['n']} hand-labelled"),
         ("  negative: precision / recall", [f"{100 * se['negative_precision']:.1f}% / "
          f"{100 * se['negative_recall']:.1f}%"], f"{se['us_per_message']:.0f} us/msg"),
+        ("Chinese sentiment (kefu lexicon) accuracy / macro-F1",
+         [f"{100 * sz['accuracy']:.1f}% / {100 * sz['macro_f1']:.1f}%"], f"{sz['n']} hand-labelled"),
+        ("  negative: precision / recall", [f"{100 * sz['negative_precision']:.1f}% / "
+         f"{100 * sz['negative_recall']:.1f}%"], f"{sz['us_per_message']:.0f} us/msg"),
         (f"few-shot, {fs['intents']} CLINC150 intents x {fs['shots']} phrases: logistic",
          [f"{100 * fs['logistic_accuracy']:.2f}%"], f"built in {fs['logistic_build_ms']:.0f} ms"),
         ("  prototype", [f"{100 * fs['prototype_accuracy']:.2f}%"], f"built in {fs['prototype_build_ms']:.0f} ms"),
@@ -251,7 +286,7 @@ def main() -> int:
     w = max(len(x[0]) for x in rows)
     exit_note = f", early exit after layer {r['exit_layer']}" if r["exit_layer"] else ""
     print(f"\nmodel: {r['model']} ({r['layers']} layers{exit_note})")
-    print(f"{'measure'.ljust(w)}  " + "  ".join(f"{m:>22}" for m in modes) + "  target / note")
+    print(f"{'measure'.ljust(w)}  " + "  ".join(f"{m[:22]:>22}" for m in modes) + "  target / note")
     print(f"{'-' * w}  " + "  ".join("-" * 22 for _ in modes) + f"  {'-' * 24}")
     for name, vals, note in rows:
         if name.strip().startswith("answered at the early exit") and not r["exit_layer"]:

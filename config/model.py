@@ -568,7 +568,7 @@ class Nlp:
         "the model keeps them (the shipped one does; about half a point of accuracy); false: the final head "
         "alone, slightly faster.",
     )
-    sentiment: str = opt("vader", "Sentiment analyser: vader (English lexicon and rules) or off.", one_of("vader", "off"))
+    sentiment: str = opt("vader", "Sentiment analyser: vader (VADER for English, kefu's own lexicon for Chinese) or off.", one_of("vader", "off"))
     intents: list = opt(
         [], "Extra intents from example phrases: [[nlp.intents]] tables (name, examples); built at start-up "
         "on the model's encoder, no training needed.",

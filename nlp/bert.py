@@ -204,12 +204,28 @@ class BertClassifier(nn.Module):
         return self.head(self.pooled(input_ids, attention_mask))
 
     def forward_with_exit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """(final logits, exit logits, exit-layer pooled vector) for training."""
+        """(final logits, exit-layer pooled vector) for training."""
+        return self.forward_from(self.embeddings(input_ids), attention_mask, 0)
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
+        """The output of the bottom ``n`` layers (the embeddings when 0)."""
+        return self.layers(self.embeddings(input_ids), self.additive_mask(attention_mask), 0, n)
+
+    def forward_from(self, x: torch.Tensor, attention_mask: torch.Tensor, lo: int):
+        """(final logits, exit-layer pooled vector or None) from the output ``x`` of layer ``lo``.
+
+        Training with frozen lower layers computes their output once and starts here.
+        """
         add = self.additive_mask(attention_mask)
         k = self.exit_layer
-        x = self.layers(self.embeddings(input_ids), add, 0, k)
-        early = self.mean_pool(x, attention_mask)
-        x = self.layers(x, add, k, len(self.encoder.layer))
+        early = None
+        if k:
+            if k < lo:
+                raise ValueError(f"exit after layer {k} lies inside the {lo} frozen layers")
+            x = self.layers(x, add, lo, k)
+            early = self.mean_pool(x, attention_mask)
+            lo = k
+        x = self.layers(x, add, lo, len(self.encoder.layer))
         logits = self.classifier(self.dropout(self.mean_pool(x, attention_mask)))
         return logits, early
 

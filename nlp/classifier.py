@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import sentiment_zh
+from .data import has_cjk
 from .encoder import Encoder
 from .heads import FewShotHead, IntentHead
 
@@ -32,9 +34,10 @@ NO_INTENT = "out_of_scope"
 # negation, intensifiers ("very"), capitals and "!" handled. It runs in tens of
 # microseconds in pure Python, needs no model file and no network, and its compound
 # score in [-1, 1] is easy to threshold in routing rules. The usual VADER cut-offs are
-# kept: compound <= -0.05 is negative, >= 0.05 positive, otherwise neutral. Limits,
-# measured in docs/nlp.md: English only (CJK text has no lexicon hits and comes out
-# neutral, without error); calm complaints read as neutral.
+# kept: compound <= -0.05 is negative, >= 0.05 positive, otherwise neutral. VADER knows
+# English only, so a message with Chinese characters is scored instead by kefu's own
+# Chinese lexicon (``sentiment_zh``), whose score has the same range and cut-offs; both
+# are measured in docs/nlp.md. Calm complaints read as neutral in either language.
 
 NEGATIVE = "negative"
 NEUTRAL = "neutral"
@@ -53,7 +56,8 @@ class SentimentError(Exception):
 
 
 class Sentiment:
-    """VADER sentiment; ``Sentiment("off")`` reports neutral 0.0 for everything."""
+    """VADER sentiment for English, kefu's lexicon for Chinese; ``Sentiment("off")`` reports
+    neutral 0.0 for everything."""
 
     def __init__(self, kind: str = "vader") -> None:
         if kind not in ("vader", "off"):
@@ -73,7 +77,10 @@ class Sentiment:
     def __call__(self, text: str) -> SentimentResult:
         if self._vader is None:
             return SentimentResult(NEUTRAL, 0.0)
-        score = float(self._vader.polarity_scores(text)["compound"])
+        if has_cjk(text):
+            score = sentiment_zh.compound(text)
+        else:
+            score = float(self._vader.polarity_scores(text)["compound"])
         if score <= -CUTOFF:
             return SentimentResult(NEGATIVE, score)
         if score >= CUTOFF:

@@ -105,15 +105,26 @@ def read_clinc(path: str | Path, oos_label: str = "oos") -> dict[str, Labelled]:
     return out
 
 
+def has_cjk(text: str) -> bool:
+    """Whether ``text`` holds a CJK ideograph (Chinese, or kanji/hanja)."""
+    return any("\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff" for c in text)
+
+
 def stratified_split(data: Labelled, fraction: float = DEFAULT_HOLDOUT, seed: int = DEFAULT_SEED) -> tuple[list[int], list[int]]:
-    """(train indices, held-out indices); every label keeps at least one training row."""
+    """(train indices, held-out indices); every label keeps at least one training row.
+
+    Rows are stratified by label and by script: a label's Chinese (CJK) rows and its other
+    rows are split separately, so a mixed Chinese and English CSV holds out both languages
+    in proportion, and the rows without CJK are split exactly as in a CSV of them alone.
+    """
     by_label: dict[str, list[int]] = {}
-    for i, y in enumerate(data.labels):
-        by_label.setdefault(y, []).append(i)
+    for i, (y, text) in enumerate(zip(data.labels, data.texts)):
+        by_label.setdefault(y + ("\0cjk" if has_cjk(text) else ""), []).append(i)
     train, held = [], []
-    for label in sorted(by_label):
-        idx = by_label[label]
-        random.Random(f"{seed}:{label}").shuffle(idx)
+    for key in sorted(by_label):
+        idx = by_label[key]
+        label, _, cjk = key.partition("\0")
+        random.Random(f"{seed}:{label}" + (":cjk" if cjk else "")).shuffle(idx)
         k = min(math.ceil(len(idx) * fraction), len(idx) - 1) if fraction > 0 else 0
         held.extend(idx[:k])
         train.extend(idx[k:])

