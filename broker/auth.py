@@ -485,15 +485,15 @@ class Authenticator:
         are cached per client until ``forget`` (a disconnect) or ``reset``.
         """
         hooks = self.hooks
-        hs = hooks.authorizers(topic, False) if hooks.active("on_authorize") else ()
-        if self._read_open and not hs:
-            return True  # nothing can deny it: nothing to remember either
+        if self._read_open and not hooks.active("on_authorize"):
+            return True
         entry = self._acl_cache.get(client_id)
         if entry is not None and entry[0] == username:
             hit = entry[1].get((READ, topic))
             if hit is not None:
                 return hit
         result = None
+        hs = hooks.authorizers(topic, False)
         if hs:
             d = hooks.decide("on_authorize", AuthorizeEvent(client_id, username, SUBSCRIBE, topic, None), hs)
             if d is not None:

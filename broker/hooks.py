@@ -20,9 +20,11 @@ Two kinds of hook:
   logged and the broker carries on.
 
 Handlers are plain synchronous callables run on the broker's event loop, on hot
-paths (``on_authorize`` runs for every PUBLISH and every subscription). They must
-not block: keep the state they decide on in memory (fed by the notification hooks
-or by your own trio tasks) and hand slow work to a bounded queue.
+paths (``on_authorize`` runs for every PUBLISH it is registered for, every
+subscription and, once per client and topic, for deliveries). They must not block:
+keep the state they decide on in memory (fed by the notification hooks or by your
+own trio tasks) and hand slow work to a bounded queue. Register ``on_authorize`` with
+``topics=[...]`` (the filters it decides about) and it costs other topics nothing.
 
 Plugins: an installed distribution declares an entry point in the group
 ``kefu.broker_hooks`` whose object is a callable taking the registry::
@@ -84,7 +86,10 @@ class AuthorizeEvent:
     """A publish to ``topic`` or a subscription to the filter ``topic``.
 
     ``action`` is ``"publish"`` or ``"subscribe"``; for a shared subscription
-    ``topic`` is the inner filter and ``share_group`` the group name.
+    ``topic`` is the inner filter and ``share_group`` the group name. A subscription
+    should be allowed when the client may read something under the filter; each
+    message is then checked at delivery with a ``"subscribe"`` event whose ``topic``
+    is the message's topic name (answers to those are cached per client).
     """
 
     client_id: str

@@ -30,6 +30,8 @@ HYPERTABLES = (
 def upgrade(conn) -> tuple[bool, str]:
     if conn.execute("SELECT current_setting('kefu.timescaledb', true)").fetchone()[0] == "off":
         return False, "timescaledb: off (storage.timescaledb = false); plain tables, date_bin() buckets"
+    # One database, several schemas upgraded at once (nodes, tests): one creates the extension.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('kefu-create-extension-timescaledb'))")
     row = conn.execute(
         "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()

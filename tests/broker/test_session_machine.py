@@ -927,3 +927,42 @@ def test_scoped_authorize_hook_is_asked_only_about_its_topics_and_other_decision
     assert asked.count(("p", "publish", "desk/a")) == 3
     assert asked.count(("evil", "subscribe", "desk/a")) == 1
     assert [m.topic for m in evil.received()] == ["other/x"] * 3
+
+
+def test_cached_read_decisions_follow_hook_changes_and_reconnects():
+    from kefu.broker.hooks import DENY
+
+    r = make_router()
+    s = Peer(r, V5)
+    s.connect("s")
+    s.subscribe("#")
+    r.inject("news/x", b"1", 0.0)
+    assert [m.payload for m in s.received()] == [b"1"]
+
+    def no_news_for_s(e):
+        return DENY if e.client_id == "s" and e.topic.startswith("news/") else None
+
+    r.hooks.register("on_authorize", no_news_for_s)  # the cached plan must not outlive it
+    r.inject("news/x", b"2", 0.0)
+    r.inject("other", b"3", 0.0)
+    assert [m.payload for m in s.received()] == [b"3"]
+    r.hooks.unregister("on_authorize", no_news_for_s)
+    r.inject("news/x", b"4", 0.0)
+    assert [m.payload for m in s.received()] == [b"4"]
+
+
+def test_persistent_session_resumed_under_another_user_gets_its_own_read_decisions():
+    r = make_router(auth_acl=[{"action": "subscribe", "topic": "home/%u/#"},
+                              {"action": "subscribe", "topic": "#", "permission": "deny"}])
+    bob = Peer(r, V5)
+    bob.connect("dev", clean=False, session_expiry_interval=3600, username="bob")
+    bob.subscribe("home/#")
+    r.inject("home/bob/door", b"b", 0.0)
+    r.inject("home/eve/door", b"e", 0.0)
+    assert [m.payload for m in bob.received()] == [b"b"]
+    bob.proto.connection_lost(0.0)
+    eve = Peer(r, V5)
+    assert eve.connect("dev", clean=False, session_expiry_interval=3600, username="eve").session_present
+    r.inject("home/bob/door", b"b2", 0.0)
+    r.inject("home/eve/door", b"e2", 0.0)
+    assert [m.payload for m in eve.received()] == [b"e2"]

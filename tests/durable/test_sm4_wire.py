@@ -174,19 +174,28 @@ def test_a_device_following_the_doc_reaches_the_desk(tmp_path, device):
                           http=True, extra=f"[sm4]\ndevice_topics = {topics}\n")
     key_id, key = provision(tmp_path, config, "dev-1")
     kefu = Kefu(config).start()
+    dev = Client(kefu.port, "dev-1")
     try:
         up, downs = device.desk_topics("dev-1")
         assert up == "kefu/c/dev-1/main/in" and f"`{up}`" in doc
+        dev.connect()
+        for topic in downs:  # .../out and .../events
+            assert [getattr(rc, "value", rc) for rc in dev.subscribe(topic)] == [1], topic  # granted, QoS 1
         state = device.CounterState(str(tmp_path / "dev-1.state"))
         msg = json.dumps({"type": "message", "text": "我的风扇很吵 my fan is noisy"}).encode()
-        got = device.run("127.0.0.1", kefu.port, "dev-1", key, key_id, state, [msg], up, downs,
-                         wait_downlinks=2, timeout=WAIT)
-        frames = [json.loads(p) for p in got]  # opened with the device's key: sealed by kefu
-        created = [f for f in frames if f.get("type") == "conversation" and f.get("event") == "created"]
-        assert created and created[0]["conversation"]["customer"] == "dev-1", frames
-        assert created[0]["conversation"]["thread"] == "main"
-        bot = [f for f in frames if f.get("type") == "message" and f["message"]["author"]["kind"] == "bot"]
-        assert bot and bot[0]["message"]["conversation"] == created[0]["conversation"]["id"], frames
+        dev.c.publish(up, device.seal(key, key_id, state.take(), "dev-1", up, msg), qos=1)
+        frames: list[dict] = []  # every downlink opened with the device's key: sealed by kefu for it
+        while not (any(f.get("type") == "conversation" and f.get("event") == "created" for f in frames)
+                   and any(f.get("type") == "message" and f["message"]["author"]["kind"] == "bot" for f in frames)):
+            m = dev.messages.get(timeout=WAIT)
+            _, counter, payload = device.open_envelope(key, "dev-1", m.topic, m.payload)
+            assert state.accept_downlink(counter)
+            frames.append(json.loads(payload))
+        created = next(f for f in frames if f.get("type") == "conversation" and f.get("event") == "created")
+        assert (created["conversation"]["customer"], created["conversation"]["thread"]) == ("dev-1", "main")
+        bot = next(f for f in frames if f.get("type") == "message" and f["message"]["author"]["kind"] == "bot")
+        assert bot["message"]["conversation"] == created["conversation"]["id"]
     finally:
+        stop_all([dev])
         kefu.stop()
     assert "rejected SM4 envelope" not in kefu.log.read_text()

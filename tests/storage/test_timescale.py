@@ -48,6 +48,21 @@ async def test_no_background_jobs_and_plain_tables_when_switched_off(timescale_c
         jobs = await store._read(lambda c: c.execute(
             "SELECT proc_name FROM timescaledb_information.jobs WHERE hypertable_schema = current_schema()").fetchall())
         assert jobs == []  # kefu's maintenance does retention, compression and roll-ups
+        # Jobs an earlier kefu added (retention, compression, refresh) are deleted when a store opens
+        # (added here to start in an hour, so that none runs meanwhile).
+        later = "initial_start => now() + INTERVAL '1 hour'"
+        await store._read(lambda c: (
+            c.execute(f"SELECT add_retention_policy('chat_messages', INTERVAL '30 days', {later})"),
+            c.execute(f"SELECT add_compression_policy('metric_samples', INTERVAL '7 days', {later})"),
+            c.execute("SELECT add_continuous_aggregate_policy('metric_samples_1m', start_offset => INTERVAL '1 day', "
+                      f"end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute', {later})")))
+        n = await store._read(lambda c: c.execute(
+            "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_schema = current_schema()").fetchone()[0])
+        assert n == 3
+    async with open_store(timescale_cfg, master=master, background=False) as store:
+        jobs = await store._read(lambda c: c.execute(
+            "SELECT proc_name FROM timescaledb_information.jobs WHERE hypertable_schema = current_schema()").fetchall())
+        assert jobs == []
     off = replace(timescale_cfg, pg_schema=timescale_cfg.pg_schema + "_off", timescaledb=False)
     try:
         async with open_store(off, master=master, background=False) as store:
