@@ -125,10 +125,11 @@ def desk_topics(client_id: str, thread: str = "main", prefix: str = "kefu") -> t
 
 def run(host: str, port: int, client_id: str, key: bytes, key_id: int, state: CounterState,
         messages: list[bytes], up: str, down: str | list[str], wait_downlinks: int = 0,
-        timeout: float = 10.0) -> list[bytes]:
+        timeout: float = 10.0, username: str | None = None, password: str | None = None) -> list[bytes]:
     """Subscribe to ``down`` (a topic or several), publish ``messages`` sealed at QoS 1 on
     ``up``; return the downlinks opened (waits for ``wait_downlinks`` of them, at most
-    ``timeout`` seconds)."""
+    ``timeout`` seconds). ``username``/``password``: the device's ``[[auth.users]]`` entry
+    (without one the broker treats it as the anonymous customer ``anon:<client id>``)."""
     import paho.mqtt.client as mqtt
 
     got: list[bytes] = []
@@ -150,6 +151,8 @@ def run(host: str, port: int, client_id: str, key: bytes, key_id: int, state: Co
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                     clean_session=False)
     c.on_message = on_message
+    if password is not None:
+        c.username_pw_set(username or client_id, password)
     c.connect(host, port)
     c.loop_start()
     try:
@@ -178,13 +181,17 @@ def main() -> int:
     ap.add_argument("--prefix", default="kefu", help="the desk's [desk] topic_prefix")
     ap.add_argument("--text", action="append", help="a message to send (repeat for more)")
     ap.add_argument("--wait", type=int, default=1, help="downlinks to wait for (at most 10 s)")
+    ap.add_argument("--username", help="the device's [[auth.users]] name (default: its client id)")
+    ap.add_argument("--password-env", default="KEFU_DEVICE_PASSWORD",
+                    help="environment variable holding the device's password (default: KEFU_DEVICE_PASSWORD)")
     args = ap.parse_args()
     state = CounterState(args.state)
     up, downs = desk_topics(args.client_id, args.thread, args.prefix)
     texts = args.text or ["hello"]
     msgs = [json.dumps({"type": "message", "text": t}, ensure_ascii=False).encode() for t in texts]
     for payload in run(args.host, args.port, args.client_id, bytes.fromhex(args.key), args.key_id, state,
-                       msgs, up, downs, wait_downlinks=args.wait):
+                       msgs, up, downs, wait_downlinks=args.wait,
+                       username=args.username, password=os.environ.get(args.password_env)):
         print("downlink:", payload.decode(errors="replace"))
     print(f"sent {len(msgs)} sealed messages to {up}")
     return 0

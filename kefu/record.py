@@ -247,8 +247,9 @@ async def restore(store: DurableStore, now: float) -> dict[str, int]:
         async with store.unit():
             await store.commit(again)
     counts["offers_requeued"] = len(again)
-    log.info("desk restored from the %s record: %s", sql.backend,
-             ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if any(counts.values()):  # a first start has nothing to report
+        log.info("desk restored from the %s record: %s", sql.backend,
+                 ", ".join(f"{v} {k}" for k, v in counts.items()))
     return counts
 
 

@@ -170,14 +170,19 @@ def test_a_device_following_the_doc_reaches_the_desk(tmp_path, device):
     topics = re.search(r'^device_topics = (\[.*?\])', doc, re.M).group(1)
     master = tmp_path / "master.key"
     kefu_cli("keys", "new-master", str(master), cwd=tmp_path)
+    from kefu.broker.auth import hash_password
+
+    assert '[[auth.users]]\nusername = "dev-1"' in doc  # the doc has the device log in as itself
+    users = f'[[auth.users]]\nusername = "dev-1"\npassword_hash = "{hash_password("dev-1-pass", log_n=4)}"\n'
     config = write_config(tmp_path / "kefu.toml", {"path": str(tmp_path / "kefu.db"), "master_key_file": str(master)},
-                          http=True, extra=f"[sm4]\ndevice_topics = {topics}\n")
+                          http=True, extra=f"[sm4]\ndevice_topics = {topics}\n{users}")
     key_id, key = provision(tmp_path, config, "dev-1")
     kefu = Kefu(config).start()
     dev = Client(kefu.port, "dev-1")
     try:
         up, downs = device.desk_topics("dev-1")
         assert up == "kefu/c/dev-1/main/in" and f"`{up}`" in doc
+        dev.c.username_pw_set("dev-1", "dev-1-pass")
         dev.connect()
         for topic in downs:  # .../out and .../events
             assert [getattr(rc, "value", rc) for rc in dev.subscribe(topic)] == [1], topic  # granted, QoS 1
