@@ -1,0 +1,135 @@
+"""Attach mode against a real Mosquitto: devices on the external broker, ``kefu serve`` in
+``[broker] mode = "external"`` as a child process (issue 16).
+
+* a device's message reaches the desk through the shared subscription, the conversation
+  exists, and the agent's reply reaches the device on the external broker;
+* two kefu nodes in one share group split the customer messages: each handled once;
+* the external broker restarted: /readyz and the log say so, kefu reconnects by itself,
+  and messages acknowledged to the devices meanwhile all reach the desk, once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Device, Kefu, Mosquitto, kefu_config, until  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def broker(tmp_path, mosquitto_bin):
+    m = Mosquitto(mosquitto_bin, tmp_path).start()
+    yield m
+    m.stop()
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["device-3.1.1", "device-5"])
+def test_device_message_reaches_the_desk_and_the_reply_reaches_the_device(tmp_path, broker, version):
+    kefu = Kefu(kefu_config(tmp_path / "a.toml", broker.port, "kefu-a")).start()
+    dev = Device(broker.port, "dev-1", version=version).connect()
+    try:
+        status, body = kefu.ready()
+        assert status == 200 and body["checks"]["broker"] is True, body
+        dev.subscribe("kefu/c/anon:dev-1/main/out")
+        dev.publish("kefu/c/anon:dev-1/main/in", {"type": "message", "text": "my heater shows E4"})
+        convs = until(lambda: kefu.conversations("anon:dev-1"), "the conversation on the desk")
+        assert len(convs) == 1
+        conv = convs[0]["id"]
+        msgs = until(lambda: kefu.messages(conv), "the message in the transcript")
+        assert any("my heater shows E4" in json.dumps(m, ensure_ascii=False) for m in msgs), msgs
+        status, body = kefu.post(f"/api/v1/conversations/{conv}/messages", {"content": "A technician comes at 10."})
+        assert status in (200, 201), body
+        while True:  # the desk may also have sent system messages on out
+            m = dev.next()
+            if "A technician comes at 10." in m.payload.decode():
+                break
+        assert m.topic == "kefu/c/anon:dev-1/main/out"
+    finally:
+        dev.stop()
+        assert kefu.stop() == 0
+
+
+def test_two_nodes_share_the_subscription_and_each_message_is_handled_once(tmp_path, broker):
+    a = Kefu(kefu_config(tmp_path / "a.toml", broker.port, "kefu-a")).start()
+    b = Kefu(kefu_config(tmp_path / "b.toml", broker.port, "kefu-b")).start()
+    dev = Device(broker.port, "fleet").connect()
+    n = 20
+    try:
+        for i in range(n):
+            dev.publish(f"kefu/c/dev-{i}/main/in", {"type": "message", "text": f"hello {i}"})
+
+        def handled():
+            got = {c["customer"] for c in a.conversations()}, {c["customer"] for c in b.conversations()}
+            return got if len(got[0]) + len(got[1]) >= n else None
+
+        on_a, on_b = until(handled, "every message on one of the nodes")
+        assert not on_a & on_b, "a message was handled by both nodes"
+        assert on_a | on_b == {f"dev-{i}" for i in range(n)}
+        assert on_a and on_b, "Mosquitto shares round-robin: both nodes take some"
+        for node in (a, b):
+            for c in node.conversations():
+                assert len(node.messages(c["id"])) >= 1
+    finally:
+        dev.stop()
+        assert a.stop() == 0 and b.stop() == 0
+
+
+def _texts(kefu: Kefu, customer: str, want: list[str]):
+    convs = kefu.conversations(customer)
+    if not convs:
+        return None
+    got = [m["text"] for m in kefu.messages(convs[0]["id"]) if m["text"] in want]
+    return got if len(got) >= len(want) else None
+
+
+def test_external_broker_restart_is_reported_and_recovered(tmp_path, broker):
+    kefu = Kefu(kefu_config(tmp_path / "a.toml", broker.port, "kefu-a")).start()
+    try:
+        dev = Device(broker.port, "dev-7", username="dev-7").connect()
+        for i in range(3):
+            dev.publish("kefu/c/dev-7/main/in", {"type": "message", "text": f"before {i}"})
+        dev.stop()
+        broker.stop()
+        status, body = until(lambda: (r := kefu.ready())[0] == 503 and r, "/readyz to say the broker is down")
+        assert body["checks"]["broker"] is False
+        until(lambda: "is down" in kefu.log.read_text(), "the log to say the broker is down")
+        broker.start()
+        until(lambda: kefu.ready()[0] == 200, "/readyz to recover")
+        assert "is back after" in kefu.log.read_text()
+        dev = Device(broker.port, "dev-7", username="dev-7").connect()
+        for i in range(5):
+            dev.publish("kefu/c/dev-7/main/in", {"type": "message", "text": f"after {i}"})
+        dev.stop()
+        want = [f"before {i}" for i in range(3)] + [f"after {i}" for i in range(5)]
+        # every message acknowledged to the device is in the transcript, once, in order
+        assert until(lambda: _texts(kefu, "dev-7", want), "every acknowledged message") == want
+    finally:
+        assert kefu.stop() == 0
+
+
+def test_one_node_without_share_group_gets_what_arrived_while_it_and_the_broker_were_away(tmp_path, broker):
+    """Mosquitto keeps a persistent session's plain subscription across its own restart (not a
+    shared one): with ``share_group = ""`` a single node misses nothing the broker acknowledged."""
+    config = kefu_config(tmp_path / "a.toml", broker.port, "kefu-solo", extra={"broker": {"share_group": ""}})
+    kefu = Kefu(config).start()
+    assert kefu.stop() == 0  # the persistent session (its subscriptions) stays on the broker
+    dev = Device(broker.port, "dev-8", username="dev-8").connect()
+    for i in range(4):
+        dev.publish("kefu/c/dev-8/main/in", {"type": "message", "text": f"away {i}"})
+    dev.stop()
+    broker.stop()
+    broker.start()
+    kefu = Kefu(config).start()
+    try:
+        want = [f"away {i}" for i in range(4)]
+        assert until(lambda: _texts(kefu, "dev-8", want), "the messages kept by the broker") == want
+        assert "session resumed" in kefu.log.read_text()
+    finally:
+        assert kefu.stop() == 0
