@@ -73,6 +73,21 @@ class Closed:
     reason: str
 
 
+REFUSALS = {  # CONNACK reason codes (3.1.1 return codes arrive mapped onto these)
+    0x80: "unspecified error", 0x81: "malformed packet", 0x82: "protocol error", 0x83: "implementation specific error",
+    0x84: "unsupported protocol version", 0x85: "client identifier not valid", 0x86: "bad user name or password",
+    0x87: "not authorized", 0x88: "server unavailable", 0x89: "server busy", 0x8A: "banned",
+    0x8C: "bad authentication method", 0x90: "topic name invalid", 0x95: "packet too large",
+    0x97: "quota exceeded", 0x99: "payload format invalid", 0x9A: "retain not supported", 0x9B: "QoS not supported",
+    0x9C: "use another server", 0x9D: "server moved", 0x9F: "connection rate exceeded",
+}
+
+
+def refusal(code: int) -> str:
+    """``0x86 bad user name or password``: a CONNACK reason code for a log line."""
+    return f"0x{code:02X} {REFUSALS.get(code, 'refused')}"
+
+
 def _digest(topic: str, payload: bytes) -> bytes:
     return hashlib.blake2b(topic.encode() + b"\x00" + payload, digest_size=16).digest()
 

@@ -37,7 +37,9 @@ from typing import Awaitable, Callable
 import trio
 
 from .bridge.bus import RouterBus
-from .broker.client import MQTT_3_1_1, MQTT_5, Closed, ClientSession, Connected, Message, Refused, Subscribed
+from .broker.client import (
+    MQTT_3_1_1, MQTT_5, ClientSession, Closed, Connected, Message, Refused, Subscribed, refusal,
+)
 from .broker.mqtt.packets import ProtocolError
 from .broker.topics import TopicTrie
 
@@ -183,7 +185,7 @@ class ExternalLink:
         if isinstance(first, Refused):
             if s.version == MQTT_5 and first.reason_code in (0x84, 0x01) and self.cfg.protocol == "auto":
                 raise _Fallback(f"refused MQTT 5.0 (0x{first.reason_code:02X})")
-            raise LinkDown(f"connection refused: 0x{first.reason_code:02X} {first.reason}".strip())
+            raise LinkDown(f"connection refused: {refusal(first.reason_code)} {first.reason}".strip())
         self.connected = True
         self.connects += 1
         version = "5.0" if s.version == MQTT_5 else "3.1.1"
@@ -302,7 +304,7 @@ class ExternalLink:
         elif isinstance(e, Closed):
             raise LinkDown(e.reason)
         elif isinstance(e, Refused):
-            raise LinkDown(f"refused: 0x{e.reason_code:02X}")
+            raise LinkDown(f"refused: {refusal(e.reason_code)}")
 
     def _settle(self) -> None:
         self._busy -= 1

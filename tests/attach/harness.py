@@ -130,6 +130,7 @@ class Kefu:
         self.config = config
         self.http = ""
         self.attached = False
+        self.wait_ready = True
         self.lines: queue.Queue = queue.Queue()
         self.log = config.with_suffix(".log")
         self.proc = None
@@ -151,7 +152,8 @@ class Kefu:
                 self.attached = True
             if m := re.match(r"kefu: HTTP API on (http://\S+)/api/v1", line):
                 self.http = m.group(1)
-        until(lambda: self.ready()[1]["checks"].get("broker"), "kefu to attach to the external broker")
+        if self.wait_ready:
+            until(lambda: self.ready()[1]["checks"].get("broker"), "kefu to attach to the external broker")
         return self
 
     def _read(self) -> None:
