@@ -107,6 +107,7 @@ class ExternalLink:
         self._stream: trio.abc.Stream | None = None
         self._send_lock = trio.Lock()
         self._acks_send, self._acks_recv = trio.open_memory_channel(float("inf"))
+        self._out_send, self._out_recv = trio.open_memory_channel(float("inf"))  # bounded by MAX_OUTBOUND
         self._busy = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -131,6 +132,7 @@ class ExternalLink:
         wait = self.cfg.reconnect_min
         async with trio.open_nursery() as n:
             n.start_soon(self._ack_loop)
+            n.start_soon(self._writer)
             task_status.started(self)
             while True:
                 was_up = False
@@ -228,7 +230,7 @@ class ExternalLink:
                 got.append(e)
                 if want(e):
                     return got
-            data = await self._receive(fallback)
+            data = await self._receive()
             events, reply = self._feed(data, fallback)
             if reply:
                 await self._write(reply)
@@ -242,11 +244,9 @@ class ExternalLink:
                 raise _Fallback(f"answered MQTT 5.0 with something else ({e})") from None
             raise
 
-    async def _receive(self, fallback: bool = False) -> bytes:
+    async def _receive(self) -> bytes:
         data = await self._stream.receive_some(65536)
-        if not data:
-            if fallback and self.session.version == MQTT_5 and self.cfg.protocol == "auto":
-                raise _Fallback("closed the connection on an MQTT 5.0 CONNECT")
+        if not data:  # (not a reason to fall back to 3.1.1: a broker going down does this too)
             raise LinkDown("the broker closed the connection")
         self._last_rx = trio.current_time()
         return data
@@ -327,6 +327,8 @@ class ExternalLink:
 
     # ------------------------------------------------------------------ messages out
     async def publish(self, topic: str, payload: bytes) -> None:
+        """Queue a message for the external broker; never waits for the network (the desk's
+        publishing must not stall on a slow broker). QoS 1, kept until the broker acknowledges it."""
         s = self.session
         while s.outbound_pending >= MAX_OUTBOUND:
             dropped = s.drop_oldest_waiting()
@@ -335,11 +337,18 @@ class ExternalLink:
             self.outbound_dropped += 1
             log.error("external broker away too long: dropped a message for %s (kept %d)", dropped[0], MAX_OUTBOUND)
         data = s.publish(topic, payload, 1)
-        if data and self.connected:
+        if data:
+            self._out_send.send_nowait((s.generation, data))
+        await trio.lowlevel.checkpoint()
+
+    async def _writer(self) -> None:
+        async for gen, data in self._out_recv:
+            if gen != self.session.generation or not self.connected:
+                continue  # written for a connection now gone: the session sends it again (DUP) on CONNACK
             try:
                 await self._write(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass  # sent again after the reconnect (it stays in flight until acknowledged)
+                pass  # the reader notices the broken connection; the message stays in flight
 
     def health(self) -> dict:
         return {"mode": "external", "address": self.address, "connected": self.connected, "ready": self.ready,
