@@ -159,3 +159,36 @@ async def test_external_link_falls_back_to_311_and_acks_only_after_the_desk_is_d
             await fake.got_ack.wait()
         assert fake.acks == [5]
         nursery.cancel_scope.cancel()
+
+
+class StorageDown(Exception):
+    pass
+
+
+async def test_a_message_the_desk_could_not_commit_is_not_acknowledged_and_comes_again():
+    from kefu.attach import ExternalLink
+
+    fake = ScriptedBroker()
+    outcomes = [StorageDown("database is locked"), None]  # first try fails, the redelivery commits
+    tries: list[int] = []
+    second = trio.Event()
+
+    async def handler(topic, payload, done):
+        tries.append(len(fake.connects))
+        done(outcomes[len(tries) - 1])
+        if len(tries) == 2:
+            second.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, fake.handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        cfg = from_dict({"broker": {"mode": "external", "host": "127.0.0.1", "port": port, "protocol": "3.1.1",
+                                    "client_id": "kefu-t", "reconnect_min": 0.05, "reconnect_max": 0.1}}).broker
+        link = ExternalLink(cfg, ["kefu/c/+/+/in"], handler, is_storage_error=lambda e: isinstance(e, StorageDown))
+        await nursery.start(link.run)
+        with trio.fail_after(10):
+            await second.wait()
+            await fake.got_ack.wait()
+        assert tries == [1, 2]  # handled again on the next connection, not acknowledged on the first
+        assert fake.acks == [5]  # one PUBACK in all: after the commit that succeeded
+        nursery.cancel_scope.cancel()
