@@ -50,6 +50,7 @@ async def run(
     store=None,
     visitor_secret: bytes | None = None,
     ready_checks: dict | None = None,
+    ready_details: dict | None = None,
     task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve listeners.ws and listeners.http until cancelled; ``started(Bridge)``.
@@ -88,6 +89,7 @@ async def run(
                                          store=store)
                 st.ready_checks["ws"] = lambda: b.ws is not None or not cfg.listeners.ws.enabled
                 st.ready_checks.update(ready_checks or {})
+                st.ready_details.update(ready_details or {})
                 b.http = await nursery.start(lambda task_status: httpmod.run(st, task_status=task_status))
                 base = b.http.url
                 say(f"kefu: HTTP API on {base}/api/v1 (OpenAPI: {base}/api/v1/openapi.json)")

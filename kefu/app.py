@@ -134,7 +134,8 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
             bridge = await nursery.start(functools.partial(
                 run_bridge, cfg, broker=broker, desk=desk, bus=bus, announce=announce,
                 demo_agent=demo_agent, extra_routes=ops.routes(), store=store, visitor_secret=visitor_secret,
-                ready_checks={"broker": lambda: link.ready} if link is not None else None))
+                ready_checks={"broker": lambda: link.ready} if link is not None else None,
+                ready_details={"broker": link.health} if link is not None else None))
             app = App(broker, scope)
             app.bridge = bridge
             app.desk = desk

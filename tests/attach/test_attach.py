@@ -99,6 +99,7 @@ def test_external_broker_restart_is_reported_and_recovered(tmp_path, broker):
         broker.stop()
         status, body = until(lambda: (r := kefu.ready())[0] == 503 and r, "/readyz to say the broker is down")
         assert body["checks"]["broker"] is False
+        assert body["broker"]["address"] == f"mqtt://127.0.0.1:{broker.port}" and body["broker"]["reason"]
         until(lambda: "is down" in kefu.log.read_text(), "the log to say the broker is down")
         broker.start()
         until(lambda: kefu.ready()[0] == 200, "/readyz to recover")
