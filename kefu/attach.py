@@ -313,15 +313,17 @@ class ExternalLink:
 
     async def _ack_loop(self) -> None:
         async for pid, gen, exc in self._acks_recv:
-            self._settle()
             if exc is not None and self.is_storage_error(exc):
                 # Not committed: no PUBACK. Drop the connection so the broker sends it again.
+                self._settle()
                 log.error("external broker: message not committed (%s); reconnecting to have it again", exc)
                 if self._stream is not None and gen == self.session.generation:
                     await trio.aclose_forcefully(self._stream)
                 continue
+            data = self.session.puback(pid, gen)  # marked done before the reconnect may go on
+            self._settle()
             try:
-                await self._write(self.session.puback(pid, gen))
+                await self._write(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # the reader notices; the broker sends the message again
 
