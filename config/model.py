@@ -220,7 +220,8 @@ class BrokerAttach:
                                     "messages) while kefu is away; 3.1.1 brokers keep it until a clean start.",
                               non_negative)
     receive_maximum: int = opt(64, "external: messages the broker may have in flight to this node unacknowledged "
-                                   "(acknowledged once the desk has committed each).", positive)
+                                   "(acknowledged once the desk has committed each). MQTT 5.0 only; a 3.1.1 broker "
+                                   "uses its own limit (Mosquitto: max_inflight_messages).", positive)
     reconnect_min: float = opt(0.5, "external: first wait in seconds before reconnecting; doubles each failure.", positive)
     reconnect_max: float = opt(30.0, "external: longest wait between reconnection attempts, in seconds.", positive)
 

@@ -111,7 +111,6 @@ class ExternalLink:
         self._busy = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._conn_scope: trio.CancelScope | None = None
         self._subscribed = trio.Event()
         self._pending: list = []  # events decoded but not handled yet
         self._last_rx = 0.0
