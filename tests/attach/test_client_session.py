@@ -11,7 +11,7 @@ import functools
 import trio
 import trio.testing
 
-from kefu.broker.client import MQTT_3_1_1, MQTT_5, ClientSession, Connected, Message, Subscribed
+from kefu.broker.client import MQTT_3_1_1, MQTT_5, ClientSession, Connected
 from kefu.broker.mqtt.codec import Decoder, encode
 from kefu.broker.mqtt.packets import ConnAck, Connect, PubAck, Publish, Subscribe, SubAck
 from kefu.config import from_dict
