@@ -192,6 +192,11 @@ class Kefu:
     def ready(self) -> tuple[int, dict]:
         return self.get("/readyz")
 
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=WAIT)
+        self._logf.close()
+
     def stop(self) -> int:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -200,7 +205,8 @@ class Kefu:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._logf.close()
+        if not self._logf.closed:
+            self._logf.close()
         return self.proc.returncode
 
 
