@@ -367,6 +367,10 @@ def _leaf(e: BaseException) -> BaseException:
 
 
 def _describe(e: BaseException) -> str:
+    if isinstance(e, trio.BrokenResourceError) and e.__cause__ is not None:
+        e = e.__cause__  # e.g. the TLS handshake's ssl.SSLCertVerificationError
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate was not accepted: {e.verify_message}"
     if isinstance(e, trio.TooSlowError):
         return f"no answer within {CONNECT_TIMEOUT:.0f} s"
     if isinstance(e, OSError) and e.strerror:

@@ -178,3 +178,48 @@ def test_kefu_killed_mid_stream_loses_nothing_the_broker_acknowledged(tmp_path, 
         for d in devs:
             d.stop()
         assert kefu.stop() == 0
+
+
+def _certs(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 named "broker.test" (openssl)."""
+    import subprocess
+
+    ca_key, ca, key, csr, crt = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+        "-days", "2", "-subj", "/CN=kefu test CA")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=broker.test")
+    ext = folder / "san.cnf"
+    ext.write_text("subjectAltName=DNS:broker.test\n")
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(crt), "-days", "2", "-extfile", str(ext))
+    return ca, crt, key
+
+
+def test_attach_over_tls_verifies_the_broker_certificate(tmp_path, mosquitto_bin):
+    ca, crt, key = _certs(tmp_path)
+    m = Mosquitto(mosquitto_bin, tmp_path)
+    m.conf.write_text(m.conf.read_text() + f"cafile {ca}\ncertfile {crt}\nkeyfile {key}\n")
+    m.start()
+    try:
+        tls = {"tls": True, "cafile": str(ca), "server_name": "broker.test"}
+        kefu = Kefu(kefu_config(tmp_path / "a.toml", m.port, "kefu-tls", extra={"broker": tls})).start()
+        try:
+            status, body = kefu.ready()
+            assert status == 200 and body["broker"]["address"] == f"mqtts://127.0.0.1:{m.port}"
+        finally:
+            assert kefu.stop() == 0
+        # the wrong name: the certificate does not match, kefu says so and is not ready
+        wrong = Kefu(kefu_config(tmp_path / "b.toml", m.port, "kefu-tls2",
+                                 extra={"broker": {**tls, "server_name": "other.test"}}))
+        wrong.wait_ready = False
+        wrong.start()
+        try:
+            until(lambda: "is down" in wrong.log.read_text() and "certificate" in wrong.log.read_text().lower(),
+                  "the log to name the certificate problem")
+            assert wrong.ready()[0] == 503
+        finally:
+            assert wrong.stop() == 0
+    finally:
+        m.stop()
