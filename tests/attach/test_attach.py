@@ -5,7 +5,10 @@
   exists, and the agent's reply reaches the device on the external broker;
 * two kefu nodes in one share group split the customer messages: each handled once;
 * the external broker restarted: /readyz and the log say so, kefu reconnects by itself,
-  and messages acknowledged to the devices meanwhile all reach the desk, once.
+  and every message acknowledged to the devices reaches the desk, once, in order;
+* one node with a plain subscription gets what arrived while it and the broker were away;
+* kefu killed with kill -9 mid-stream: nothing the broker acknowledged is lost;
+* TLS to the broker with its own CA; a certificate for another name is refused and logged.
 """
 
 from __future__ import annotations
