@@ -122,8 +122,10 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
                 if link is not None:  # the desk is ready: take the external broker's messages
                     link.handler = desk.glue.ingest
                     await nursery.start(link.run)
-                    say(f"kefu: attaching to the external broker {link.address} (shared group "
-                        f"{cfg.broker.share_group}); no MQTT listener of kefu's own")
+                    group = (f"shared group {cfg.broker.share_group}" if cfg.broker.share_group
+                             else "plain subscription: one node")
+                    say(f"kefu: attaching to the external broker {link.address} ({group}); "
+                        "no MQTT listener of kefu's own")
                 if not cfg.widget.visitor_secret:
                     visitor_secret = await visitor_secret_of(durable)
             addresses = await nursery.start(broker.serve)

@@ -203,7 +203,7 @@ class ExternalLink:
             log.warning("external broker %s is back after %.1f s", self.address, trio.current_time() - self.down_since)
             self.down_since = None
         self._subscribed.set()  # ready: /readyz turns 200
-        log.info("attached to external broker %s (MQTT %s, client id %s, session %s, shared group %s)",
+        log.info("attached to external broker %s (MQTT %s, client id %s, session %s, share group %r)",
                  self.address, version, s.client_id, "resumed" if first.session_present else "new",
                  self.cfg.share_group)
         # events that came with the CONNACK/SUBACK (messages of a resumed session)
