@@ -140,6 +140,13 @@ class Kefu:
         self.proc = subprocess.Popen([sys.executable, "-m", "kefu.cli", "serve", "--config", str(self.config)],
                                      stdout=subprocess.PIPE, stderr=self._logf, text=True, cwd=str(self.config.parent))
         threading.Thread(target=self._read, daemon=True).start()
+        try:
+            return self._started()
+        except BaseException:
+            self.stop()  # never leave a kefu running behind a failed start
+            raise
+
+    def _started(self) -> "Kefu":
         while not (self.http and self.attached):
             try:
                 line = self.lines.get(timeout=WAIT)
