@@ -60,6 +60,7 @@ class BridgeState:
     ids: Identities
     ws_url: str = ""  # base ws:// URL of listeners.ws once it is up ("" when disabled)
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    ready_details: dict[str, Callable[[], dict]] = field(default_factory=dict)  # extra /readyz fields
     extra_routes: list = field(default_factory=list)  # added by other parts: kefu/ops_web.py (/metrics, /dashboard)
     store: Any = None  # kefu.storage store: its health() is part of /readyz
     visibility: Visibility | None = None  # who may read which conversation (set from cfg and desk)
@@ -734,6 +735,8 @@ def build_app(st: BridgeState) -> Starlette:
             checks["storage"] = h.ready
             body["storage"] = {"backend": h.backend, "ready": h.ready, "reason": h.reason, "since": h.since,
                                "pending": h.pending, "buffer_limit": h.buffer_limit}
+        for name, fn in st.ready_details.items():  # e.g. attach mode: the external broker's address and state
+            body[name] = fn()
         ok = all(checks.values())
         return JSONResponse({"status": "ready" if ok else "not ready", **body}, status_code=200 if ok else 503)
 

@@ -49,6 +49,8 @@ async def run(
     extra_routes: list | None = None,
     store=None,
     visitor_secret: bytes | None = None,
+    ready_checks: dict | None = None,
+    ready_details: dict | None = None,
     task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve listeners.ws and listeners.http until cancelled; ``started(Bridge)``.
@@ -67,11 +69,14 @@ async def run(
                 b.chat = ChatServer(cfg, ids, desk, bus)
             b.ws = await nursery.start(lambda task_status: wsmod.run(
                 cfg,
-                mqtt_handler=lambda stream, info: broker.handle_stream(stream, info.remote),
+                # attach mode: devices use the external broker; kefu serves no MQTT of its own
+                mqtt_handler=(lambda stream, info: broker.handle_stream(stream, info.remote))
+                if cfg.broker.mode == "embedded" else None,
                 chat_handler=b.chat.handle if b.chat else None,
                 task_status=task_status,
             ))
-            say(f"kefu: MQTT over WebSocket on {b.ws.url}{cfg.listeners.ws.mqtt_path}")
+            if cfg.broker.mode == "embedded":
+                say(f"kefu: MQTT over WebSocket on {b.ws.url}{cfg.listeners.ws.mqtt_path}")
             if b.chat:
                 say(f"kefu: browser chat protocol on {b.ws.url}{cfg.listeners.ws.chat_path}")
             else:
@@ -83,6 +88,8 @@ async def run(
                 st = httpmod.BridgeState(cfg, desk, ids, ws_url=b.ws_url, extra_routes=list(extra_routes or ()),
                                          store=store)
                 st.ready_checks["ws"] = lambda: b.ws is not None or not cfg.listeners.ws.enabled
+                st.ready_checks.update(ready_checks or {})
+                st.ready_details.update(ready_details or {})
                 b.http = await nursery.start(lambda task_status: httpmod.run(st, task_status=task_status))
                 base = b.http.url
                 say(f"kefu: HTTP API on {base}/api/v1 (OpenAPI: {base}/api/v1/openapi.json)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
+import re
 from pathlib import Path
 
 from .model import LIST_ENTRIES, Config
@@ -114,6 +115,9 @@ def validate(cfg: Config) -> list[str]:
                 problems.append(f"listeners.mqtts.{key}: required when listeners.mqtts.enabled = true")
             elif not Path(value).is_file():
                 problems.append(f"listeners.mqtts.{key}: no such file: {value}")
+    problems.extend(_attach_problems(cfg.broker))
+    if cfg.broker.mode == "external" and not cfg.desk.enabled:
+        problems.append('broker.mode: "external" attaches the desk to your broker; it needs desk.enabled = true')
     for i, user in enumerate(cfg.auth.users):
         if not user.username:
             problems.append(f"auth.users[{i}].username: must not be empty")
@@ -121,6 +125,31 @@ def validate(cfg: Config) -> list[str]:
             problems.append(
                 f"auth.users[{i}].password_hash: expected a hash made by `kefu passwd`, starting with \"scrypt$\""
             )
+    return problems
+
+
+def _attach_problems(b) -> list[str]:
+    """[broker]: what external (attach) mode needs."""
+    if b.mode != "external":
+        return []
+    problems = []
+    if not b.host:
+        problems.append('broker.host: required when broker.mode = "external" (the external broker\'s address)')
+    if bool(b.certfile) != bool(b.keyfile):
+        problems.append("broker.keyfile: certfile and keyfile go together" if b.certfile
+                        else "broker.certfile: certfile and keyfile go together")
+    for key in ("cafile", "certfile", "keyfile", "password_file"):
+        value = getattr(b, key)
+        if value and not Path(value).is_file():
+            problems.append(f"broker.{key}: no such file: {value}")
+    if (b.cafile or b.certfile or b.server_name) and not b.tls:
+        problems.append("broker.tls: must be true when broker.cafile, certfile or server_name is set")
+    if b.reconnect_max < b.reconnect_min:
+        problems.append("broker.reconnect_max: must not be less than broker.reconnect_min")
+    if b.share_group and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", b.share_group):
+        problems.append("broker.share_group: expected 1-64 characters from A-Z a-z 0-9 _ . - (or empty: one node)")
+    if b.client_id and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", b.client_id):
+        problems.append("broker.client_id: expected 1-64 characters from A-Z a-z 0-9 _ . : -")
     return problems
 
 

@@ -203,6 +203,46 @@ class Mqtt:
 
 
 @dataclass
+class BrokerAttach:
+    mode: str = opt(
+        "embedded",
+        "embedded: kefu is the MQTT broker (listeners.mqtt, listeners.mqtts, /mqtt). external: devices stay on a "
+        "broker you run (Mosquitto, EMQX, HiveMQ...); kefu opens no MQTT listener for devices, connects to it as a "
+        "client and takes the desk's topics through a shared subscription (docs/deploy.md).",
+        one_of("embedded", "external"),
+    )
+    host: str = opt("", "external: the broker's host name or address (required in external mode).")
+    port: int = opt(0, "external: the broker's port; 0: 1883, or 8883 with tls = true.", port)
+    tls: bool = opt(False, "external: connect with TLS (server certificate verified against cafile or the system CAs).")
+    cafile: str = opt("", "external: PEM CA bundle that signed the broker's certificate; empty: the system CAs.")
+    certfile: str = opt("", "external: PEM client certificate, for brokers that require one (with keyfile).")
+    keyfile: str = opt("", "external: PEM private key for certfile.")
+    server_name: str = opt("", "external: name checked against the broker's certificate; empty: host.")
+    username: str = opt("", "external: user name kefu logs in with (the broker must let it read and write kefu's topics).")
+    password: str = opt("", "external: its password. Prefer password_file (or the KEFU_BROKER_PASSWORD variable) "
+                            "to keep secrets out of the config file.")
+    password_file: str = opt("", "external: file holding the password (first line); wins over password.")
+    client_id: str = opt("", "external: this node's client id; empty: kefu-<host name>. Must be unique per node and "
+                             "stable across restarts (it names the persistent session).")
+    protocol: str = opt("auto", "external: MQTT version; auto tries 5.0 and falls back to 3.1.1 when the broker "
+                                "refuses it.", one_of("auto", "5", "3.1.1"))
+    share_group: str = opt("kefu", "external: shared-subscription group; every kefu node of one desk uses the same "
+                                   "group so that each customer message goes to exactly one of them. Empty: a plain "
+                                   "subscription, for one node only (Mosquitto keeps plain subscriptions across its "
+                                   "restarts but not shared ones: docs/deploy.md).")
+    keepalive: int = opt(30, "external: MQTT keep alive in seconds (PINGREQ when idle; the broker drops kefu after "
+                             "1.5 times this without traffic).", positive)
+    session_expiry: int = opt(3600, "external: seconds the broker keeps kefu's session (subscriptions and unacknowledged "
+                                    "messages) while kefu is away; 3.1.1 brokers keep it until a clean start.",
+                              non_negative)
+    receive_maximum: int = opt(64, "external: messages the broker may have in flight to this node unacknowledged "
+                                   "(acknowledged once the desk has committed each). MQTT 5.0 only; a 3.1.1 broker "
+                                   "uses its own limit (Mosquitto: max_inflight_messages).", positive)
+    reconnect_min: float = opt(0.5, "external: first wait in seconds before reconnecting; doubles each failure.", positive)
+    reconnect_max: float = opt(30.0, "external: longest wait between reconnection attempts, in seconds.", positive)
+
+
+@dataclass
 class Log:
     level: str = opt("info", "Log level.", one_of("debug", "info", "warning", "error"))
 
@@ -733,6 +773,7 @@ class AlertRule:
 class Config:
     listeners: Listeners = field(default_factory=Listeners)
     mqtt: Mqtt = field(default_factory=Mqtt)
+    broker: BrokerAttach = field(default_factory=BrokerAttach)
     auth: Auth = field(default_factory=Auth)
     log: Log = field(default_factory=Log)
     chat: Chat = field(default_factory=Chat)

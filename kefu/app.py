@@ -70,7 +70,11 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
     from .bridge.service import run as run_bridge
     from .storage import open_store
 
-    broker = Broker(cfg)
+    external = cfg.broker.mode == "external"
+    # Attach mode: the broker stays as this node's internal router (browsers, the desk), with
+    # no MQTT listener of its own; devices are on the external broker (kefu/attach.py).
+    broker = Broker(_no_device_listeners(cfg) if external else cfg)
+    link = None
     ops = Ops(cfg)  # metrics, history, alerts (kefu/ops.py); raises ConfigError for bad [[alerts]]
     say = announce or (lambda line: None)
     with trio.CancelScope() as scope:
@@ -97,7 +101,17 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
                 live = await nursery.start(live_state, cfg)
                 durable = DurableStore(live, store)
                 await restore(durable, time.time())
-                bus = RouterBus(broker)
+                if external:
+                    from .attach import AttachedBus, ExternalLink
+                    from .settings import from_config as settings_from_config
+                    from .storage.base import StorageError
+
+                    filters = settings_from_config(cfg, base_dir=base_dir).topics.desk_filters()
+                    link = ExternalLink(cfg.broker, filters,
+                                        is_storage_error=lambda e: isinstance(e, StorageError))
+                    bus = AttachedBus(broker, link, filters)
+                else:
+                    bus = RouterBus(broker)
                 # classify_nowait: a message the classifier has no room for skips classification
                 # (counted) and goes to a human, rather than queueing the bot's answers without bound.
                 classify = ops.metrics.instrument_classifier(intent.classify_nowait) if intent else None
@@ -105,6 +119,13 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
                     broker_glue.run, cfg, broker=broker, bus=bus, classify=classify,
                     store=durable, base_dir=base_dir))
                 await restore_webhooks(desk, durable)
+                if link is not None:  # the desk is ready: take the external broker's messages
+                    link.handler = desk.glue.ingest
+                    await nursery.start(link.run)
+                    group = (f"shared group {cfg.broker.share_group}" if cfg.broker.share_group
+                             else "plain subscription: one node")
+                    say(f"kefu: attaching to the external broker {link.address} ({group}); "
+                        "no MQTT listener of kefu's own")
                 if not cfg.widget.visitor_secret:
                     visitor_secret = await visitor_secret_of(durable)
             addresses = await nursery.start(broker.serve)
@@ -114,16 +135,28 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
             demo_agent = desk.s.agents[0].id if desk is not None and desk.s.agents else None
             bridge = await nursery.start(functools.partial(
                 run_bridge, cfg, broker=broker, desk=desk, bus=bus, announce=announce,
-                demo_agent=demo_agent, extra_routes=ops.routes(), store=store, visitor_secret=visitor_secret))
+                demo_agent=demo_agent, extra_routes=ops.routes(), store=store, visitor_secret=visitor_secret,
+                ready_checks={"broker": lambda: link.ready} if link is not None else None,
+                ready_details={"broker": link.health} if link is not None else None))
             app = App(broker, scope)
             app.bridge = bridge
             app.desk = desk
             app.store = store
             app.intent = intent
+            app.link = link  # attach mode: the connection to the external broker (None when embedded)
             # /metrics, /dashboard, sampling and alerts
             app.ops = await ops.start(nursery, broker=broker, bridge=bridge, desk=desk, store=store,
                                       intent=intent, announce=announce)
             task_status.started(app)
+
+
+def _no_device_listeners(cfg):
+    """``cfg`` without the MQTT listeners (attach mode: devices use the external broker)."""
+    from dataclasses import replace
+
+    ls = cfg.listeners
+    return replace(cfg, listeners=replace(ls, mqtt=replace(ls.mqtt, enabled=False),
+                                          mqtts=replace(ls.mqtts, enabled=False)))
 
 
 def _find(exc: BaseException, kind: type) -> BaseException | None:

@@ -147,18 +147,25 @@ class DeskGlue:
             except Exception:  # noqa: BLE001 - one agent's trouble must not stop presence for all
                 log.exception("presence update for %s failed", aid)
 
-    async def ingest(self, topic: str, payload: bytes) -> None:
-        """Bus consumer: hand the message to its sender's lane (order kept per sender)."""
+    async def ingest(self, topic: str, payload: bytes, done: Callable[[BaseException | None], None] | None = None,
+                     ) -> None:
+        """Bus consumer: hand the message to its sender's lane (order kept per sender).
+        ``done(None)`` (or ``done(exception)``) is called once the desk is through with it,
+        after its commit: attach mode (kefu/attach.py) acknowledges the message then."""
         key = topic.rsplit("/", 1)[0] if "/conv/" not in topic else topic.split("/conv/")[0]
         send, _ = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)]
-        await send.send((topic, payload))
+        await send.send((topic, payload, done))
 
     async def _lane(self, recv) -> None:
-        async for topic, payload in recv:
+        async for topic, payload, done in recv:
+            failure = None
             try:
                 await self.desk.ingest(topic, payload)
-            except Exception:  # noqa: BLE001 - logged; the sender got an error frame where possible
+            except Exception as e:  # noqa: BLE001 - logged; the sender got an error frame where possible
+                failure = e
                 log.exception("desk failed on %s", topic)
+            if done is not None:
+                done(failure)
 
 
 async def run(
