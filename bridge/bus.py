@@ -91,6 +91,28 @@ class LocalBus:
             send.close()
 
 
+class Ack:
+    """A consumer's hold on one stored PUBLISH's acknowledgement (see ``RouterBus``)."""
+
+    __slots__ = ("persister", "topic", "rec", "finished")
+
+    def __init__(self, persister, topic: str) -> None:
+        self.persister = persister
+        self.topic = topic
+        self.rec = None  # set when the persister stores the message and holds its acknowledgement
+        self.finished = False
+
+    def done(self, ok: bool = True) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.rec is not None and self.persister is not None:
+            self.persister.ungate(self.rec, ok)
+
+
+NO_ACK = Ack(None, "")
+
+
 class RouterBus(LocalBus):
     """The bus joined to the embedded broker: one topic space for devices and browsers.
 
@@ -104,6 +126,10 @@ class RouterBus(LocalBus):
       accepted message matching ``filters`` (how the desk hears ``.../in`` and agent
       topics), behind a bounded queue so a slow consumer cannot stall the broker: past
       ``queue`` messages waiting, further ones are counted in ``dropped`` and logged.
+      With ``acks=True`` the handler gets a third argument, an ``Ack``: a stored QoS 1/2
+      PUBLISH is acknowledged to its publisher only once every such consumer called
+      ``ack.done()`` (the desk does after its own commit: acknowledged means committed);
+      ``ack.done(False)`` closes the publisher's connection unacknowledged instead.
     """
 
     def __init__(self, broker, *, queue: int = 256, consume_queue: int = 10_000) -> None:
@@ -112,14 +138,35 @@ class RouterBus(LocalBus):
         self._consumers: list[tuple[TopicTrie, trio.MemorySendChannel]] = []
         self._consume_queue = consume_queue
         self.dropped = 0
+        self._fresh: list[Ack] = []  # acks handed out for the message being accepted right now
+        self._persister = getattr(self.router, "persister", None)
+        if self._persister is not None:
+            self._persister.gate = self._gate
         broker.hooks.register("on_message_published", self._seen)
+
+    def _gate(self, topic: str, rec) -> int:
+        """The persister asks, while accepting the message ``_seen`` just saw: how many
+        consumers must finish with it before its acknowledgement."""
+        fresh, self._fresh = self._fresh, []
+        n = 0
+        for ack in fresh:
+            if ack.topic == topic and not ack.finished:
+                ack.rec = rec
+                n += 1
+        return n
 
     def _seen(self, event) -> None:
         self.deliver(event.topic, event.payload)
-        for trie, send in self._consumers:
+        self._fresh = []
+        for trie, send, acks in self._consumers:
             if trie.match(event.topic):
+                ack = None
+                if acks and self._persister is not None:
+                    ack = Ack(self._persister, event.topic)
                 try:
-                    send.send_nowait((event.topic, event.payload))
+                    send.send_nowait((event.topic, event.payload, ack))
+                    if ack is not None:
+                        self._fresh.append(ack)
                 except trio.WouldBlock:
                     self.dropped += 1
                     log.error("bus: consumer queue full, dropped a message on %s", event.topic)
@@ -137,22 +184,28 @@ class RouterBus(LocalBus):
         self.router._accept(msg, "", None, trio.current_time())
         await trio.lowlevel.checkpoint()
 
-    async def consume(self, filters: list[str], handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def consume(self, filters: list[str], handler, *, acks: bool = False,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
         trie = TopicTrie()
         for f in filters:
             validate_topic_filter(f)
             trie.add(f, "consumer")
         send, recv = trio.open_memory_channel(self._consume_queue)
-        entry = (trie, send)
+        entry = (trie, send, acks)
         self._consumers.append(entry)
         try:
             task_status.started()
             async with recv:
-                async for topic, payload in recv:
+                async for topic, payload, ack in recv:
                     try:
-                        await handler(topic, payload)
+                        if acks:
+                            await handler(topic, payload, ack or NO_ACK)
+                        else:
+                            await handler(topic, payload)
                     except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
                         log.exception("bus: consumer failed on %s", topic)
+                        if ack is not None:
+                            ack.done()
         finally:
             self._consumers.remove(entry)
             send.close()

@@ -49,6 +49,9 @@ class App:
 
     async def stop(self) -> None:
         """Graceful stop: stop accepting, disconnect clients, flush; then end ``run``."""
+        desk = getattr(self, "desk", None)
+        if desk is not None:
+            desk.stopping = True  # the connections it closes now are not agents going offline
         with trio.move_on_after(STOP_DEADLINE):
             await self.broker.stop()
         self._scope.cancel()

@@ -22,6 +22,7 @@ are queued to a task here; the ACL decides from memory (the desk's assignment ma
 
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 from pathlib import Path
@@ -32,6 +33,7 @@ import trio
 from .broker.hooks import ALLOW, DENY, Decision, HookRegistry
 from .desk import Desk
 from .settings import DeskSettings
+from .storage.base import StorageUnavailable
 from .settings import from_config as settings_from_config
 from .topics import Verdict, identify
 
@@ -135,18 +137,27 @@ class DeskGlue:
             except Exception:  # noqa: BLE001 - one agent's trouble must not stop presence for all
                 log.exception("presence update for %s failed", aid)
 
-    async def ingest(self, topic: str, payload: bytes) -> None:
+    async def ingest(self, topic: str, payload: bytes, ack=None) -> None:
         """Bus consumer: hand the message to its sender's lane (order kept per sender)."""
         key = topic.rsplit("/", 1)[0] if "/conv/" not in topic else topic.split("/conv/")[0]
         send, _ = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)]
-        await send.send((topic, payload))
+        await send.send((topic, payload, ack))
 
     async def _lane(self, recv) -> None:
-        async for topic, payload in recv:
+        # ``ack``: the publisher's PUBACK waits for it -- given once the desk's writes for this
+        # message are committed (Desk.ingest returns then); refused when they cannot be.
+        async for topic, payload, ack in recv:
+            ok = True
             try:
                 await self.desk.ingest(topic, payload)
+            except StorageUnavailable as e:
+                ok = False
+                log.error("desk could not store %s (%s): not acknowledged", topic, e.reason)
             except Exception:  # noqa: BLE001 - logged; the sender got an error frame where possible
                 log.exception("desk failed on %s", topic)
+            finally:
+                if ack is not None:
+                    ack.done(ok)
 
 
 async def run(
@@ -178,5 +189,5 @@ async def run(
     async with trio.open_nursery() as n:
         await n.start(desk.run)
         await n.start(glue.run)
-        await n.start(bus.consume, s.topics.desk_filters(), glue.ingest)
+        await n.start(functools.partial(bus.consume, s.topics.desk_filters(), glue.ingest, acks=True))
         task_status.started(desk)

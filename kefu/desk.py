@@ -104,6 +104,7 @@ class Desk(DeskQueries):
         self.acl = Acl(self.s.topics, self.assignee_of)
         self.published = 0
         self.publish_errors = 0
+        self.stopping = False  # set by kefu.app when it stops: connections closing are not agents leaving
 
     # --- time and setup ------------------------------------------------------------------
     def now(self) -> float:
@@ -713,7 +714,11 @@ class Desk(DeskQueries):
         return await self._tx(lambda: self._set_status(agent_id, A.AgentStatus.ONLINE, "connected"))
 
     async def agent_disconnected(self, agent_id: str) -> dict | None:
-        """A live connection closed; the last one closing sets the agent offline (requeues its work)."""
+        """A live connection closed; the last one closing sets the agent offline (requeues its work).
+        Not while kefu itself is stopping (``stopping``): the agent did not leave, and its
+        conversations must come back assigned to it after the restart."""
+        if self.stopping:
+            return None
         n = self._held.get(agent_id, 0) - 1
         if n > 0:
             self._held[agent_id] = n

@@ -229,7 +229,7 @@ async def restore(store: DurableStore, now: float) -> dict[str, int]:
     await live.continue_seq("queue", max((c.seq for c in convs), default=0))
     counts = {"conversations": 0, "tickets": 0, "contacts": 0, "agents": 0, "offers_requeued": 0}
     if not empty:
-        log.info("desk state kept by the shared live store; counters continue after the SQL record's")
+        log.debug("desk state kept by the shared live store; counters continue after the SQL record's")
         return counts
     agents = [replace(a, status=AgentStatus.OFFLINE) for a in recs["agent"]]  # connections died with the process
     counts["conversations"] = await live.restore(convs)
@@ -247,8 +247,9 @@ async def restore(store: DurableStore, now: float) -> dict[str, int]:
         async with store.unit():
             await store.commit(again)
     counts["offers_requeued"] = len(again)
-    log.info("desk restored from the %s record: %s", sql.backend,
-             ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if any(counts.values()):
+        log.info("desk restored from the %s record: %s", sql.backend,
+                 ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
     return counts
 
 
