@@ -98,7 +98,7 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
                 # Live desk state in memory or Redis ([desk] state); the SQL store is its record:
                 # rebuilt from it here, every action committed to it before it is acknowledged.
                 live = await nursery.start(live_state, cfg)
-                durable = DurableStore(live, store)
+                durable = DurableStore(live, store, ack_after_commit=cfg.storage.ack_after_commit)
                 await restore(durable, time.time())
                 bus = RouterBus(broker)
                 classify = ops.metrics.instrument_classifier(intent.classify) if intent else None

@@ -54,9 +54,12 @@ _NUMBERED = re.compile(r"^(cv|tk)-(\d+)$")
 class DurableStore:
     """A ``DeskStore`` whose writes are also the SQL record's (see the module doc)."""
 
-    def __init__(self, live: DeskStore, sql: Any) -> None:
+    def __init__(self, live: DeskStore, sql: Any, *, ack_after_commit: bool = True) -> None:
         self.live = live
         self.sql = sql
+        # False (``storage.ack_after_commit = false``): actions return before their writes are
+        # committed -- the same writes, in the same order, but a crash can lose the last ones.
+        self.ack_after_commit = ack_after_commit
         self._hydrated: set[str] = set()
         self.queued = 0  # writes queued to the SQL store
         self.waits = 0  # units that waited for a commit
@@ -128,7 +131,7 @@ class DurableStore:
             yield
         finally:
             _UNIT.reset(token)
-        if handles:
+        if handles and self.ack_after_commit:
             self.waits += 1
             await self.sql.wait_written(handles[-1])  # committed in order: the last covers all
             for h in handles[:-1]:
@@ -138,8 +141,10 @@ class DurableStore:
     # --- other records ------------------------------------------------------------------
     async def save_record(self, kind: str, rid: str, version: int, data: dict, *, secret: bool = False) -> None:
         """Any other desk record (a webhook, a setting), committed before this returns."""
-        async with self.unit():
-            await self._queue("desk", [self.sql.desk_record_row(kind, rid, version, data, secret=secret)])
+        handle = await self.sql.queue_write("desk", [self.sql.desk_record_row(kind, rid, version, data,
+                                                                             secret=secret)])
+        self.queued += 1
+        await self.sql.wait_written(handle)
 
     async def write(self, kind: str, rid: str, version: int, data: dict, *, secret: bool = False) -> None:
         """Like ``save_record`` but waited for by the enclosing ``unit()`` (or not at all)."""
