@@ -54,6 +54,7 @@ class DeskGlue:
         self._services = s.service_users
         self._presence_send, self._presence_recv = trio.open_memory_channel(10_000)
         self._lanes = [trio.open_memory_channel(lane_queue) for _ in range(lanes)]
+        self._lane_queue = lane_queue
         self.refused_logins = 0
         self.presence_dropped = 0
 
@@ -145,16 +146,34 @@ class DeskGlue:
 
     async def _lane(self, recv) -> None:
         # ``ack``: the publisher's PUBACK waits for it -- given once the desk's writes for this
-        # message are committed (Desk.ingest returns then); refused when they cannot be.
-        async for topic, payload, ack in recv:
+        # message are committed, refused when they cannot be. The lane goes on with its next
+        # message meanwhile; its acker waits for the commits in order (one sender's
+        # acknowledgements keep their order, and a commit never stalls the lane).
+        send, acks = trio.open_memory_channel(self._lane_queue)
+        async with trio.open_nursery() as n:
+            n.start_soon(self._acker, acks)
+            async for topic, payload, ack in recv:
+                pending = None
+                try:
+                    pending = await self.desk.ingest(topic, payload, deferred=True)
+                except StorageUnavailable as e:
+                    log.error("desk could not store %s (%s): not acknowledged", topic, e.reason)
+                    if ack is not None:
+                        ack.done(False)
+                    continue
+                except Exception:  # noqa: BLE001 - logged; the sender got an error frame where possible
+                    log.exception("desk failed on %s", topic)
+                await send.send((topic, ack, pending))
+
+    async def _acker(self, recv) -> None:
+        async for topic, ack, pending in recv:
             ok = True
             try:
-                await self.desk.ingest(topic, payload)
-            except StorageUnavailable as e:
+                if pending is not None:
+                    await pending.wait()
+            except Exception as e:  # noqa: BLE001 - StorageUnavailable, or one write's own error
                 ok = False
-                log.error("desk could not store %s (%s): not acknowledged", topic, e.reason)
-            except Exception:  # noqa: BLE001 - logged; the sender got an error frame where possible
-                log.exception("desk failed on %s", topic)
+                log.error("desk could not store %s (%s): not acknowledged", topic, getattr(e, "reason", e))
             finally:
                 if ack is not None:
                     ack.done(ok)

@@ -346,11 +346,11 @@ class Desk(DeskQueries):
         return m, ev
 
     # --- customers ------------------------------------------------------------------------
-    def _unit(self):
+    def _unit(self, wait: bool = True):
         """One action whose writes are committed to the SQL record before it returns (and so
         before anything is acknowledged to its sender): ``kefu.record.DurableStore.unit``."""
         unit = getattr(self.store, "unit", None)
-        return unit() if unit is not None else nullcontext()
+        return unit(wait=wait) if unit is not None else nullcontext()
 
     async def customer_message(
         self, channel: str, customer_id: str, text: str, *, thread: str = "main", meta: dict | None = None
@@ -813,12 +813,15 @@ class Desk(DeskQueries):
             return await self._tx(lambda: handle_alarm(self, alarm))
 
     # --- raw topic traffic (broker glue, bridge taps) --------------------------------------------
-    async def ingest(self, topic: str, payload: bytes) -> None:
-        """A message on one of ``topics.desk_filters()``; errors are answered on the sender's topic."""
+    async def ingest(self, topic: str, payload: bytes, *, deferred: bool = False):
+        """A message on one of ``topics.desk_filters()``; errors are answered on the sender's topic.
+        Returns once its writes are committed -- or, ``deferred``, at once with a ``Pending``
+        (None: nothing to wait for) whose ``wait()`` the caller awaits before acknowledging."""
         from .deskactions import ingest
 
-        async with self._unit():
+        async with self._unit(wait=not deferred) as pending:
             await ingest(self, topic, payload)
+        return pending
 
 
 def _contact_vars(c: Contact | None) -> dict:

@@ -116,27 +116,25 @@ class DurableStore:
 
     # --- acknowledgement ----------------------------------------------------------------
     @asynccontextmanager
-    async def unit(self):
+    async def unit(self, *, wait: bool = True):
         """One action's writes: on a normal exit, wait until all of them are committed.
-        Raises StorageUnavailable (nothing may be acknowledged) when they cannot be."""
+        Raises StorageUnavailable (nothing may be acknowledged) when they cannot be.
+        ``wait=False``: yields a ``Pending`` to wait on later instead (the caller goes on
+        with its next action meanwhile; ``Pending.wait()`` before acknowledging)."""
         if _UNIT.get() is not None:  # nested: the outermost unit waits
-            yield
+            yield None
             return
         h = self.sql.health()
         if not h.ready and h.pending >= h.buffer_limit:
             raise StorageUnavailable(f"{h.reason}; {h.pending} writes already waiting")
-        handles: list = []
-        token = _UNIT.set(handles)
+        pending = Pending(self)
+        token = _UNIT.set(pending.handles)
         try:
-            yield
+            yield pending
         finally:
             _UNIT.reset(token)
-        if handles and self.ack_after_commit:
-            self.waits += 1
-            await self.sql.wait_written(handles[-1])  # committed in order: the last covers all
-            for h in handles[:-1]:
-                if getattr(h, "error", None) is not None:
-                    raise StorageUnavailable(f"a desk write was not stored: {h.error}")
+        if wait:
+            await pending.wait()
 
     # --- other records ------------------------------------------------------------------
     async def save_record(self, kind: str, rid: str, version: int, data: dict, *, secret: bool = False) -> None:
@@ -149,6 +147,26 @@ class DurableStore:
     async def write(self, kind: str, rid: str, version: int, data: dict, *, secret: bool = False) -> None:
         """Like ``save_record`` but waited for by the enclosing ``unit()`` (or not at all)."""
         await self._queue("desk", [self.sql.desk_record_row(kind, rid, version, data, secret=secret)])
+
+
+class Pending:
+    """The writes of one unit, to be waited for (once) before its acknowledgement."""
+
+    __slots__ = ("store", "handles")
+
+    def __init__(self, store: DurableStore) -> None:
+        self.store = store
+        self.handles: list = []
+
+    async def wait(self) -> None:
+        handles, self.handles = self.handles, []
+        if not handles or not self.store.ack_after_commit:
+            return
+        self.store.waits += 1
+        await self.store.sql.wait_written(handles[-1])  # committed in order: the last covers all
+        for h in handles[:-1]:
+            if getattr(h, "error", None) is not None:
+                raise StorageUnavailable(f"a desk write was not stored: {h.error}")
 
 
 def chat_message(m: Message) -> ChatMessage:
