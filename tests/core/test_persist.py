@@ -96,3 +96,14 @@ async def test_an_offer_nobody_accepted_is_offered_again_after_restart(tmp_path,
             conv = await store.conversation(cid)
             assert conv.status.value == "assigned" and conv.assignee == "alice"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_transcript_whose_oldest_lines_were_pruned_continues_after_its_last_seq(tmp_path):
+    from kefu.conversations import Message
+
+    live = MemoryStore()
+    await live.restore_messages("cv-1", [Message("cv-1", "customer", f"line {n}", 0.0, seq=n) for n in (41, 42)])
+    m = await live.append_message(Message("cv-1", "agent", "next", 1.0))
+    assert m.seq == 43
+    assert [x.seq for x in await live.messages("cv-1", before=43)] == [41, 42]
+    assert [x.seq for x in await live.messages("cv-1", before=42, limit=5)] == [41]
