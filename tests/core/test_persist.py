@@ -107,3 +107,33 @@ async def test_a_transcript_whose_oldest_lines_were_pruned_continues_after_its_l
     assert m.seq == 43
     assert [x.seq for x in await live.messages("cv-1", before=43)] == [41, 42]
     assert [x.seq for x in await live.messages("cv-1", before=42, limit=5)] == [41]
+
+
+async def test_sla_timers_resume_from_the_stored_deadlines(tmp_path, recorder):
+    from kefu.tickets import SlaTargets
+
+    sla = SlaTargets((60, 300, 900, 3600), (600, 3000, 9000, 36000))
+    clock = [1_000_000.0]
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, clock[0])
+        desk = Desk(small_settings(sla=sla), store=store, classify=keyword_classifier, publish=recorder,
+                    clock=lambda: clock[0])
+        await desk.setup()
+        await desk.customer_message("chat", "ann", "talk to a human")  # nobody online: queued, ticketed
+        (ticket,) = await store.tickets()
+        assert ticket.first_response_due == clock[0] + 900  # normal priority
+    clock[0] += 901  # kefu was down when the first-response deadline passed
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, clock[0])
+        desk = Desk(small_settings(sla=sla), store=store, classify=keyword_classifier, publish=recorder,
+                    clock=lambda: clock[0])
+        await desk.setup()  # schedules the stored deadline
+        async with store.unit():  # a timer acknowledges nothing; here we wait for its writes
+            await desk.fire_due(clock[0])
+        (t2,) = await store.tickets()
+        assert t2.id == ticket.id and t2.first_response_due == ticket.first_response_due
+        assert t2.breached == frozenset({"first_response"})
+        row = await sql.get_ticket(ticket.id)  # and the breach is in the record
+        assert "first_response" in row.fields["breached"]
