@@ -276,8 +276,35 @@ async def restore(store: DurableStore, now: float) -> dict[str, int]:
     return counts
 
 
+class WebhookJournal:
+    """Webhook deliveries not yet done (``desk_records`` kind "webhook_delivery"): written
+    when an event is queued for an endpoint -- inside the action that caused it, so it is
+    committed before that action is acknowledged -- and deleted once delivered or given up."""
+
+    KIND = "webhook_delivery"
+
+    def __init__(self, store: DurableStore) -> None:
+        self.store = store
+
+    def _write(self, row: tuple) -> None:
+        handle = self.store.sql.queue_write_nowait("desk", [row])
+        self.store.queued += 1
+        unit = _UNIT.get()
+        if unit is not None:
+            unit.append(handle)
+
+    def pending(self, endpoint: str, delivery: str, etype: str, body: bytes) -> None:
+        self._write(self.store.sql.desk_record_row(
+            self.KIND, f"{endpoint}:{delivery}", 1,
+            {"endpoint": endpoint, "delivery": delivery, "type": etype, "body": body.decode("utf-8")}, secret=True))
+
+    def finished(self, endpoint: str, delivery: str) -> None:
+        self._write(self.store.sql.desk_record_delete_row(self.KIND, f"{endpoint}:{delivery}"))
+
+
 async def restore_webhooks(desk: Any, store: DurableStore) -> int:
-    """Webhooks added through the API (``desk_records`` kind "webhook"), back on the desk."""
+    """Webhooks added through the API (``desk_records`` kind "webhook"), back on the desk, and
+    the deliveries that were still waiting (first try or a retry) queued again."""
     from .webhooks import Endpoint
 
     n = 0
@@ -289,6 +316,16 @@ async def restore_webhooks(desk: Any, store: DurableStore) -> int:
             n += 1
         except (KeyError, ValueError) as e:
             log.error("stored webhook %s not restored: %s", wid, e)
+    journal = WebhookJournal(store)
+    again = 0
+    for rid, _version, d in await store.sql.desk_records(WebhookJournal.KIND):
+        if desk.webhooks.requeue(d["endpoint"], d["delivery"], d["type"], d["body"].encode("utf-8")):
+            again += 1
+        else:
+            journal.finished(d["endpoint"], d["delivery"])
+    if again:
+        log.info("%d webhook deliveries queued again", again)
+    desk.webhooks.journal = journal
     return n
 
 
@@ -306,5 +343,5 @@ async def visitor_secret_of(store: DurableStore) -> bytes:
     raise StorageUnavailable("the widget's visitor secret could not be stored")
 
 
-__all__ = ["DurableStore", "restore", "load", "restore_webhooks", "visitor_secret_of", "chat_message",
+__all__ = ["DurableStore", "WebhookJournal", "restore", "load", "restore_webhooks", "visitor_secret_of", "chat_message",
            "desk_message"]

@@ -5,6 +5,7 @@ tests/durable/test_desk_restart.py do it through ``kefu serve`` on SQLite and Po
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from kefu.config import from_dict
 from kefu.desk import Desk
@@ -137,3 +138,66 @@ async def test_sla_timers_resume_from_the_stored_deadlines(tmp_path, recorder):
         assert t2.breached == frozenset({"first_response"})
         row = await sql.get_ticket(ticket.id)  # and the breach is in the record
         assert "first_response" in row.fields["breached"]
+
+
+async def test_webhooks_and_their_waiting_deliveries_survive_a_restart(tmp_path, recorder):
+    from kefu.record import restore_webhooks
+
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, 0.0)
+        desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+        await restore_webhooks(desk, store)
+        await desk.setup()
+        hook = await desk.add_webhook("http://127.0.0.1:9/hook", ["conversation_created"])
+        gone = await desk.add_webhook("http://127.0.0.1:9/other", ["conversation_created"])
+        await desk.delete_webhook(gone["id"])
+        await desk.customer_message("chat", "ann", "hello")  # returned: its webhook delivery is kept too
+        (waiting,) = [d for _, _, d in await sql.desk_records("webhook_delivery")]
+        assert waiting["endpoint"] == hook["id"] and waiting["type"] == "conversation_created"
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, 1.0)
+        desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+        assert await restore_webhooks(desk, store) == 1
+        assert [ep.id for ep in desk.webhooks.endpoints] == [hook["id"]]
+        assert desk.webhooks.endpoints[0].secret == hook["secret"]
+        queued = list(desk.webhooks._lanes[hook["id"]].q)
+        assert [(d, t) for d, t, _ in queued] == [(waiting["delivery"], "conversation_created")]
+
+
+async def test_a_kept_delivery_is_sent_after_the_restart_and_then_forgotten(tmp_path, recorder):
+    from kefu.record import restore_webhooks
+    from kefu.webhooks import Endpoint
+
+    from .httpserver import TestServer
+
+    async def ok(req):
+        return 200, b"{}"
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(TestServer(ok).serve)
+        async with open_store(_cfg(tmp_path), background=False) as sql:
+            store = DurableStore(MemoryStore(), sql)
+            await restore(store, 0.0)
+            desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+            desk.webhooks.add(Endpoint("cfg", server.url("/hook"), "s3cret", frozenset({"conversation_created"})))
+            await restore_webhooks(desk, store)
+            await desk.setup()
+            await desk.customer_message("chat", "ann", "hello")  # the dispatcher is not running: not sent
+            (waiting,) = [d for _, _, d in await sql.desk_records("webhook_delivery")]
+        async with open_store(_cfg(tmp_path), background=False) as sql:
+            store = DurableStore(MemoryStore(), sql)
+            await restore(store, 1.0)
+            desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+            desk.webhooks.add(Endpoint("cfg", server.url("/hook"), "s3cret", frozenset({"conversation_created"})))
+            await restore_webhooks(desk, store)
+            await nursery.start(desk.webhooks.run)
+            (req,) = await server.wait_requests(1)
+            assert req.headers["x-kefu-delivery"] == waiting["delivery"]  # the same delivery, sent once
+            with trio.fail_after(10):
+                await trio.testing.wait_all_tasks_blocked()  # the worker has its answer and is idle again
+            assert desk.webhooks.stats("cfg").delivered == 1
+            await sql.run_in_writer(lambda conn: None)  # everything queued before it is committed now
+            assert await sql.desk_records("webhook_delivery") == []
+        nursery.cancel_scope.cancel()
