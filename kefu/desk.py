@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import inspect
 from collections import deque
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 import json
 import logging
 import math
@@ -40,12 +40,13 @@ from .bot import Reply, decide as bot_decide, sentiment_label, wants_human
 from .contacts import Contact, load_crm, set_attributes, sidebar_lookup
 from .conversations import Conversation, Message, Status
 from .deskapi import DeskQueries, message_view
-from .errors import Forbidden, Illegal, Invalid, NotFound
+from .errors import DeskError, Forbidden, Illegal, Invalid, NotFound
 from .events import MESSAGE_CREATED, QUEUE_POSITION, READ, TYPING, Event
 from .fanout import Fanout
 from .hooks import BotReplied, DeskHooks, MessageReceived, RouteDecided
 from .settings import DeskSettings
 from .state import Conflict, DeskStore, MemoryStore, StaleToken
+from .storage.base import StorageUnavailable
 from .topics import Acl, check_id
 from .webhooks import Dispatcher
 
@@ -346,11 +347,27 @@ class Desk(DeskQueries):
         return m, ev
 
     # --- customers ------------------------------------------------------------------------
-    def _unit(self, wait: bool = True):
+    @asynccontextmanager
+    async def _unit(self, wait: bool = True, *, raw: bool = False):
         """One action whose writes are committed to the SQL record before it returns (and so
-        before anything is acknowledged to its sender): ``kefu.record.DurableStore.unit``."""
+        before anything is acknowledged to its sender): ``kefu.record.DurableStore.unit``.
+        When they cannot be, the outermost action raises ``DeskError`` (503, /chat code
+        ``unavailable``: nothing acknowledged, the sender tries again); ``raw`` keeps the
+        ``StorageUnavailable`` (the broker glue closes the publisher's connection on it)."""
         unit = getattr(self.store, "unit", None)
-        return unit(wait=wait) if unit is not None else nullcontext()
+        if unit is None:
+            yield None
+            return
+        from .record import in_unit
+
+        outer = not in_unit()
+        try:
+            async with unit(wait=wait) as pending:
+                yield pending
+        except StorageUnavailable as e:
+            if not outer or raw:
+                raise
+            raise DeskError(f"not stored, try again: {e.reason}") from None
 
     async def customer_message(
         self, channel: str, customer_id: str, text: str, *, thread: str = "main", meta: dict | None = None
@@ -819,7 +836,7 @@ class Desk(DeskQueries):
         (None: nothing to wait for) whose ``wait()`` the caller awaits before acknowledging."""
         from .deskactions import ingest
 
-        async with self._unit(wait=not deferred) as pending:
+        async with self._unit(wait=not deferred, raw=True) as pending:
             await ingest(self, topic, payload)
         return pending
 

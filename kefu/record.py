@@ -51,6 +51,11 @@ _UNIT: ContextVar[list | None] = ContextVar("kefu_desk_unit", default=None)
 _NUMBERED = re.compile(r"^(cv|tk)-(\d+)$")
 
 
+def in_unit() -> bool:
+    """Inside an action whose writes someone waits for (``DurableStore.unit``)?"""
+    return _UNIT.get() is not None
+
+
 class DurableStore:
     """A ``DeskStore`` whose writes are also the SQL record's (see the module doc)."""
 
@@ -343,5 +348,5 @@ async def visitor_secret_of(store: DurableStore) -> bytes:
     raise StorageUnavailable("the widget's visitor secret could not be stored")
 
 
-__all__ = ["DurableStore", "WebhookJournal", "restore", "load", "restore_webhooks", "visitor_secret_of", "chat_message",
+__all__ = ["DurableStore", "WebhookJournal", "in_unit", "restore", "load", "restore_webhooks", "visitor_secret_of", "chat_message",
            "desk_message"]

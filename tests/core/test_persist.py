@@ -201,3 +201,31 @@ async def test_a_kept_delivery_is_sent_after_the_restart_and_then_forgotten(tmp_
             await sql.run_in_writer(lambda conn: None)  # everything queued before it is committed now
             assert await sql.desk_records("webhook_delivery") == []
         nursery.cancel_scope.cancel()
+
+
+async def test_an_action_that_cannot_be_committed_is_refused_not_acknowledged(tmp_path, recorder):
+    import sqlite3
+    from dataclasses import replace as dc_replace
+
+    import pytest
+
+    from kefu.errors import DeskError
+
+    cfg = dc_replace(_cfg(tmp_path), sqlite_busy_timeout_ms=20, commit_timeout=0.5)
+    async with open_store(cfg, background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, 0.0)
+        desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+        await desk.setup()
+        await desk.customer_message("chat", "ann", "hello")
+        blocker = sqlite3.connect(cfg.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(DeskError, match="not stored, try again") as e:
+            await desk.customer_message("chat", "ann", "are you there?")
+        assert e.value.status == 503 and e.value.code == "unavailable"  # HTTP 503, /chat error "unavailable"
+        blocker.execute("COMMIT")
+        blocker.close()
+        await sql.wait_ready(True)
+        res = await desk.customer_message("chat", "ann", "hello again")  # acknowledged once committed
+        lines = [m.body for m in await sql.list_messages(res["conversation"]["id"]) if m.sender_kind == "customer"]
+        assert lines[0] == "hello" and lines[-1] == "hello again"  # the refused one may be there (at least once)
