@@ -50,7 +50,7 @@ PY = sys.executable
 sys.path.insert(0, str(ROOT))
 
 from kefu.broker.mqtt.codec import Decoder, encode  # noqa: E402
-from kefu.broker.mqtt.packets import Connect, Publish, Subscribe, Subscription  # noqa: E402
+from kefu.broker.mqtt.packets import Connect, PubAck, Publish, Subscribe, Subscription  # noqa: E402
 
 PASSWORD = "bench-agent-password"
 
@@ -180,7 +180,16 @@ async def queue_bench(agents: int, capacity: int, waiting: int) -> dict:
 # --------------------------------------------------------------------------- 2. stack: server
 
 
-def write_config(tmp: Path, args, ports: dict) -> Path:
+# The record configurations a run compares, side by side (``--records``): name -> (label, storage lines).
+RECORDS = {
+    "before-commit": "SQLite, acknowledged before the commit (storage.ack_after_commit = false: the write-behind "
+                     "desk before the durable record)",
+    "sqlite": "SQLite, acknowledged after the commit (the default: acknowledged means committed)",
+    "postgres": "PostgreSQL, acknowledged after the commit",
+}
+
+
+def write_config(tmp: Path, args, ports: dict, record: str = "sqlite") -> Path:
     from kefu.broker.auth import hash_password
 
     pw_hash = hash_password(PASSWORD, log_n=4)  # cheap on purpose: 200 logins, benchmark only
@@ -193,8 +202,14 @@ def write_config(tmp: Path, args, ports: dict) -> Path:
         "[log]", 'level = "warning"',
         "[desk]", "accept_timeout = 0.0", "agent_keepalive = 0.0", 'queue_message = ""',
         "[bot]", f'answers_file = "{ROOT / "config" / "answers.toml"}"',
-        "[storage]", 'backend = "sqlite"', f'path = "{tmp / "kefu.db"}"',
-        f"search_index = {'false' if args.no_search_index else 'true'}",
+        "[storage]", f"search_index = {'false' if args.no_search_index else 'true'}",
+        f"ack_after_commit = {'false' if record == 'before-commit' else 'true'}",
+    ]
+    if record == "postgres":
+        lines += ['backend = "postgres"', f'dsn = "{args.pg_dsn}"', f'pg_schema = "{args.pg_schema}"']
+    else:
+        lines += ['backend = "sqlite"', f'path = "{tmp / "kefu.db"}"']
+    lines += [
         "[auth]", "allow_anonymous = true",
         "[[teams]]", 'id = "general"',
     ]
@@ -400,10 +415,8 @@ async def serve(cfg_path: str, model: str | None, gc_mode: str) -> None:
                     stalls.server_lat.clear()
                     stalls.in_lat.clear()
         desk = app.desk
-        stats = {"published": desk.published, "publish_errors": desk.publish_errors}
-        with trio.move_on_after(10):
-            await desk.store.t.drained()
-        stats.update(written=desk.store.t.stats.written, failed=desk.store.t.stats.failed)
+        stats = {"published": desk.published, "publish_errors": desk.publish_errors,
+                 "record_writes": desk.store.queued, "acks_waited": desk.store.waits, **app.store.stats()}
         print("stats " + json.dumps(stats), flush=True)
         if steps:
             print(steps.report(), file=sys.stderr, flush=True)
@@ -447,14 +460,20 @@ class Mqtt:
         self.pid += 1
         await self.s.send_all(encode(Subscribe(self.pid, (Subscription(f, 0),)), 4))
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        await self.s.send_all(encode(Publish(topic, payload, 0), 4))
+    async def publish(self, topic: str, payload: bytes, qos: int = 0) -> int | None:
+        if not qos:
+            await self.s.send_all(encode(Publish(topic, payload, 0), 4))
+            return None
+        self.pid = self.pid % 65535 + 1
+        await self.s.send_all(encode(Publish(topic, payload, qos, packet_id=self.pid), 4))
+        return self.pid
 
 
 async def load(args, ports: dict, on_steady=lambda: None, on_end=lambda: None) -> dict:
     from trio_websocket import open_websocket_url
 
     lat: list[float] = []
+    ack_lat: list[float] = []  # a customer's send -> kefu's acknowledgement (PUBACK, /chat ack)
     slow_at: list[tuple[float, float]] = []  # (send time, latency): when in the run the slow ones were sent
     sent_ids: set[str] = set()
     got_ids: set[str] = set()
@@ -520,20 +539,35 @@ async def load(args, ports: dict, on_steady=lambda: None, on_end=lambda: None) -
             c = await Mqtt.open(ports["mqtt"], f"dev{i}")
             await c.subscribe(f"kefu/c/anon:dev{i}/main/out")  # anonymous: the customer anon:<client id>
             topic = f"kefu/c/anon:dev{i}/main/in"
+            unacked: dict[int, float] = {}
+
+            def acks(packets):
+                for p in packets:
+                    if isinstance(p, PubAck) and p.packet_id in unacked:
+                        t0 = unacked.pop(p.packet_id)
+                        if t0:
+                            ack_lat.append(time.monotonic() - t0)
+                    yield p
+
+            async def send(t: str):
+                t0 = time.monotonic()
+                pid = await c.publish(topic, t.encode(), 1)  # QoS 1: the PUBACK waits for the desk's commit
+                unacked[pid] = t0 if t.startswith("b ") else 0.0
 
             async def wait_joined():
                 while True:
-                    for p in await c.packets():
+                    for p in acks(await c.packets()):
                         if isinstance(p, Publish) and b"has joined" in p.payload:
                             return
 
             async def drain():
                 while True:
-                    await c.packets()
+                    for _ in acks(await c.packets()):
+                        pass
 
             async with trio.open_nursery() as n:
                 async def run():
-                    await talk(f"d{i}", lambda t: c.publish(topic, t.encode()), wait_joined)
+                    await talk(f"d{i}", send, wait_joined)
                     n.cancel_scope.cancel()
                 n.start_soon(run)
                 await all_joined.wait()
@@ -550,12 +584,23 @@ async def load(args, ports: dict, on_steady=lambda: None, on_end=lambda: None) -
                     pass
 
             # one connection for the whole run (the visitor's identity is tied to it)
+                refs: dict[str, float] = {}
+
+                def ack(f: dict) -> dict:
+                    if f.get("type") == "ack" and f.get("ref") in refs:
+                        ack_lat.append(time.monotonic() - refs.pop(f["ref"]))
+                    return f
+
                 async def send(text):
-                    await ws.send_message(json.dumps({"type": "message", "text": text}))
+                    frame = {"type": "message", "text": text}
+                    if text.startswith("b "):
+                        frame["ref"] = text.split()[1]
+                        refs[frame["ref"]] = time.monotonic()
+                    await ws.send_message(json.dumps(frame))
 
                 async def wait_joined():
                     while True:
-                        f = json.loads(await ws.get_message())
+                        f = ack(json.loads(await ws.get_message()))
                         if f.get("type") == "message" and "has joined" in f["message"]["text"]:
                             return
 
@@ -568,7 +613,7 @@ async def load(args, ports: dict, on_steady=lambda: None, on_end=lambda: None) -
 
                     async def drain():
                         while True:
-                            await ws.get_message()
+                            ack(json.loads(await ws.get_message()))
                     n.start_soon(drain)
         except Exception as e:  # noqa: BLE001
             failures.append(f"browser {i}: {type(e).__name__}: {e}")
@@ -620,7 +665,7 @@ async def load(args, ports: dict, on_steady=lambda: None, on_end=lambda: None) -
             e[1] = max(e[1], x)
         print(f"messages over 20 ms: {len(slow)} of {len(lat)}; by 0.1 s of the window when sent "
               f"(s:count:worst ms): " + " ".join(f"{k:.1f}:{v[0]}:{v[1] * 1000:.0f}" for k, v in sorted(per_s.items())))
-    return {"lat": lat, "sent": len(sent_ids), "lost": len(sent_ids - got_ids), "joined": joined,
+    return {"lat": lat, "ack_lat": ack_lat, "sent": len(sent_ids), "lost": len(sent_ids - got_ids), "joined": joined,
             "t_joined": t_joined, "failures": failures}
 
 
@@ -650,10 +695,12 @@ class PySpy:
             self.proc = None
 
 
-async def stack_bench(args) -> tuple[dict, dict, dict]:
+async def stack_bench(args, record: str = "sqlite") -> tuple[dict, dict, dict]:
     tmp = Path(tempfile.mkdtemp(prefix="kefu-desk-bench-"))
     ports = {"mqtt": free_port(), "ws": free_port()}
-    cfg = write_config(tmp, args, ports)
+    if record == "postgres":
+        args.pg_schema = f"kefu_bench_{os.getpid()}_{int(time.time())}"
+    cfg = write_config(tmp, args, ports, record)
     argv = [PY, __file__, "--serve", str(cfg), "--gc", args.gc] + (["--model", args.model] if args.model else [])
     err_path = tmp / "server.stderr"
     with open(err_path, "wb") as err:  # a file, not a pipe: a chatty server must never block on it
@@ -684,12 +731,18 @@ async def stack_bench(args) -> tuple[dict, dict, dict]:
     finally:
         if proc.poll() is None:
             proc.kill()
+        if record == "postgres":
+            import psycopg
+
+            with psycopg.connect(args.pg_dsn, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{args.pg_schema}" CASCADE')
 
 
 async def main(args) -> None:
     print(f"desk benchmark: {args.customers} customers, {args.agents} agents x capacity {args.capacity}, "
           f"a message every {args.interval:g} s per customer, {args.duration:g} s; classifier: "
-          f"{'none (nlp.enabled = false)' if args.model == 'off' else 'model ' + args.model}; storage: SQLite"
+          f"{'none (nlp.enabled = false)' if args.model == 'off' else 'model ' + args.model}; records: "
+          f"{', '.join(args.records)}"
           f"{' (no search index)' if args.no_search_index else ''}; server GC: {args.gc}\n")
     core = await core_bench(args.customers, args.agents, args.capacity, messages=20_000)
     ms = lambda x: f"{x * 1000:.3f}"  # noqa: E731
@@ -704,22 +757,32 @@ async def main(args) -> None:
           f"a waiting customer's message + its position {ms(q['queued_msg'])} ms")
     if args.core_only:
         return
-    res, mem, stats = await stack_bench(args)
-    print("\n2. stack (server process: broker + ACL + desk + /chat + intent service + transcripts; load process)")
-    rate = res["sent"] / max(args.duration, 1)
-    print(table(["conversations", "joined in", "messages", "msg/s", "p50 ms", "p99 ms", "max ms", "lost",
-                 "server RSS before -> after"],
-                [[str(res["joined"]), f"{res['t_joined']:.1f} s", str(res["sent"]), f"{rate:.0f}",
-                  ms(pct(res["lat"], 50)), ms(pct(res["lat"], 99)), ms(max(res["lat"]) if res["lat"] else float("nan")),
-                  str(res["lost"]), f"{mem['rss0'] / 1024:.0f} -> {mem['rss1'] / 1024:.0f} MiB"]]))
-    print(f"CPU over the run ({res['t_joined'] + args.duration + 3:.0f} s): server {res['cpu_server']:.1f} s, "
-          f"load generator {res['cpu_load']:.1f} s")
-    if stats:
-        print(f"server: {stats}")
-    if res["server_log"]:
-        print("server stderr (last lines):\n  " + "\n  ".join(res["server_log"]))
-    if res["failures"]:
-        print(f"\n{len(res['failures'])} failures, first: {res['failures'][:3]}")
+    print("\n2. stack (server process: broker + ACL + desk + /chat + intent service + the desk's record; load process)")
+    print("   one run per record configuration, back to back; devices publish QoS 1 (PUBACK after the desk's commit)")
+    rows, notes = [], []
+    base = None
+    for record in args.records:
+        res, mem, stats = await stack_bench(args, record)
+        rate = res["sent"] / max(args.duration, 1)
+        p50, p99 = pct(res["lat"], 50), pct(res["lat"], 99)
+        a50, a99 = pct(res["ack_lat"], 50), pct(res["ack_lat"], 99)
+        if base is None:
+            base = (p50, p99, a50, a99, res["cpu_server"])
+        ratio = lambda x, b: f"{x / b:.2f}x" if b else "-"  # noqa: E731
+        rows.append([record, str(res["joined"]), f"{res['t_joined']:.1f} s", str(res["sent"]), f"{rate:.0f}",
+                     ms(p50), ms(p99), ms(max(res["lat"]) if res["lat"] else float("nan")), str(res["lost"]),
+                     ms(a50), ms(a99), f"{res['cpu_server']:.1f} s ({ratio(res['cpu_server'], base[4])})",
+                     f"{ratio(p50, base[0])} / {ratio(p99, base[1])}",
+                     f"{mem['rss0'] / 1024:.0f} -> {mem['rss1'] / 1024:.0f} MiB"])
+        notes.append(f"{record}: {RECORDS[record]}; server {stats}")
+        if res["server_log"]:
+            notes.append(f"{record} server stderr (last lines):\n  " + "\n  ".join(res["server_log"]))
+        if res["failures"]:
+            notes.append(f"{record}: {len(res['failures'])} failures, first: {res['failures'][:3]}")
+    print(table(["record", "conversations", "joined in", "messages", "msg/s", "p50 ms", "p99 ms", "max ms", "lost",
+                 "ack p50 ms", "ack p99 ms", "server CPU", "p50 / p99 vs first", "server RSS"], rows))
+    print("latency: customer send -> the agent's socket; ack: customer send -> PUBACK / /chat ack")
+    print("\n".join(notes))
 
 
 if __name__ == "__main__":
@@ -736,8 +799,15 @@ if __name__ == "__main__":
                     help="server GC: tuned = what `kefu serve` does after start-up (kefu.app.tune_gc); default = CPython's")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the server: DIR/setup.txt and DIR/steady.txt (raw stacks)")
     ap.add_argument("--core-only", action="store_true")
+    ap.add_argument("--records", type=lambda v: [x for x in v.split(",") if x], default=list(RECORDS),
+                    help=f"record configurations to compare, in order (default {','.join(RECORDS)})")
+    ap.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/test",
+                    help="PostgreSQL for the postgres configuration (a throwaway schema, dropped afterwards)")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    bad = [r for r in a.records if r not in RECORDS]
+    if bad:
+        ap.error(f"--records: unknown {', '.join(bad)}; known: {', '.join(RECORDS)}")
     if a.serve:
         trio.run(serve, a.serve, a.model, a.gc)
         sys.exit(0)

@@ -91,6 +91,28 @@ class LocalBus:
             send.close()
 
 
+class Ack:
+    """A consumer's hold on one stored PUBLISH's acknowledgement (see ``RouterBus``)."""
+
+    __slots__ = ("persister", "topic", "rec", "finished")
+
+    def __init__(self, persister, topic: str) -> None:
+        self.persister = persister
+        self.topic = topic
+        self.rec = None  # the stored message whose acknowledgement waits for this consumer
+        self.finished = False
+
+    def done(self, ok: bool = True) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.rec is not None and self.persister is not None:
+            self.persister.ungate(self.rec, ok)
+
+
+NO_ACK = Ack(None, "")
+
+
 class RouterBus(LocalBus):
     """The bus joined to the embedded broker: one topic space for devices and browsers.
 
@@ -105,6 +127,12 @@ class RouterBus(LocalBus):
       accepted message matching ``filters`` (how the desk hears ``.../in`` and agent
       topics), behind a bounded queue so a slow consumer cannot stall the broker: past
       ``queue`` messages waiting, further ones are counted in ``dropped`` and logged.
+      With ``acks=True`` the handler gets a third argument, an ``Ack``: a stored QoS 1/2
+      PUBLISH is acknowledged to its publisher only once every such consumer called
+      ``ack.done()`` (the desk does after its own commit: acknowledged means committed);
+      ``ack.done(False)`` closes the publisher's connection unacknowledged instead. The
+      tap takes its hold while the router routes the message, before the persister can
+      commit it (``Rec.gated``).
     """
 
     def __init__(self, broker, *, queue: int = 256, consume_queue: int = 10_000) -> None:
@@ -112,6 +140,7 @@ class RouterBus(LocalBus):
         self.router = broker.router
         self._consume_queue = consume_queue
         self.dropped = 0
+        self._persister = getattr(self.router, "persister", None)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
         from kefu.broker.mqtt.packets import NO_PROPERTIES
@@ -151,29 +180,44 @@ class RouterBus(LocalBus):
             self.router.remove_tap(tap)
             send.close()
 
-    async def consume(self, filters: list[str], handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def consume(self, filters: list[str], handler, *, acks: bool = False,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
         for f in filters:
             validate_topic_filter(f)
         send, recv = trio.open_memory_channel(self._consume_queue)
+        persister = self._persister if acks else None
 
         def take(msg) -> None:
+            rec = getattr(msg, "rec", None)
+            # only a stored message whose acknowledgement is held for its commit is gated
+            ack = Ack(persister, msg.topic) if persister is not None and rec is not None \
+                and rec.proto is not None else None
             try:
-                send.send_nowait((msg.topic, msg.payload))
+                send.send_nowait((msg.topic, msg.payload, ack))
             except trio.WouldBlock:
                 self.dropped += 1
                 log.error("bus: consumer queue full, dropped a message on %s", msg.topic)
+                return
             except trio.ClosedResourceError:
-                pass
+                return
+            if ack is not None:
+                ack.rec = rec
+                rec.gated += 1
 
         tap = self.router.add_tap(filters, take)
         try:
             task_status.started()
             async with recv:
-                async for topic, payload in recv:
+                async for topic, payload, ack in recv:
                     try:
-                        await handler(topic, payload)
+                        if acks:
+                            await handler(topic, payload, ack or NO_ACK)
+                        else:
+                            await handler(topic, payload)
                     except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
                         log.exception("bus: consumer failed on %s", topic)
+                        if ack is not None:
+                            ack.done()
         finally:
             self.router.remove_tap(tap)
             send.close()

@@ -66,7 +66,7 @@ _PUBLISH = PacketType.PUBLISH
 class Rec:
     """One stored PUBLISH: set as ``Message.rec``; ``id`` is filled in by the commit."""
 
-    __slots__ = ("id", "msg", "recipients", "proto", "rc", "inbound", "replay", "created")
+    __slots__ = ("id", "msg", "recipients", "proto", "rc", "inbound", "replay", "created", "gated")
 
     def __init__(self, msg: Message | None = None, proto=None, inbound=None, replay=None, created: float = 0.0) -> None:
         self.id = 0
@@ -77,6 +77,7 @@ class Rec:
         self.inbound = inbound
         self.replay = replay
         self.created = created
+        self.gated = 0  # consumers (the desk) still handling it: its acknowledgement waits for them too
 
 
 def encode_props(props) -> bytes:
@@ -116,6 +117,10 @@ class Persister:
         self._taken = 0  # batches taken from the log / finished (committed or failed)
         self._finished = 0
         self._done_lot = trio.lowlevel.ParkingLot()
+        # ``Rec.gated``: in-process consumers (the desk, through kefu.bridge.bus.RouterBus's
+        # router tap) count themselves in while the message is routed, and each calls
+        # ``ungate(rec)`` when its own writes are committed; the acknowledgement waits for them.
+        self._gated: dict = {}  # proto -> deque of committed Recs, in PUBLISH order, behind a gated one
         # counters (metrics, tests, the benchmark)
         self.batches = 0
         self.committed = 0  # PUBLISHes committed
@@ -331,9 +336,17 @@ class Persister:
             self.outage = ""
             self.refused = 0
         by_proto: dict = {}
+        gated = self._gated
+        waiting: set = set()
         for r in recs:
             r.msg = None  # the Message keeps its Rec (for deliveries); the Rec need not keep it
-            if r.proto is not None:
+            if r.proto is not None and (r.gated or r.proto in gated):
+                q = gated.get(r.proto)  # acknowledged in order: everything behind a gated one waits
+                if q is None:
+                    q = gated[r.proto] = deque()
+                q.append(r)
+                waiting.add(r.proto)
+            elif r.proto is not None:
                 codes = by_proto.get(r.proto)
                 if codes is None:
                     by_proto[r.proto] = [r.rc]
@@ -344,6 +357,43 @@ class Persister:
             now = trio.current_time()
             for proto, codes in by_proto.items():
                 proto.release_held(codes, now)
+        for proto in waiting:
+            self._drain(proto)
+
+    def _drain(self, proto) -> None:
+        q = self._gated.get(proto)
+        if q is None:
+            return
+        codes = []
+        while q and not q[0].gated:
+            r = q.popleft()
+            r.proto = None
+            codes.append(r.rc)
+        if not q:
+            del self._gated[proto]
+        if codes:
+            proto.release_held(codes, trio.current_time())
+
+    def ungate(self, rec: Rec, ok: bool = True) -> None:
+        """A consumer is done with ``rec`` (its own writes committed). ``ok`` False: it could
+        not keep it (storage unavailable): the connection is closed, nothing acknowledged,
+        and the client sends the message again."""
+        if not rec.gated:
+            return
+        rec.gated -= 1
+        proto = rec.proto
+        if proto is None:
+            return  # failed or closed meanwhile
+        if not ok:
+            rec.gated = 0
+            q = self._gated.pop(proto, None)
+            for r in q or ():
+                r.proto = None
+            proto.unavailable(trio.current_time())
+            return
+        if not rec.gated and proto in self._gated:
+            self._drain(proto)
+        # not committed yet: the commit acknowledges it (gated is 0 now)
 
     def _failed(self, recs: list, reason: str) -> None:
         self.waiting -= len(recs)
@@ -360,6 +410,8 @@ class Persister:
                     self.keyring.forget_rx(*r.replay)
         now = trio.current_time()
         for proto in protos:
+            for r in self._gated.pop(proto, None) or ():
+                r.proto = None
             proto.unavailable(now)
         for r in recs:
             r.proto = None

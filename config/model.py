@@ -296,8 +296,8 @@ class Widget:
     sites: list = opt([], "Sites that embed the widget: [[widget.sites]] tables.")
     visitor_secret: str = opt(
         "",
-        "Key that signs anonymous visitors' tokens; empty: a random key per run, so anonymous visitors "
-        "start over after a restart.",
+        "Key that signs anonymous visitors' tokens; empty: a random key made on the first start and kept "
+        "(sealed) in the desk's record in the SQL store, so visitors keep their identity across restarts.",
     )
     thread: str = opt("web", "Thread name widget conversations use (a device of the same customer may share it).")
 
@@ -660,8 +660,9 @@ class Storage:
     )
     ack_after_commit: bool = opt(
         True,
-        "Acknowledge QoS 1/2 PUBLISHes only once they are committed (group commit keeps this fast); false: "
-        "acknowledge at once, and a crash may lose acknowledged messages.",
+        "Acknowledge QoS 1/2 PUBLISHes -- and customer messages and agent actions (PUBACK, /chat ack, HTTP 2xx) "
+        "together with the desk decisions they caused -- only once they are committed (group commit keeps this "
+        "fast); false: acknowledge at once, and a crash may lose acknowledged messages.",
     )
     sqlite_synchronous: str = opt(
         "full",

@@ -49,6 +49,9 @@ class App:
 
     async def stop(self) -> None:
         """Graceful stop: stop accepting, disconnect clients, flush; then end ``run``."""
+        desk = getattr(self, "desk", None)
+        if desk is not None:
+            desk.stopping = True  # the connections it closes now are not agents going offline
         with trio.move_on_after(STOP_DEADLINE):
             await self.broker.stop()
         self._scope.cancel()
@@ -99,7 +102,7 @@ async def run(cfg, task_status=trio.TASK_STATUS_IGNORED, *, announce: Callable[[
                 # Live desk state in memory or Redis ([desk] state); the SQL store is its record:
                 # rebuilt from it here, every action committed to it before it is acknowledged.
                 live = await nursery.start(live_state, cfg)
-                durable = DurableStore(live, store)
+                durable = DurableStore(live, store, ack_after_commit=cfg.storage.ack_after_commit)
                 await restore(durable, time.time())
                 if external:
                     from .attach import AttachedBus, ExternalLink

@@ -23,6 +23,7 @@ are queued to a task here; the ACL decides from memory (the desk's assignment ma
 
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 from pathlib import Path
@@ -33,6 +34,7 @@ import trio
 from .broker.hooks import ALLOW, DENY, Decision, HookRegistry
 from .desk import Desk
 from .settings import DeskSettings
+from .storage.base import StorageUnavailable
 from .settings import from_config as settings_from_config
 from .config import ConfigError
 from .topics import Verdict, identify, reserved_customer_id
@@ -54,6 +56,7 @@ class DeskGlue:
         self._services = s.service_users
         self._presence_send, self._presence_recv = trio.open_memory_channel(10_000)
         self._lanes = [trio.open_memory_channel(lane_queue) for _ in range(lanes)]
+        self._lane_queue = lane_queue
         self.refused_logins = 0
         self.presence_dropped = 0
 
@@ -147,25 +150,56 @@ class DeskGlue:
             except Exception:  # noqa: BLE001 - one agent's trouble must not stop presence for all
                 log.exception("presence update for %s failed", aid)
 
-    async def ingest(self, topic: str, payload: bytes, done: Callable[[BaseException | None], None] | None = None,
-                     ) -> None:
+    async def ingest(self, topic: str, payload: bytes, ack=None) -> None:
         """Bus consumer: hand the message to its sender's lane (order kept per sender).
-        ``done(None)`` (or ``done(exception)``) is called once the desk is through with it,
-        after its commit: attach mode (kefu/attach.py) acknowledges the message then."""
+        ``ack``: what waits for the desk's commit of this message -- the bus's ``Ack``
+        (``ack.done(ok)``: the embedded broker's PUBACK) or attach mode's
+        ``done(exception | None)`` (kefu/attach.py acknowledges to the external broker)."""
         key = topic.rsplit("/", 1)[0] if "/conv/" not in topic else topic.split("/conv/")[0]
         send, _ = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)]
-        await send.send((topic, payload, done))
+        await send.send((topic, payload, ack))
 
     async def _lane(self, recv) -> None:
-        async for topic, payload, done in recv:
+        # The publisher's acknowledgement waits for ``ack`` -- given once the desk's writes for
+        # this message are committed, refused when they cannot be. The lane goes on with its
+        # next message meanwhile; its acker waits for the commits in order (one sender's
+        # acknowledgements keep their order, and a commit never stalls the lane).
+        send, acks = trio.open_memory_channel(self._lane_queue)
+        async with trio.open_nursery() as n:
+            n.start_soon(self._acker, acks)
+            async for topic, payload, ack in recv:
+                pending = None
+                try:
+                    pending = await self.desk.ingest(topic, payload, deferred=True)
+                except StorageUnavailable as e:
+                    log.error("desk could not store %s (%s): not acknowledged", topic, e.reason)
+                    _finish(ack, e)
+                    continue
+                except Exception:  # noqa: BLE001 - logged; the sender got an error frame where possible
+                    log.exception("desk failed on %s", topic)
+                await send.send((topic, ack, pending))
+
+    async def _acker(self, recv) -> None:
+        async for topic, ack, pending in recv:
             failure = None
             try:
-                await self.desk.ingest(topic, payload)
-            except Exception as e:  # noqa: BLE001 - logged; the sender got an error frame where possible
+                if pending is not None:
+                    await pending.wait()
+            except Exception as e:  # noqa: BLE001 - StorageUnavailable, or one write's own error
                 failure = e
-                log.exception("desk failed on %s", topic)
-            if done is not None:
-                done(failure)
+                log.error("desk could not store %s (%s): not acknowledged", topic, getattr(e, "reason", e))
+            finally:
+                _finish(ack, failure)
+
+
+def _finish(ack, failure: BaseException | None) -> None:
+    """Release a message's acknowledgement: given when ``failure`` is None, refused otherwise."""
+    if ack is None:
+        return
+    if callable(ack):  # attach mode's done(exception | None)
+        ack(failure)
+    else:  # the bus's Ack
+        ack.done(failure is None)
 
 
 async def run(
@@ -202,5 +236,5 @@ async def run(
     async with trio.open_nursery() as n:
         await n.start(desk.run)
         await n.start(glue.run)
-        await n.start(bus.consume, s.topics.desk_filters(), glue.ingest)
+        await n.start(functools.partial(bus.consume, s.topics.desk_filters(), glue.ingest, acks=True))
         task_status.started(desk)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import inspect
 from collections import deque
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 import json
 import logging
 import math
@@ -41,12 +41,13 @@ from .bot import Reply, decide as bot_decide, sentiment_label, wants_human
 from .contacts import Contact, load_crm, set_attributes, sidebar_lookup
 from .conversations import Conversation, Message, Status
 from .deskapi import DeskQueries, message_view
-from .errors import Forbidden, Illegal, Invalid, NotFound
+from .errors import DeskError, Forbidden, Illegal, Invalid, NotFound
 from .events import MESSAGE_CREATED, QUEUE_POSITION, READ, TYPING, Event
 from .fanout import Fanout
 from .hooks import BotReplied, DeskHooks, MessageReceived, RouteDecided
 from .settings import DeskSettings
 from .state import Conflict, DeskStore, MemoryStore, StaleToken
+from .storage.base import StorageUnavailable
 from .topics import Acl, check_id
 from .webhooks import Dispatcher
 
@@ -108,6 +109,7 @@ class Desk(DeskQueries):
         self._later_nursery: trio.Nursery | None = None  # runs deferred bot turns (answer_later)
         self._turns: dict[str, deque] = {}  # conv id -> bot turns waiting, in message order
         self._turns_changed = trio.Event()
+        self.stopping = False  # set by kefu.app when it stops: connections closing are not agents leaving
 
     # --- time and setup ------------------------------------------------------------------
     def now(self) -> float:
@@ -353,11 +355,27 @@ class Desk(DeskQueries):
         return m, ev
 
     # --- customers ------------------------------------------------------------------------
-    def _unit(self):
+    @asynccontextmanager
+    async def _unit(self, wait: bool = True, *, raw: bool = False):
         """One action whose writes are committed to the SQL record before it returns (and so
-        before anything is acknowledged to its sender): ``kefu.record.DurableStore.unit``."""
+        before anything is acknowledged to its sender): ``kefu.record.DurableStore.unit``.
+        When they cannot be, the outermost action raises ``DeskError`` (503, /chat code
+        ``unavailable``: nothing acknowledged, the sender tries again); ``raw`` keeps the
+        ``StorageUnavailable`` (the broker glue closes the publisher's connection on it)."""
         unit = getattr(self.store, "unit", None)
-        return unit() if unit is not None else nullcontext()
+        if unit is None:
+            yield None
+            return
+        from .record import in_unit
+
+        outer = not in_unit()
+        try:
+            async with unit(wait=wait) as pending:
+                yield pending
+        except StorageUnavailable as e:
+            if not outer or raw:
+                raise
+            raise DeskError(f"not stored, try again: {e.reason}") from None
 
     async def customer_message(
         self, channel: str, customer_id: str, text: str, *, thread: str = "main", meta: dict | None = None,
@@ -480,6 +498,9 @@ class Desk(DeskQueries):
         waiting.append((crm_customer, text))
 
     async def _run_turns(self, conv_id: str, waiting: deque) -> None:
+        from .record import leave_unit
+
+        leave_unit()  # started inside the message's action: its ack must not wait for the bot
         try:
             while waiting:
                 crm_customer, text = waiting[0]
@@ -800,7 +821,11 @@ class Desk(DeskQueries):
         return await self._tx(lambda: self._set_status(agent_id, A.AgentStatus.ONLINE, "connected"))
 
     async def agent_disconnected(self, agent_id: str) -> dict | None:
-        """A live connection closed; the last one closing sets the agent offline (requeues its work)."""
+        """A live connection closed; the last one closing sets the agent offline (requeues its work).
+        Not while kefu itself is stopping (``stopping``): the agent did not leave, and its
+        conversations must come back assigned to it after the restart."""
+        if self.stopping:
+            return None
         n = self._held.get(agent_id, 0) - 1
         if n > 0:
             self._held[agent_id] = n
@@ -895,12 +920,15 @@ class Desk(DeskQueries):
             return await self._tx(lambda: handle_alarm(self, alarm))
 
     # --- raw topic traffic (broker glue, bridge taps) --------------------------------------------
-    async def ingest(self, topic: str, payload: bytes) -> None:
-        """A message on one of ``topics.desk_filters()``; errors are answered on the sender's topic."""
+    async def ingest(self, topic: str, payload: bytes, *, deferred: bool = False):
+        """A message on one of ``topics.desk_filters()``; errors are answered on the sender's topic.
+        Returns once its writes are committed -- or, ``deferred``, at once with a ``Pending``
+        (None: nothing to wait for) whose ``wait()`` the caller awaits before acknowledging."""
         from .deskactions import ingest
 
-        async with self._unit():
+        async with self._unit(wait=not deferred, raw=True) as pending:
             await ingest(self, topic, payload)
+        return pending
 
 
 def _contact_vars(c: Contact | None) -> dict:

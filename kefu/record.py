@@ -51,12 +51,27 @@ _UNIT: ContextVar[list | None] = ContextVar("kefu_desk_unit", default=None)
 _NUMBERED = re.compile(r"^(cv|tk)-(\d+)$")
 
 
+def in_unit() -> bool:
+    """Inside an action whose writes someone waits for (``DurableStore.unit``)?"""
+    return _UNIT.get() is not None
+
+
+def leave_unit() -> None:
+    """The calling task's writes belong to no enclosing action: a background task started
+    inside one (trio copies the starter's context) must not make that action's
+    acknowledgement wait for its own writes."""
+    _UNIT.set(None)
+
+
 class DurableStore:
     """A ``DeskStore`` whose writes are also the SQL record's (see the module doc)."""
 
-    def __init__(self, live: DeskStore, sql: Any) -> None:
+    def __init__(self, live: DeskStore, sql: Any, *, ack_after_commit: bool = True) -> None:
         self.live = live
         self.sql = sql
+        # False (``storage.ack_after_commit = false``): actions return before their writes are
+        # committed -- the same writes, in the same order, but a crash can lose the last ones.
+        self.ack_after_commit = ack_after_commit
         self._hydrated: set[str] = set()
         self.queued = 0  # writes queued to the SQL store
         self.waits = 0  # units that waited for a commit
@@ -113,37 +128,57 @@ class DurableStore:
 
     # --- acknowledgement ----------------------------------------------------------------
     @asynccontextmanager
-    async def unit(self):
+    async def unit(self, *, wait: bool = True):
         """One action's writes: on a normal exit, wait until all of them are committed.
-        Raises StorageUnavailable (nothing may be acknowledged) when they cannot be."""
+        Raises StorageUnavailable (nothing may be acknowledged) when they cannot be.
+        ``wait=False``: yields a ``Pending`` to wait on later instead (the caller goes on
+        with its next action meanwhile; ``Pending.wait()`` before acknowledging)."""
         if _UNIT.get() is not None:  # nested: the outermost unit waits
-            yield
+            yield None
             return
         h = self.sql.health()
         if not h.ready and h.pending >= h.buffer_limit:
             raise StorageUnavailable(f"{h.reason}; {h.pending} writes already waiting")
-        handles: list = []
-        token = _UNIT.set(handles)
+        pending = Pending(self)
+        token = _UNIT.set(pending.handles)
         try:
-            yield
+            yield pending
         finally:
             _UNIT.reset(token)
-        if handles:
-            self.waits += 1
-            await self.sql.wait_written(handles[-1])  # committed in order: the last covers all
-            for h in handles[:-1]:
-                if getattr(h, "error", None) is not None:
-                    raise StorageUnavailable(f"a desk write was not stored: {h.error}")
+        if wait:
+            await pending.wait()
 
     # --- other records ------------------------------------------------------------------
     async def save_record(self, kind: str, rid: str, version: int, data: dict, *, secret: bool = False) -> None:
         """Any other desk record (a webhook, a setting), committed before this returns."""
-        async with self.unit():
-            await self._queue("desk", [self.sql.desk_record_row(kind, rid, version, data, secret=secret)])
+        handle = await self.sql.queue_write("desk", [self.sql.desk_record_row(kind, rid, version, data,
+                                                                             secret=secret)])
+        self.queued += 1
+        await self.sql.wait_written(handle)
 
     async def write(self, kind: str, rid: str, version: int, data: dict, *, secret: bool = False) -> None:
         """Like ``save_record`` but waited for by the enclosing ``unit()`` (or not at all)."""
         await self._queue("desk", [self.sql.desk_record_row(kind, rid, version, data, secret=secret)])
+
+
+class Pending:
+    """The writes of one unit, to be waited for (once) before its acknowledgement."""
+
+    __slots__ = ("store", "handles")
+
+    def __init__(self, store: DurableStore) -> None:
+        self.store = store
+        self.handles: list = []
+
+    async def wait(self) -> None:
+        handles, self.handles = self.handles, []
+        if not handles or not self.store.ack_after_commit:
+            return
+        self.store.waits += 1
+        await self.store.sql.wait_written(handles[-1])  # committed in order: the last covers all
+        for h in handles[:-1]:
+            if getattr(h, "error", None) is not None:
+                raise StorageUnavailable(f"a desk write was not stored: {h.error}")
 
 
 def chat_message(m: Message) -> ChatMessage:
@@ -229,7 +264,7 @@ async def restore(store: DurableStore, now: float) -> dict[str, int]:
     await live.continue_seq("queue", max((c.seq for c in convs), default=0))
     counts = {"conversations": 0, "tickets": 0, "contacts": 0, "agents": 0, "offers_requeued": 0}
     if not empty:
-        log.info("desk state kept by the shared live store; counters continue after the SQL record's")
+        log.debug("desk state kept by the shared live store; counters continue after the SQL record's")
         return counts
     agents = [replace(a, status=AgentStatus.OFFLINE) for a in recs["agent"]]  # connections died with the process
     counts["conversations"] = await live.restore(convs)
@@ -247,14 +282,41 @@ async def restore(store: DurableStore, now: float) -> dict[str, int]:
         async with store.unit():
             await store.commit(again)
     counts["offers_requeued"] = len(again)
-    if any(counts.values()):  # a first start has nothing to report
+    if any(counts.values()):
         log.info("desk restored from the %s record: %s", sql.backend,
-                 ", ".join(f"{v} {k}" for k, v in counts.items()))
+                 ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
     return counts
 
 
+class WebhookJournal:
+    """Webhook deliveries not yet done (``desk_records`` kind "webhook_delivery"): written
+    when an event is queued for an endpoint -- inside the action that caused it, so it is
+    committed before that action is acknowledged -- and deleted once delivered or given up."""
+
+    KIND = "webhook_delivery"
+
+    def __init__(self, store: DurableStore) -> None:
+        self.store = store
+
+    def _write(self, row: tuple) -> None:
+        handle = self.store.sql.queue_write_nowait("desk", [row])
+        self.store.queued += 1
+        unit = _UNIT.get()
+        if unit is not None:
+            unit.append(handle)
+
+    def pending(self, endpoint: str, delivery: str, etype: str, body: bytes) -> None:
+        self._write(self.store.sql.desk_record_row(
+            self.KIND, f"{endpoint}:{delivery}", 1,
+            {"endpoint": endpoint, "delivery": delivery, "type": etype, "body": body.decode("utf-8")}, secret=True))
+
+    def finished(self, endpoint: str, delivery: str) -> None:
+        self._write(self.store.sql.desk_record_delete_row(self.KIND, f"{endpoint}:{delivery}"))
+
+
 async def restore_webhooks(desk: Any, store: DurableStore) -> int:
-    """Webhooks added through the API (``desk_records`` kind "webhook"), back on the desk."""
+    """Webhooks added through the API (``desk_records`` kind "webhook"), back on the desk, and
+    the deliveries that were still waiting (first try or a retry) queued again."""
     from .webhooks import Endpoint
 
     n = 0
@@ -266,6 +328,16 @@ async def restore_webhooks(desk: Any, store: DurableStore) -> int:
             n += 1
         except (KeyError, ValueError) as e:
             log.error("stored webhook %s not restored: %s", wid, e)
+    journal = WebhookJournal(store)
+    again = 0
+    for rid, _version, d in await store.sql.desk_records(WebhookJournal.KIND):
+        if desk.webhooks.requeue(d["endpoint"], d["delivery"], d["type"], d["body"].encode("utf-8")):
+            again += 1
+        else:
+            journal.finished(d["endpoint"], d["delivery"])
+    if again:
+        log.info("%d webhook deliveries queued again", again)
+    desk.webhooks.journal = journal
     return n
 
 
@@ -283,5 +355,5 @@ async def visitor_secret_of(store: DurableStore) -> bytes:
     raise StorageUnavailable("the widget's visitor secret could not be stored")
 
 
-__all__ = ["DurableStore", "restore", "load", "restore_webhooks", "visitor_secret_of", "chat_message",
+__all__ = ["DurableStore", "WebhookJournal", "in_unit", "restore", "load", "restore_webhooks", "visitor_secret_of", "chat_message",
            "desk_message"]

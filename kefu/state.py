@@ -266,11 +266,13 @@ class MemoryStore:
     # --- messages (append-only) ------------------------------------------------------------
     async def append_message(self, msg: Message) -> Message:
         lst = self._msgs.setdefault(msg.conv_id, [])
-        m = replace(msg, seq=len(lst) + 1)
+        # after the last seq, not the count: a transcript read back from the record may have
+        # lost its oldest lines to retention, and a seq must never be given twice
+        m = replace(msg, seq=(lst[-1].seq if lst else 0) + 1)
         lst.append(m)
         return m
 
     async def messages(self, conv_id: str, *, before: int | None = None, limit: int = 50) -> list[Message]:
         lst = self._msgs.get(conv_id, [])
-        end = len(lst) if before is None else max(0, min(len(lst), before - 1))
+        end = len(lst) if before is None else bisect_left(lst, before, key=lambda m: m.seq)
         return lst[max(0, end - limit): end]

@@ -141,6 +141,9 @@ class Dispatcher:
         self.wall_clock = wall_clock
         self._lanes: dict[str, _Lane] = {}
         self._nursery: trio.Nursery | None = None
+        # kefu.record.WebhookJournal: deliveries waiting (first try or a retry) kept in the
+        # desk's record, so a restart sends them again (``requeue``)
+        self.journal = None
         for ep in endpoints:
             self.add(ep)
 
@@ -181,12 +184,32 @@ class Dispatcher:
                     separators=(",", ":"), default=str,
                 ).encode("utf-8")
             if len(lane.q) == lane.q.maxlen:
+                self._journal("finished", lane.ep.id, lane.q[0][0])
                 lane.stats.dropped += 1
                 n = lane.stats.dropped
                 if n & (n - 1) == 0:  # 1, 2, 4, 8...: visible without flooding the log
                     log.warning("webhook %s: queue full, dropped %d events so far (oldest first)", lane.ep.id, n)
             lane.q.append((delivery, event.type, body))
+            self._journal("pending", lane.ep.id, delivery, event.type, body)
             lane.wake.set()
+
+    def _journal(self, what: str, *args) -> None:
+        if self.journal is None:
+            return
+        try:
+            getattr(self.journal, what)(*args)
+        except Exception as e:  # noqa: BLE001 - delivery goes on; only its survival of a restart is at stake
+            log.error("webhook journal: %s %s failed: %s", what, args[:2], e)
+
+    def requeue(self, endpoint_id: str, delivery: str, etype: str, body: bytes) -> bool:
+        """A delivery kept from before a restart: queued again (same delivery id). False when
+        its endpoint is gone."""
+        lane = self._lanes.get(endpoint_id)
+        if lane is None:
+            return False
+        lane.q.append((delivery, etype, body))
+        lane.wake.set()
+        return True
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as n:
@@ -218,6 +241,7 @@ class Dispatcher:
             )
             if 200 <= status < 300:
                 lane.stats.delivered += 1
+                self._journal("finished", lane.ep.id, delivery)
                 return
             if status and not retryable(status):
                 break
@@ -227,4 +251,5 @@ class Dispatcher:
                 log.info("webhook %s: %s for %s (attempt %d); retrying in %gs", lane.ep.id, why, etype, attempt, delay)
                 await trio.sleep(delay)
         lane.stats.failed += 1
+        self._journal("finished", lane.ep.id, delivery)
         log.warning("webhook %s: giving up on %s %s: %s", lane.ep.id, etype, delivery, why)

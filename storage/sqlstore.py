@@ -507,6 +507,15 @@ class SqlStore:
             raise StorageUnavailable(f"{self.backend} store is not open")
         return await self._w.enqueue(kind, args)
 
+    def queue_write_nowait(self, kind: str, args) -> Any:
+        """``queue_write`` from synchronous code (no back-pressure)."""
+        if self._w is None:
+            raise StorageUnavailable(f"{self.backend} store is not open")
+        return self._w.enqueue_nowait(kind, args)
+
+    def desk_record_delete_row(self, kind: str, rid: str) -> tuple:
+        return ("record_delete", kind, rid)
+
     async def wait_written(self, handle) -> Any:
         """Wait until a queued write (and so every write queued before it) is committed;
         raises its error, or StorageUnavailable when it could not be committed in time."""
@@ -546,6 +555,12 @@ class SqlStore:
     def _h_desk(self, conn, batch: list[list[tuple]]):
         rows: dict[str, list] = {"conversation": [], "ticket": [], "contact": [], "record": []}
         for r in (r for rs in batch for r in rs):
+            if r[0] == "record_delete":  # in order with the record rows around it
+                if rows["record"]:
+                    self._h_desk(conn, [[("record", *x) for x in rows["record"]]])
+                    rows["record"] = []
+                conn.execute(self.q("DELETE FROM desk_records WHERE kind = ? AND id = ?"), r[1:])
+                continue
             rows[r[0]].append(r[1:])
         if rows["conversation"]:
             conn.executemany(self.q(

@@ -169,6 +169,20 @@ class Writer:
         self._q.put(op)
         return op
 
+    def enqueue_nowait(self, kind: str, args: Any) -> Op:
+        """``enqueue`` from synchronous code: never parks (no back-pressure; the caller bounds
+        what it queues), refused with StorageUnavailable only while the buffer is over its
+        limit because the database is failing."""
+        if self._thread is None:
+            raise StorageUnavailable(f"{self.name} store is not open")
+        if self.pending >= self.buffer_limit and not self.ready:
+            raise StorageUnavailable(f"{self.reason}; buffer full ({self.buffer_limit})")
+        op = Op(kind, args)
+        self.pending += 1
+        op.t0 = time.monotonic()
+        self._q.put(op)
+        return op
+
     async def wait(self, op: Op) -> Any:
         """The result of a queued op once committed; its error (or StorageUnavailable after
         ``commit_timeout`` while the database is failing) raised."""

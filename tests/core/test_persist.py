@@ -5,6 +5,7 @@ tests/durable/test_desk_restart.py do it through ``kefu serve`` on SQLite and Po
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from kefu.config import from_dict
 from kefu.desk import Desk
@@ -96,3 +97,135 @@ async def test_an_offer_nobody_accepted_is_offered_again_after_restart(tmp_path,
             conv = await store.conversation(cid)
             assert conv.status.value == "assigned" and conv.assignee == "alice"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_transcript_whose_oldest_lines_were_pruned_continues_after_its_last_seq(tmp_path):
+    from kefu.conversations import Message
+
+    live = MemoryStore()
+    await live.restore_messages("cv-1", [Message("cv-1", "customer", f"line {n}", 0.0, seq=n) for n in (41, 42)])
+    m = await live.append_message(Message("cv-1", "agent", "next", 1.0))
+    assert m.seq == 43
+    assert [x.seq for x in await live.messages("cv-1", before=43)] == [41, 42]
+    assert [x.seq for x in await live.messages("cv-1", before=42, limit=5)] == [41]
+
+
+async def test_sla_timers_resume_from_the_stored_deadlines(tmp_path, recorder):
+    from kefu.tickets import SlaTargets
+
+    sla = SlaTargets((60, 300, 900, 3600), (600, 3000, 9000, 36000))
+    clock = [1_000_000.0]
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, clock[0])
+        desk = Desk(small_settings(sla=sla), store=store, classify=keyword_classifier, publish=recorder,
+                    clock=lambda: clock[0])
+        await desk.setup()
+        await desk.customer_message("chat", "ann", "talk to a human")  # nobody online: queued, ticketed
+        (ticket,) = await store.tickets()
+        assert ticket.first_response_due == clock[0] + 900  # normal priority
+    clock[0] += 901  # kefu was down when the first-response deadline passed
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, clock[0])
+        desk = Desk(small_settings(sla=sla), store=store, classify=keyword_classifier, publish=recorder,
+                    clock=lambda: clock[0])
+        await desk.setup()  # schedules the stored deadline
+        async with store.unit():  # a timer acknowledges nothing; here we wait for its writes
+            await desk.fire_due(clock[0])
+        (t2,) = await store.tickets()
+        assert t2.id == ticket.id and t2.first_response_due == ticket.first_response_due
+        assert t2.breached == frozenset({"first_response"})
+        row = await sql.get_ticket(ticket.id)  # and the breach is in the record
+        assert "first_response" in row.fields["breached"]
+
+
+async def test_webhooks_and_their_waiting_deliveries_survive_a_restart(tmp_path, recorder):
+    from kefu.record import restore_webhooks
+
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, 0.0)
+        desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+        await restore_webhooks(desk, store)
+        await desk.setup()
+        hook = await desk.add_webhook("http://127.0.0.1:9/hook", ["conversation_created"])
+        gone = await desk.add_webhook("http://127.0.0.1:9/other", ["conversation_created"])
+        await desk.delete_webhook(gone["id"])
+        await desk.customer_message("chat", "ann", "hello")  # returned: its webhook delivery is kept too
+        (waiting,) = [d for _, _, d in await sql.desk_records("webhook_delivery")]
+        assert waiting["endpoint"] == hook["id"] and waiting["type"] == "conversation_created"
+    async with open_store(_cfg(tmp_path), background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, 1.0)
+        desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+        assert await restore_webhooks(desk, store) == 1
+        assert [ep.id for ep in desk.webhooks.endpoints] == [hook["id"]]
+        assert desk.webhooks.endpoints[0].secret == hook["secret"]
+        queued = list(desk.webhooks._lanes[hook["id"]].q)
+        assert [(d, t) for d, t, _ in queued] == [(waiting["delivery"], "conversation_created")]
+
+
+async def test_a_kept_delivery_is_sent_after_the_restart_and_then_forgotten(tmp_path, recorder):
+    from kefu.record import restore_webhooks
+    from kefu.webhooks import Endpoint
+
+    from .httpserver import TestServer
+
+    async def ok(req):
+        return 200, b"{}"
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(TestServer(ok).serve)
+        async with open_store(_cfg(tmp_path), background=False) as sql:
+            store = DurableStore(MemoryStore(), sql)
+            await restore(store, 0.0)
+            desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+            desk.webhooks.add(Endpoint("cfg", server.url("/hook"), "s3cret", frozenset({"conversation_created"})))
+            await restore_webhooks(desk, store)
+            await desk.setup()
+            await desk.customer_message("chat", "ann", "hello")  # the dispatcher is not running: not sent
+            (waiting,) = [d for _, _, d in await sql.desk_records("webhook_delivery")]
+        async with open_store(_cfg(tmp_path), background=False) as sql:
+            store = DurableStore(MemoryStore(), sql)
+            await restore(store, 1.0)
+            desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+            desk.webhooks.add(Endpoint("cfg", server.url("/hook"), "s3cret", frozenset({"conversation_created"})))
+            await restore_webhooks(desk, store)
+            await nursery.start(desk.webhooks.run)
+            (req,) = await server.wait_requests(1)
+            assert req.headers["x-kefu-delivery"] == waiting["delivery"]  # the same delivery, sent once
+            with trio.fail_after(10):
+                await trio.testing.wait_all_tasks_blocked()  # the worker has its answer and is idle again
+            assert desk.webhooks.stats("cfg").delivered == 1
+            await sql.run_in_writer(lambda conn: None)  # everything queued before it is committed now
+            assert await sql.desk_records("webhook_delivery") == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_action_that_cannot_be_committed_is_refused_not_acknowledged(tmp_path, recorder):
+    import sqlite3
+    from dataclasses import replace as dc_replace
+
+    import pytest
+
+    from kefu.errors import DeskError
+
+    cfg = dc_replace(_cfg(tmp_path), sqlite_busy_timeout_ms=20, commit_timeout=0.5)
+    async with open_store(cfg, background=False) as sql:
+        store = DurableStore(MemoryStore(), sql)
+        await restore(store, 0.0)
+        desk = Desk(small_settings(), store=store, classify=keyword_classifier, publish=recorder)
+        await desk.setup()
+        await desk.customer_message("chat", "ann", "hello")
+        blocker = sqlite3.connect(cfg.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(DeskError, match="not stored, try again") as e:
+            await desk.customer_message("chat", "ann", "are you there?")
+        assert e.value.status == 503 and e.value.code == "unavailable"  # HTTP 503, /chat error "unavailable"
+        blocker.execute("COMMIT")
+        blocker.close()
+        await sql.wait_ready(True)
+        res = await desk.customer_message("chat", "ann", "hello again")  # acknowledged once committed
+        lines = [m.body for m in await sql.list_messages(res["conversation"]["id"]) if m.sender_kind == "customer"]
+        assert lines[0] == "hello" and lines[-1] == "hello again"  # the refused one may be there (at least once)

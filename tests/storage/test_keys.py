@@ -21,6 +21,9 @@ async def test_rotate_reencrypts_beside_live_writes(cfg, master):
         for i in range(120):
             await store.append_message(ChatMessage("c1", "customer", f"消息 {i} message"))
         await store.save_contact(Contact("p1", None, "李四", "li@example.com"))
+        secret = {"hex": "00" * 32}  # the desk's sealed records (kefu/record.py) are re-encrypted too
+        await store.wait_written(await store.queue_write("desk", [store.desk_record_row(
+            "setting", "widget.visitor_secret", 1, secret, secret=True)]))
         store.keys.batch = 25  # several batches, so writes interleave
         new = await store.keys.rotate()
         assert store.keys.keyring.active_data_key == new.key_id != old
@@ -32,12 +35,13 @@ async def test_rotate_reencrypts_beside_live_writes(cfg, master):
         async with trio.open_nursery() as n:
             n.start_soon(live_writes)
             moved = await store.keys.rekey()
-        assert moved >= 121
+        assert moved >= 122
         assert await store.count_key_uses(old) == 0
         assert store.keys.keyring.records[old].state == "retired"
         msgs = await store.list_messages("c1", limit=1000)
         assert len(msgs) == 150 and msgs[0].body == "消息 0 message" and msgs[-1].body == "live 29"
         assert (await store.get_contact("p1")).email == "li@example.com"
+        assert await store.desk_records("setting") == [("widget.visitor_secret", 1, secret)]
         raw = await store._read(lambda c: c.execute("SELECT DISTINCT key_id FROM chat_messages").fetchall())
         assert [r[0] for r in raw] == [new.key_id]
 
