@@ -161,8 +161,8 @@ class Load:
                 self.enough.set()
 
     def _device(self, i: int) -> None:
-        who = f"dev-{i}"
-        c = Client(self.kefu.port, who, inflight=10)
+        who = f"anon:dev-{i}"  # an anonymous device is the customer anon:<client id>
+        c = Client(self.kefu.port, f"dev-{i}", inflight=10)
         pending = []
         try:
             c.connect()
@@ -186,7 +186,11 @@ class Load:
             self.errors.append(f"{who}: {e!r}")
         finally:
             for t, info in pending:
-                if info.is_published():
+                try:
+                    published = info.is_published()
+                except RuntimeError:  # paho: the connection is gone and this one was never acknowledged
+                    published = False
+                if published:
                     self._count(who, t)
             c.stop()
 

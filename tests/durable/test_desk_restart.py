@@ -126,10 +126,10 @@ def test_restart_keeps_every_acknowledged_message_and_the_desk(tmp_path, backend
         dev = Client(kefu.port, "dev-new")
         dev.connect()
         try:
-            dev.c.publish("kefu/c/dev-new/main/in", b"hello, talk to a human", qos=1).wait_for_publish(WAIT)
+            dev.c.publish("kefu/c/anon:dev-new/main/in", b"hello, talk to a human", qos=1).wait_for_publish(WAIT)
         finally:
             dev.stop()
-        new = [c for c in kefu.get("/conversations?customer=dev-new")["payload"]]
+        new = [c for c in kefu.get("/conversations?customer=anon:dev-new")["payload"]]
         assert len(new) == 1 and int(new[0]["id"].split("-")[1]) == newest + 1, (new, newest)
         tickets = sorted(int(t.split("-")[1]) for t in after["tickets"])
         assert new[0]["ticket_id"] == f"tk-{tickets[-1] + 1}"
