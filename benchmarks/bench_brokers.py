@@ -149,6 +149,7 @@ class KefuServe(BrokerProcess):
     """
 
     extra = ""
+    storage_extra = ""  # more [storage] keys (kefu-unowed)
     tree: str | None = None
     label = "desk, SQLite persistence, intent model, bridge"
 
@@ -168,7 +169,7 @@ class KefuServe(BrokerProcess):
             f'[listeners.mqtt]\nhost = "127.0.0.1"\nport = {self.port}\n'
             f'[listeners.ws]\nhost = "127.0.0.1"\nport = {ws}\n'
             f'[listeners.http]\nhost = "127.0.0.1"\nport = {http}\n'
-            f'[storage]\npath = "{self.tmp / "kefu.db"}"\n'
+            f'[storage]\npath = "{self.tmp / "kefu.db"}"\n{self.storage_extra}'
             '[mqtt]\nsys_interval = 1\n[log]\nlevel = "warning"\n' + self.extra
         )
         log = open(self.log_path, "ab")
@@ -212,6 +213,11 @@ class Mosquitto(BrokerProcess):
         return self
 
 
+def _with_storage(b: KefuServe, keys: str) -> KefuServe:
+    b.storage_extra = keys
+    return b
+
+
 def make_brokers(names: list[str]) -> list[BrokerProcess]:
     table = {
         "kefu": lambda: PythonBroker("kefu", (4, 5)),
@@ -220,6 +226,9 @@ def make_brokers(names: list[str]) -> list[BrokerProcess]:
         "kefu-serve": lambda: KefuServe("kefu-serve", (4, 5)),
         "kefu-bare": lambda: KefuServe("kefu-bare", (4, 5), "[desk]\nenabled = false\n[nlp]\nenabled = false\n",
                                        label="desk and intent model off, SQLite persistence"),
+        "kefu-unowed": lambda: _with_storage(KefuServe("kefu-unowed", (4, 5), label="defaults but "
+                                                       "storage.store_unowed_messages = false"),
+                                             "store_unowed_messages = false\n"),
     }
     for label, tree in TREES.items():
         name = f"kefu-{label}"

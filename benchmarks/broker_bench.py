@@ -357,7 +357,8 @@ def main() -> int:
                     help="short phases, MQTT 3.1.1 only, 2,000 connections, 500 idle clients (~1.5 minutes)")
     ap.add_argument("--brokers", default="kefu,kefu-serve,mosquitto,amqtt",
                     help="comma-separated subset of kefu (the broker alone), kefu-serve (the whole product "
-                         "with its defaults), kefu-bare (kefu serve with the desk and the model off), "
+                         "with its defaults), kefu-bare (kefu serve with the desk and the model off), kefu-unowed (kefu serve "
+                         "with storage.store_unowed_messages = false), "
                          "kefu-LABEL (kefu serve of --tree LABEL=DIR), mosquitto, amqtt")
     ap.add_argument("--phases", default="qos0,qos1,fanout,fanin,latency,connections,flood",
                     help="comma-separated subset of the phases")

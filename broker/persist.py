@@ -99,12 +99,16 @@ def session_record(s: SessionState, proto, wall: float) -> SessionRecord:
 class Persister:
     """Logs what the router does to stored state and commits it in groups (see above)."""
 
-    def __init__(self, router, store, *, mqtt: bool = True, ack_after_commit: bool = True,
+    def __init__(self, router, store, *, mqtt: bool = True, ack_after_commit: bool = True, store_unowed: bool = True,
                  max_pending: int = 10000, keyring=None, wall=time.time) -> None:
         self.router = router
         self.store = store
         self.mqtt = mqtt
         self.ack_after_commit = ack_after_commit
+        # False: a QoS 1/2 PUBLISH that no persistent session is owed (not retained) is
+        # routed and acknowledged at once, not stored: nothing could redeliver it after a
+        # crash anyway (storage.store_unowed_messages).
+        self.store_unowed = store_unowed
         self.max_pending = max_pending
         self.keyring = keyring  # to un-accept SM4 counters of messages that could not be stored
         self.wall = wall
@@ -125,6 +129,7 @@ class Persister:
         self.batches = 0
         self.committed = 0  # PUBLISHes committed
         self.refused = 0  # PUBLISHes refused unrouted while the buffer was full
+        self.unowed = 0  # PUBLISHes acknowledged without storing (store_unowed off, no persistent recipient)
         self.failed = 0  # PUBLISHes whose batch failed (connections closed, nothing acknowledged)
 
     # ------------------------------------------------------------------ from the router (sync)
@@ -151,6 +156,15 @@ class Persister:
         self.waiting += 1
         self._kick()
         rc = rec.rc = self.router.route(msg, now, rec.recipients)
+        if (not self.store_unowed and not rec.recipients and not msg.retain and inbound is None and replay is None
+                and self.log and self.log[-1] is rec):
+            # No persistent session is owed it: nothing to commit, nothing to wait for
+            # (the protocol still keeps it behind acknowledgements held before it).
+            self.log.pop()
+            self.waiting -= 1
+            msg.rec = None
+            self.unowed += 1
+            return rc
         return None if hold is not None else rc
 
     def refuse(self, proto, replay, now: float) -> bool:
@@ -521,6 +535,7 @@ async def attach_storage(broker, store, nursery, cfg) -> Persister | None:
                                 f"environment variable {sc.master_key_env}")
     router = broker.router
     p = Persister(router, store, mqtt=sc.persist_mqtt, ack_after_commit=sc.ack_after_commit,
+                  store_unowed=getattr(sc, "store_unowed_messages", True),
                   max_pending=sc.max_pending, keyring=keys.keyring if keys is not None else None)
     counts = await p.restore(trio.current_time())
     if sc.persist_mqtt and any(counts.values()):

@@ -658,6 +658,12 @@ class Storage:
         "QoS 1/2 and retained MQTT messages are written before they are acknowledged; once no persistent session "
         "holds them (delivered, or nobody subscribed) they are deleted after this many seconds.", non_negative,
     )
+    store_unowed_messages: bool = opt(
+        True,
+        "Store every QoS 1/2 PUBLISH before acknowledging it; false: one that no persistent session is owed (only "
+        "clean sessions or nobody subscribed, not retained) is acknowledged at once without storing (a crash could "
+        "not redeliver it anyway; much faster QoS 1 between clean sessions).",
+    )
     ack_after_commit: bool = opt(
         True,
         "Acknowledge QoS 1/2 PUBLISHes -- and customer messages and agent actions (PUBACK, /chat ack, HTTP 2xx) "

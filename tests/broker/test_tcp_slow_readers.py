@@ -134,3 +134,29 @@ async def test_a_subscriber_reset_mid_write_costs_the_others_nothing():
             await pub.send(PingReq())
             assert await pub.recv() == PingResp()
             await b.stop()
+
+
+async def test_a_taken_over_subscriber_that_never_reads_is_closed_after_the_flush_timeout(monkeypatch):
+    """The old connection of a takeover flushes what it can, for at most FLUSH_TIMEOUT, and
+    then ends: its writer gives up and closing its socket stops its reader."""
+    from kefu.broker import connection
+
+    monkeypatch.setattr(connection, "FLUSH_TIMEOUT", 0.2)
+    b = Broker(_config())
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            [addr] = await nursery.start(b.serve)
+            slow = await Client.open(addr.port, "slow", rcvbuf=4096)
+            await slow.subscribe("n/#")
+            pub = await Client.open(addr.port, "pub")
+            packets = [encode(Publish("n/x", numbered(i)), 4) for i in range(N // 4)]
+            await pub.stream.send_all(b"".join(packets))
+            await pub.send(PingReq())
+            assert await pub.recv() == PingResp()  # routed; most of it waits for "slow" to read
+            assert len(b.connections) == 2
+            again = await Client.open(addr.port, "slow")  # takeover: the old one must go
+            while len(b.connections) > 2:  # the old connection ends although it never read
+                await trio.sleep(0.05)
+            await again.send(PingReq())
+            assert await again.recv() == PingResp()
+            await b.stop()
