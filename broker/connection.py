@@ -207,7 +207,6 @@ class Connection:
             proto.start(current_time())
             self._nursery = self._spawn
             step = self._step = _step()
-            dirty = step.dirty
             try:
                 while not proto.closed:
                     if proto.paused_by is not None:
@@ -227,21 +226,7 @@ class Connection:
                             proto.connection_lost(current_time())
                             break
                         stats.bytes_received += len(data)
-                    step.active = True
-                    try:
-                        proto.receive_bytes(data, current_time())
-                    finally:
-                        step.active = False
-                        if dirty:
-                            for conn in dirty:
-                                conn._flush()
-                            dirty.clear()
-                    connect = proto.auth_request
-                    if connect is not None:
-                        rc = await trio.to_thread.run_sync(router.authenticate_blocking, proto, connect,
-                                                           limiter=getattr(router, "auth_limiter", None))
-                        proto.auth_result(rc, current_time())
-                    elif proto.paused_by is None:
+                    if not await self._take(data, step) and proto.paused_by is None:
                         # A client that always has data must not starve the others. Not when
                         # paused: a resume during this checkpoint would leave what the decoder
                         # holds unprocessed while the socket has nothing more to read.
@@ -310,7 +295,6 @@ class Connection:
         # conflict detector and an error-translating generator alive in every idle reader.
         receive = stream.socket.recv if type(stream) is trio.SocketStream else stream.receive_some
         step = self._step = _step()
-        dirty = step.dirty
         try:
             while not proto.closed:
                 if proto.paused_by is not None:
@@ -324,22 +308,34 @@ class Connection:
                         proto.connection_lost(current_time())
                         return
                     stats.bytes_received += len(data)
-                step.active = True
-                try:
-                    proto.receive_bytes(data, current_time())
-                finally:
-                    step.active = False
-                    if dirty:
-                        for conn in dirty:
-                            conn._flush()
-                        dirty.clear()
-                connect = proto.auth_request
-                if connect is not None:
-                    rc = await trio.to_thread.run_sync(router.authenticate_blocking, proto, connect,
-                                                       limiter=getattr(router, "auth_limiter", None))
-                    proto.auth_result(rc, current_time())
+                await self._take(data, step)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             proto.connection_lost(current_time())
+
+    async def _take(self, data: bytes, step) -> bool:
+        """One reader step, the same on every transport: the session machine takes ``data``
+        (b"": only what its decoder still holds), what the step queued for any connection
+        is written when it ends, and a CONNECT waiting for its password check gets it from
+        a worker thread. True when it ran that check (the step has already yielded)."""
+        proto = self.proto
+        step.active = True
+        try:
+            proto.receive_bytes(data, trio.current_time())
+        finally:
+            step.active = False
+            dirty = step.dirty
+            if dirty:
+                for conn in dirty:
+                    conn._flush()
+                dirty.clear()
+        connect = proto.auth_request
+        if connect is None:
+            return False
+        router = self.router
+        rc = await trio.to_thread.run_sync(router.authenticate_blocking, proto, connect,
+                                           limiter=getattr(router, "auth_limiter", None))
+        proto.auth_result(rc, trio.current_time())
+        return True
 
     async def _paused(self) -> None:
         """Wait while ``proto.paused_by`` is set: until the subscriber's queue drains
