@@ -111,21 +111,28 @@ def _fixed(obj: Any) -> Any:
 
 def loads(raw: str | bytes | bytearray, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """One JSON document from the network, or EdgeError naming the limit it broke."""
-    size = len(raw) if not isinstance(raw, str) else len(raw.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        raise EdgeError("too_large", f"{size} bytes is over the limit of {max_bytes} bytes")
+    _check_size(raw, max_bytes)
     if not isinstance(raw, str):
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
             raise EdgeError("bad_json", f"not valid JSON: not UTF-8 text (byte {e.start})") from None
+    return _walk(_parse(raw, max_depth), max_depth, fix=False)
+
+
+def _check_size(raw: str | bytes | bytearray, max_bytes: int) -> None:
+    size = len(raw) if not isinstance(raw, str) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise EdgeError("too_large", f"{size} bytes is over the limit of {max_bytes} bytes")
+
+
+def _parse(raw: str | bytes, max_depth: int) -> Any:
     try:
-        obj = json.loads(raw)
+        return json.loads(raw)
     except RecursionError:
         raise EdgeError("too_deep", f"JSON nested more than {max_depth} levels") from None
     except ValueError as e:
         raise EdgeError("bad_json", f"not valid JSON: {e}") from None
-    return _walk(obj, max_depth, fix=False)
 
 
 def scrub(obj: Any, *, max_depth: int = MAX_DEPTH) -> Any:
@@ -139,16 +146,8 @@ def scrub_text(s: str) -> str:
 
 def loads_lenient(raw: str | bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """Like ``loads`` but keeps the document, lone surrogates replaced (MQTT payloads)."""
-    size = len(raw) if not isinstance(raw, str) else len(raw.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        raise EdgeError("too_large", f"{size} bytes is over the limit of {max_bytes} bytes")
-    try:
-        obj = json.loads(raw)
-    except RecursionError:
-        raise EdgeError("too_deep", f"JSON nested more than {max_depth} levels") from None
-    except ValueError as e:
-        raise EdgeError("bad_json", f"not valid JSON: {e}") from None
-    return scrub(obj, max_depth=max_depth)
+    _check_size(raw, max_bytes)
+    return scrub(_parse(raw, max_depth), max_depth=max_depth)
 
 
 def dumps_text(obj: Any) -> str:

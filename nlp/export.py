@@ -205,23 +205,35 @@ def export_and_quantize_parts(model, tokenizer, texts: list[str], out: Path, run
         out.mkdir(parents=True, exist_ok=True)
         sample = texts[:2000]
         lf, ef = run_onnx(tmp / "fp32.onnx", tokenizer, sample)
-        for keep in (False, True):
-            log("quantising both parts to int8 (dynamic, per-channel"
-                + (", feed-forward output projections left in fp32)" if keep else ")"))
+        def both(keep: bool):
             quantize(tmp / "front32.onnx", out / "front.onnx", keep)
             quantize(tmp / "back32.onnx", out / "back.onnx", keep)
-            _, lq, eq = run_folder(out, sample)
-            try:
-                check = _checked(lf, ef, lq, eq, log)
-                break
-            except QuantisationError as e:
-                if keep:
-                    raise
-                log(f"{e}; trying again")
-        check["ffn_output_fp32"] = keep
+            return run_folder(out, sample)[1:]
+
+        check = _quantise_checked("both parts", both, lf, ef, log)
         check["fp32_bytes"] = (tmp / "fp32.onnx").stat().st_size
         check["int8_bytes"] = (out / "front.onnx").stat().st_size + (out / "back.onnx").stat().st_size
     return check
+
+
+def _quantise_checked(what: str, quantise_and_run, lf, ef, log) -> dict:
+    """Quantise (``quantise_and_run(keep_ffn_output_fp32) -> (logits, embeddings)``) and
+    check against the fp32 run; when full int8 drifts too far, once more with each
+    layer's feed-forward output projection left in fp32. The check, or QuantisationError."""
+    for keep in (False, True):
+        log(f"quantising {what} to int8 (dynamic, per-channel"
+            + (", feed-forward output projections left in fp32)" if keep else ")"))
+        lq, eq = quantise_and_run(keep)
+        try:
+            check = _checked(lf, ef, lq, eq, log)
+        except QuantisationError as e:
+            if keep:
+                raise
+            log(f"{e}; trying again")
+            continue
+        check["ffn_output_fp32"] = keep
+        return check
+    raise AssertionError("unreachable")
 
 
 def export_and_quantize(model, tokenizer, texts: list[str], out_onnx: Path, log=print) -> dict:
@@ -233,18 +245,11 @@ def export_and_quantize(model, tokenizer, texts: list[str], out_onnx: Path, log=
         export_onnx(model, fp32)
         sample = texts[:2000]
         lf, ef = run_onnx(fp32, tokenizer, sample)
-        for keep in (False, True):
-            log("quantising to int8 (dynamic, per-channel" + (", feed-forward output projections left in fp32)" if keep else ")"))
+        def one(keep: bool):
             quantize(fp32, int8, keep)
-            lq, eq = run_onnx(int8, tokenizer, sample)
-            try:
-                check = _checked(lf, ef, lq, eq, log)
-                break
-            except QuantisationError as e:
-                if keep:
-                    raise
-                log(f"{e}; trying again")
-        check["ffn_output_fp32"] = keep
+            return run_onnx(int8, tokenizer, sample)
+
+        check = _quantise_checked("the model", one, lf, ef, log)
         out_onnx.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(int8, out_onnx)
         check["fp32_bytes"] = fp32.stat().st_size
