@@ -441,7 +441,7 @@
   function renderConvInfo() {
     var c = S.current;
     var csat = c.csat ? c.csat + "/5 " + stars(c.csat) + (c.csat_comment ? " — " + c.csat_comment : "") : "";
-    dl("convinfo", [["id", c.id], ["status", T("console.state." + c.status)], ["csat", csat], ["intent", c.intent], ["sentiment", c.sentiment], ["handoff", TV("console.handoff.", c.handoff_reason)], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString(S.lang) : ""]]);
+    dl("convinfo", [["id", c.id], ["status", T("console.state." + c.status)], ["csat", csat], ["intent", c.intent], ["sentiment", TV("console.sentiment.", c.sentiment)], ["handoff", TV("console.handoff.", c.handoff_reason)], ["ticket", c.ticket_id], ["started", c.created_at ? new Date(c.created_at * 1000).toLocaleString(S.lang) : ""]]);
   }
   function renderLabels() {
     var box = $("labels"); box.textContent = "";

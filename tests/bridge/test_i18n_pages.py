@@ -193,6 +193,7 @@ def test_key_families_cover_every_value_they_are_built_from():
     states = ("bot", "queued", "assigned", "resolved", "closed")
     assert {f"console.state.{s}" for s in states} <= set(en)
     assert {f"console.priority.{p}" for p in ("urgent", "high", "normal", "low")} <= set(en)
+    assert {f"console.sentiment.{v}" for v in ("negative", "neutral", "positive")} <= set(en)  # kefu/bot.py labels
     assert {f"console.{f}.{s}" for f in ("status", "presence") for s in ("online", "away", "offline")} <= set(en)
     codes = json.loads(read("bridge/schemas/server/error.json"))["properties"]["code"]["enum"]
     # the codes a visitor can meet get their own words; the rest read widget.error.generic
