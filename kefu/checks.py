@@ -152,8 +152,46 @@ def _listener_tls(cfg, base_dir) -> list[str]:
     return problems
 
 
+def _state(cfg, base_dir) -> list[str]:
+    """[desk] state = "redis" (kefu/state_redis.py live_state)."""
+    if cfg.desk.enabled and cfg.desk.state == "redis" and not cfg.storage.redis_url:
+        return ['desk.state: "redis" needs storage.redis_url (e.g. "redis://127.0.0.1:6379/0")']
+    return []
+
+
+def _crm(cfg, base_dir) -> list[str]:
+    """crm.provider: built in or an installed entry point (kefu/contacts.py load_crm), not loaded here."""
+    from importlib.metadata import entry_points
+
+    from .contacts import BUILTIN, CRM_GROUP
+
+    p = cfg.crm.provider
+    if not cfg.desk.enabled or not p or p in BUILTIN:
+        return []
+    found = {ep.name for ep in entry_points(group=CRM_GROUP)}
+    if p in found:
+        return []
+    return [f"crm.provider: no CRM plugin {p!r}; installed: {', '.join(sorted(found | set(BUILTIN)))}"]
+
+
+def _master_key(cfg, base_dir) -> list[str]:
+    """The SQL store's master key, when encryption at rest is on or a key is configured (storage/open_store)."""
+    from .storage import master_key_configured
+    from .storage.crypto import KeyringError, load_master_key
+
+    st = cfg.storage
+    if not (st.encrypt_at_rest or master_key_configured(st)):
+        return []
+    try:
+        load_master_key(st.master_key_file, st.master_key_env)
+    except KeyringError as e:  # no key, an unreadable file, a malformed key: serve cannot start
+        key = "storage.master_key_file" if st.master_key_file else "storage.encrypt_at_rest"
+        return [f"{key}: {e}"]
+    return []
+
+
 CHECKS: list[Callable[[object, object], list[str]]] = [
-    _auth, _alerts, _storage, _nlp, _desk, _tokens, _sites, _listener_tls,
+    _auth, _alerts, _storage, _master_key, _nlp, _desk, _state, _crm, _tokens, _sites, _listener_tls,
 ]
 
 

@@ -65,13 +65,17 @@ CASES = {
     "site_twice": ('[[widget.sites]]\nname = "a"\npublic_token = "t1"\n'
                    '[[widget.sites]]\nname = "b"\npublic_token = "t1"\n',
                    "widget.sites[1].public_token: 't1' is used by widget.sites[0] too"),
+    "redis_url": ('[desk]\nstate = "redis"\n', 'desk.state: "redis" needs storage.redis_url'),
+    "crm_plugin": ('[crm]\nprovider = "nope"\n', "crm.provider: no CRM plugin 'nope'; installed: "),
+    "master_key": ('[storage]\nencrypt_at_rest = true\nmaster_key_env = "KEFU_TEST_UNSET_KEY"\n',
+                   "storage.encrypt_at_rest: no master key: set the environment variable KEFU_TEST_UNSET_KEY"),
 }
 
 
 def _write(tmp_path: Path, extra: str, name: str = "kefu.toml") -> Path:
     text = BASE.format(db=tmp_path / "kefu.db")
     # Sections the base already has are merged by appending keys right after their header.
-    for header in ("[listeners.ws]\n", "[listeners.http]\n"):
+    for header in ("[listeners.ws]\n", "[listeners.http]\n", "[storage]\n"):
         if extra.startswith(header):
             text = text.replace(header, extra, 1)
             extra = ""
