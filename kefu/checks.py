@@ -195,7 +195,7 @@ CHECKS: list[Callable[[object, object], list[str]]] = [
 ]
 
 
-def warnings(cfg) -> list[str]:
+def config_warnings(cfg) -> list[str]:
     """What starts but cannot work: a desk whose handoffs reach no agent.
 
     Whenever the desk runs, the bot hands off (below bot.confidence, on bot.human_phrases, a
@@ -213,7 +213,7 @@ def check_config(cfg, base_dir: str | Path | None = None) -> Report:
     report = Report()
     for check in CHECKS:
         report.problems.extend(check(cfg, base_dir))
-    report.warnings.extend(warnings(cfg))
+    report.warnings.extend(config_warnings(cfg))
     return report
 
 
