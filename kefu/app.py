@@ -213,6 +213,10 @@ def serve_main(cfg, base_dir: str | Path | None = None) -> int:
     level = getattr(logging, cfg.log.level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .checks import config_warnings
+
+    for w in config_warnings(cfg):  # what `kefu config check` prints as "warning:"
+        log.warning(w)
     try:
         trio.run(_main, cfg, base_dir)
     except BaseException as e:  # noqa: BLE001 - turned into one line or re-raised below

@@ -202,6 +202,15 @@ def _finish(ack, failure: BaseException | None) -> None:
         ack.done(failure is None)
 
 
+def reserved_user_problems(cfg) -> list[str]:
+    """Broker usernames the desk keeps for anonymous customers (a check of kefu/checks.py)."""
+    reserved = sorted({u.username for u in cfg.auth.users if reserved_customer_id(u.username)})
+    if not reserved:
+        return []
+    return [f"auth.users: {', '.join(reserved)}: names starting with anon: or anon- are kept "
+            "for anonymous customers; choose another username"]
+
+
 async def run(
     cfg,
     *,
@@ -226,10 +235,9 @@ async def run(
             log.info("desk plugins: %s", ", ".join(names))
     desk = Desk(s, classify=classify, publish=bus.publish, store=store, hooks=desk_hooks)
     users = frozenset(u.username for u in cfg.auth.users)
-    reserved = sorted(u for u in users if reserved_customer_id(u))
-    if reserved:
-        raise ConfigError([f"auth.users: {', '.join(reserved)}: names starting with anon: or anon- are kept "
-                           "for anonymous customers; choose another username"])
+    problems = reserved_user_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
     glue = DeskGlue(desk, broker.hooks, users=users)
     glue.install()
     desk.glue = glue

@@ -27,13 +27,15 @@ examples:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checks import check_config
     from .config import ConfigError, load
 
-    from .checks import deep_check
-
+    base_dir = Path(args.config).resolve().parent if args.config else None
     try:
         cfg = load(args.config)
-        problems = deep_check(cfg)
+        problems = check_config(cfg, base_dir).problems  # the same checks as `kefu config check`
         if problems:
             raise ConfigError(problems, args.config or "")
     except ConfigError as e:
@@ -41,24 +43,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from .app import serve_main
 
-    from pathlib import Path
-
-    return serve_main(cfg, Path(args.config).resolve().parent if args.config else None)
+    return serve_main(cfg, base_dir)  # logs the check's warnings once logging is set up
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checks import check_config
     from .config import ConfigError, load
 
-    from .checks import deep_check
-
     try:
-        problems = deep_check(load(args.file))
-        if problems:
-            raise ConfigError(problems, args.file)
+        report = check_config(load(args.file), Path(args.file).resolve().parent)
+        if report.problems:
+            raise ConfigError(report.problems, args.file)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    print(f"{args.file}: ok")
+    for w in report.warnings:
+        print(f"{args.file}: warning: {w}", file=sys.stderr)
+    n = len(report.warnings)
+    print(f"{args.file}: ok" + (f" ({n} warning{'s' if n > 1 else ''})" if n else ""))
     return 0
 
 
@@ -111,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     cc = csub.add_parser(
         "check",
         help="validate a config file",
-        description="Validate a config file: every problem is printed with its key path and the fix; "
-        "exit status 0 when valid, 2 when not.",
+        description="Validate a config file with every check `kefu serve` runs at start: every problem is "
+        "printed with its key path and the fix; exit status 0 when valid, 2 when not. Warnings (a desk whose "
+        "handoffs reach no agent) are printed too and do not change the exit status.",
     )
     cc.add_argument("file", metavar="FILE")
     cc.set_defaults(func=_cmd_config_check)
