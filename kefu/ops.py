@@ -112,7 +112,8 @@ class Ops:
             self.http_url = await nursery.start(serve_alone, self)
         say(f"kefu: metrics on {self.http_url}/metrics, dashboard on {self.http_url}/dashboard")
         if self.cfg.metrics.access == "open" and lc.host not in ("127.0.0.1", "::1", "localhost"):
-            say(f"kefu: /metrics and /ops/* are open to anyone who reaches {lc.host or '*'}:{lc.port}; "
+            port = self.http_url.rsplit(":", 1)[-1].split("/", 1)[0] if self.http_url else lc.port  # the bound one
+            say(f"kefu: /metrics and /ops/* are open to anyone who reaches {lc.host or '*'}:{port}; "
                 "set metrics.access = \"operator\" to require an operator API token (docs/security.md)")
         return self
 
