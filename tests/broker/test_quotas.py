@@ -118,3 +118,12 @@ def test_stored_bytes_per_session_and_per_publisher():
         back.disconnect()
     finally:
         k.stop()
+
+
+def test_memory_is_given_back_on_glibc():
+    """The housekeeping trim (kefu.broker.server.trim_memory) works where glibc is the libc."""
+    import platform
+
+    from kefu.broker.server import trim_memory
+
+    assert trim_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
