@@ -474,6 +474,7 @@ class Persister:
                     if s.pending is None:
                         s.pending = deque()
                     s.pending.append((msg, q.qos, False, ids))
+                    s.hold(msg)
                     counts["queued"] += 1
                 elif q.state == "pubrec":
                     s.inflight[q.packet_id] = RELEASED

@@ -221,7 +221,7 @@ class Router:
         self.max_subscriptions = getattr(mq, "max_subscriptions_per_client", 0)
         self.max_persistent_sessions = getattr(mq, "max_persistent_sessions", 0)
         self.persistent: set[str] = set()  # client ids whose session outlives the connection
-        self.quota_refused = {"retained": 0, "subscriptions": 0, "sessions": 0}
+        self.quota_refused = {"retained": 0, "subscriptions": 0, "sessions": 0, "stored_bytes": 0}
         self.trie = TopicTrie(cache_size=0)  # the router caches whole plans instead
         self.retained = RetainedStore()
         self.subscription_count = 0
@@ -388,7 +388,7 @@ class Router:
             self._invalidate(f)
         s.subscriptions = {}
         s.release_throttled()
-        s.pending = None
+        s.clear_pending()
         s.inflight.clear()
         if self.sessions.get(s.client_id) is s:
             del self.sessions[s.client_id]
@@ -482,6 +482,12 @@ class Router:
             return RC.NOT_AUTHORIZED
         if retain and payload and not self._retained_fits(topic, len(payload)):
             self.quota_refused["retained"] += 1
+            return RC.QUOTA_EXCEEDED
+        cap = self.limits.max_stored_bytes
+        if qos and cap and self.stats.held_by_origin.get(proto.client_id, 0) + len(payload) > cap:
+            # This publisher already has mqtt.max_queued_stored_bytes waiting in queues
+            # (offline or slow subscribers): refused, not routed, not stored.
+            self.quota_refused["stored_bytes"] += 1
             return RC.QUOTA_EXCEEDED
         replay = None
         if self.sm4 is not None and self.sm4.covers(topic):

@@ -16,9 +16,11 @@ with any ``trio.abc.Stream`` carrying MQTT bytes.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import math
+import platform
 import ssl
 from dataclasses import dataclass
 
@@ -36,6 +38,39 @@ KEEPALIVE_SWEEP = 0.5  # seconds between keepalive/CONNECT-timeout checks of eve
 
 
 _CONN_TASK = "kefu.broker.connection"  # one shared task name, not one string per connection
+
+# Giving memory back after a burst (issue 12: RSS stayed at its peak after a fuzz run). The
+# Python objects are freed (a tracemalloc diff after 100,000 fuzzed packets: under 2 MiB
+# left); what stays is free memory inside glibc's heap, which glibc only returns from its
+# top. ``malloc_trim(0)`` also releases the free pages in the middle. It runs in a worker
+# thread every TRIM_EVERY seconds when that interval or the one before was busy: TRIM_CHURN
+# MQTT connections ended or TRIM_BYTES received. glibc only; elsewhere nothing is done.
+TRIM_EVERY = 30.0
+TRIM_CHURN = 500
+TRIM_BYTES = 64 << 20
+
+
+def _find_malloc_trim():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def trim_memory() -> bool:
+    """Return free heap memory to the OS (glibc ``malloc_trim(0)``); False where unavailable."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 @dataclass(frozen=True)
@@ -110,6 +145,8 @@ class Broker:
         self._stopping = False
         self._stop_requested = False
         self._drained = trio.Event()
+        self.ended = 0  # connections that ended (the trim's "busy" test)
+        self.trims = 0  # malloc_trim runs (memory given back after busy intervals)
 
     # ------------------------------------------------------------------ listeners
     async def _open_listeners(self) -> list[tuple[Address, trio.abc.Listener]]:
@@ -185,6 +222,7 @@ class Broker:
     def _ended(self, conn: Connection) -> None:
         """A connection is over (``Connection.run``'s ``ended``)."""
         self.connections.discard(conn)
+        self.ended += 1
         if self._stopping and not self.connections:
             self._drained.set()
 
@@ -229,12 +267,25 @@ class Broker:
             self._timer_scope = None
 
     async def _sweep_keepalives(self) -> None:
-        """One task checks every connection's deadline (no cancel scope per connection)."""
+        """One task checks every connection's deadline (no cancel scope per connection), and
+        gives memory back after a busy interval (``TRIM_EVERY``)."""
+        stats = self.router.stats
+        next_trim = trio.current_time() + TRIM_EVERY
+        ended, received = self.ended, stats.bytes_received
+        was_busy = False
         while True:
             await trio.sleep(KEEPALIVE_SWEEP)
             now = trio.current_time()
             for conn in list(self.connections):
                 conn.check_deadline(now)
+            if now >= next_trim:
+                next_trim = now + TRIM_EVERY
+                busy = self.ended - ended >= TRIM_CHURN or stats.bytes_received - received >= TRIM_BYTES
+                # also once after the last busy interval: what the burst's end freed
+                if (busy or was_busy) and await trio.to_thread.run_sync(trim_memory):
+                    self.trims += 1
+                was_busy = busy
+                ended, received = self.ended, stats.bytes_received
 
     def _timer_changed(self, when: float) -> None:
         scope = self._timer_scope

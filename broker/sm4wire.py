@@ -270,7 +270,11 @@ class DeviceWire:
                 s.inflight[pid] = (self._sealed(s.client_id, msg), qos, retain, sub_ids, b"", "restored")
             for i in pending:
                 msg, qos, retain, sub_ids = s.pending[i]
-                s.pending[i] = (self._sealed(s.client_id, msg), qos, retain, sub_ids)
+                sealed = self._sealed(s.client_id, msg)
+                if sealed is not None:
+                    s.unhold(msg)
+                    s.hold(sealed)
+                s.pending[i] = (sealed, qos, retain, sub_ids)
 
 
 __all__ = ["DeviceWire", "check_device_topics", "looks_like_envelope"]

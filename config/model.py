@@ -174,6 +174,12 @@ class Mqtt:
     max_queued_bytes: int = opt(
         16_777_216, "Bytes queued for one connected client before the drop policy applies.", positive
     )
+    max_queued_stored_bytes: int = opt(
+        16_777_216, "Payload bytes of QoS 1/2 messages queued for one session (offline, or waiting for a window "
+        "slot) before the drop policy applies (counted as dropped); also the most one publisher may have waiting in "
+        "other sessions' queues: a QoS 1/2 PUBLISH beyond it gets 0x97 quota exceeded (3.1.1: acknowledged and "
+        "dropped). 0: no limit.", non_negative
+    )
     queue_drop_policy: str = opt(
         "drop_oldest", "What a full per-client queue drops (counted in $SYS).", one_of("drop_oldest", "drop_new")
     )

@@ -47,7 +47,7 @@ CSAT_BUCKETS = (1, 2, 3, 4, 5)
 
 # Rejection reasons (label ``reason`` of kefu_messages_rejected_total); a closed set so a
 # dashboard or alert can rely on them.
-REJECT_REASONS = ("acl", "malformed", "decrypt", "queue_overflow", "chat_refused", "intent_overloaded")
+REJECT_REASONS = ("acl", "malformed", "decrypt", "queue_overflow", "quota", "chat_refused", "intent_overloaded")
 
 _TRACK_MAX = 200_000  # per-conversation timers kept (queued/assigned/awaiting reply); oldest dropped beyond
 _REFRESH_MIN_S = 1.0
@@ -382,6 +382,7 @@ class Metrics:
             out["malformed"] += st.malformed
             out["queue_overflow"] += st.dropped
             out["acl"] += getattr(broker.router, "acl_denied", 0)
+            out["quota"] += sum(getattr(broker.router, "quota_refused", {}).values())
         chat = getattr(self.bridge, "chat", None)
         if chat is not None:
             out["chat_refused"] += getattr(chat, "errors", 0)
@@ -436,7 +437,8 @@ class _LiveCollector:
 
         rej = CounterMetricFamily("kefu_messages_rejected", "Messages refused or dropped, by reason: acl (not "
                                   "authorised), malformed (bad MQTT packet), decrypt (SM4 envelope refused), "
-                                  "queue_overflow (client queue full), chat_refused (bad or rate-limited /chat "
+                                  "queue_overflow (client queue full), quota (an mqtt quota: retained, subscriptions, sessions, "
+                                  "stored bytes), chat_refused (bad or rate-limited /chat "
                                   "frame), intent_overloaded (intent queue full).", labels=["reason"])
         for reason, n in m.rejected().items():
             rej.add_metric([reason], n)

@@ -27,13 +27,14 @@ class Limits:
     __slots__ = (
         "max_packet_size", "max_keepalive", "receive_maximum", "max_offline_messages",
         "max_queued_bytes", "drop_oldest", "max_session_expiry", "topic_alias_maximum",
-        "maximum_qos", "retain_available", "connect_timeout", "response_prefix",
+        "maximum_qos", "retain_available", "connect_timeout", "response_prefix", "max_stored_bytes",
     )
 
     def __init__(self, *, max_packet_size=1 << 20, max_keepalive=0, receive_maximum=32,
                  max_offline_messages=1000, max_queued_bytes=16 << 20, drop_oldest=True,
                  max_session_expiry=7 * 86400, topic_alias_maximum=64, maximum_qos=2,
-                 retain_available=True, connect_timeout=10.0, response_prefix="kefu/response/"):
+                 retain_available=True, connect_timeout=10.0, response_prefix="kefu/response/",
+                 max_stored_bytes=16 << 20):
         self.max_packet_size = max_packet_size
         self.max_keepalive = max_keepalive
         self.receive_maximum = receive_maximum
@@ -46,6 +47,9 @@ class Limits:
         self.retain_available = retain_available
         self.connect_timeout = connect_timeout
         self.response_prefix = response_prefix
+        # Payload bytes of QoS 1/2 messages queued for one session, and queued (in any
+        # session) from one publisher; 0: no limit (mqtt.max_queued_stored_bytes).
+        self.max_stored_bytes = max_stored_bytes
 
     @classmethod
     def from_config(cls, mqtt) -> Limits:
@@ -62,6 +66,7 @@ class Limits:
             maximum_qos=mqtt.maximum_qos,
             retain_available=mqtt.retain_available,
             connect_timeout=float(mqtt.connect_timeout),
+            max_stored_bytes=getattr(mqtt, "max_queued_stored_bytes", 0),
         )
 
 
@@ -69,7 +74,7 @@ class Stats:
     """Broker-wide counters ($SYS); the machine bumps them, the router publishes them."""
 
     __slots__ = ("messages_received", "messages_sent", "bytes_received", "bytes_sent",
-                 "dropped", "connected", "malformed", "throttled")
+                 "dropped", "connected", "malformed", "throttled", "held_by_origin")
 
     def __init__(self) -> None:
         self.messages_received = 0
@@ -80,6 +85,9 @@ class Stats:
         self.connected = 0
         self.malformed = 0
         self.throttled = 0  # publishers paused for a subscriber's queue (back-pressure)
+        # publisher client id -> payload bytes of its messages waiting in sessions' queues
+        # (SessionState.pending), for the per-publisher mqtt.max_queued_stored_bytes quota
+        self.held_by_origin: dict[str, int] = {}
 
 
 class Message:

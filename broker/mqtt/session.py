@@ -103,7 +103,7 @@ class SessionState:
     __slots__ = (
         "client_id", "username", "subscriptions", "inflight", "pending", "qos2_in", "expiry",
         "next_pid", "proto", "dropped", "limits", "stats", "will", "will_at", "expires_at",
-        "throttled", "last_ack", "__weakref__",
+        "throttled", "last_ack", "queued_bytes", "__weakref__",
     )
 
     def __init__(self, client_id: str, limits: Limits, stats: Stats) -> None:
@@ -132,6 +132,7 @@ class SessionState:
         # has owed an acknowledgement.
         self.throttled: list | None = None
         self.last_ack = float("-inf")
+        self.queued_bytes = 0  # payload bytes in ``pending`` (mqtt.max_queued_stored_bytes)
 
     def __repr__(self) -> str:
         return f"SessionState({self.client_id!r}, connected={self.proto is not None})"
@@ -167,13 +168,53 @@ class SessionState:
         pending = self.pending
         if pending is None:
             pending = self.pending = deque()
-        if len(pending) >= self.limits.max_offline_messages:
-            self.dropped += 1
-            self.stats.dropped += 1
-            if not self.limits.drop_oldest or not pending:
+        limits = self.limits
+        cap = limits.max_stored_bytes
+        size = len(msg.payload)
+        if len(pending) >= limits.max_offline_messages or (cap and self.queued_bytes + size > cap):
+            # Full in messages or in bytes (mqtt.max_queued_stored_bytes): the drop policy.
+            if not limits.drop_oldest or not pending or (cap and size > cap):
+                self.dropped += 1
+                self.stats.dropped += 1
                 return
-            pending.popleft()
+            while pending and (len(pending) >= limits.max_offline_messages
+                               or (cap and self.queued_bytes + size > cap)):
+                self.unhold(pending.popleft()[0])
+                self.dropped += 1
+                self.stats.dropped += 1
         pending.append((msg, qos, retain, sub_ids))
+        self.hold(msg)
+
+    def hold(self, msg: Message) -> None:
+        """Count a message that entered ``pending`` (this session's and its publisher's bytes)."""
+        size = len(msg.payload)
+        self.queued_bytes += size
+        origin = msg.origin
+        if origin:
+            held = self.stats.held_by_origin
+            held[origin] = held.get(origin, 0) + size
+
+    def unhold(self, msg: Message) -> None:
+        """The reverse of ``hold``: a message left ``pending`` (sent, dropped, session ended)."""
+        size = len(msg.payload)
+        self.queued_bytes -= size
+        origin = msg.origin
+        if origin:
+            held = self.stats.held_by_origin
+            left = held.get(origin, 0) - size
+            if left > 0:
+                held[origin] = left
+            else:
+                held.pop(origin, None)
+
+    def clear_pending(self) -> None:
+        """Forget the queue (the session ended), releasing what it held."""
+        pending = self.pending
+        if pending:
+            for entry in pending:
+                self.unhold(entry[0])
+        self.pending = None
+        self.queued_bytes = 0
 
 
 def _ack(b0: int, pid: int, rc: int, v5: bool) -> bytes:
@@ -666,6 +707,7 @@ class Protocol:
         quota = self.send_quota
         while pending and len(inflight) < quota:
             msg, qos, retain, sub_ids = pending.popleft()
+            s.unhold(msg)
             self.send_qos(msg, qos, retain, sub_ids, now)
         if s.throttled and len(pending) <= self.limits.max_offline_messages // 4:
             s.release_throttled()

@@ -1,7 +1,7 @@
 """Issue 12, item 6: an anonymous client cannot fill memory or disk.
 
 Real paho clients against the broker with small quotas: retained count, retained bytes,
-retained payload size, subscriptions per client and persistent sessions each answer
+retained payload size, subscriptions per client, persistent sessions and stored bytes each answer
 0x97 (quota exceeded) past their limit -- in the PUBACK, SUBACK or CONNACK, so the
 client is told why -- and nothing beyond the limit is kept.
 """
@@ -34,7 +34,7 @@ def test_retained_count_bytes_and_size():
         assert c.publish("plain", b"not retained is not counted" * 10, qos=1) in OK
         c.disconnect()
         r = k.call(lambda: (k.router.retained.count, k.router.retained.bytes, dict(k.router.quota_refused)))
-        assert r == (3, 72, {"retained": 3, "subscriptions": 0, "sessions": 0})
+        assert r == (3, 72, {"retained": 3, "subscriptions": 0, "sessions": 0, "stored_bytes": 0})
         v3 = Paho(k.port, "old-client", version=4)  # 3.1.1: no reason code; nothing is retained
         assert v3.connect()[1] == 0
         v3.publish("r/10", b"x", qos=1, retain=True)
@@ -83,3 +83,47 @@ def test_persistent_sessions():
         old.disconnect()
     finally:
         k.stop()
+
+
+def test_stored_bytes_per_session_and_per_publisher():
+    """mqtt.max_queued_stored_bytes: an offline session's queue is bounded in bytes (the drop
+    policy, counted), and a publisher with that much waiting in queues gets 0x97."""
+    k = broker(max_queued_stored_bytes=1000, max_offline_messages=1000)
+    try:
+        sub = Paho(k.port, "away", version=5, clean=False, session_expiry=3600)
+        assert sub.connect()[1] == 0
+        assert sub.subscribe("q/#", qos=1) == [1]
+        sub.disconnect()
+        a = Paho(k.port, "pub-a", version=5)
+        assert a.connect()[1] == 0
+        assert [a.publish("q/a", f"A{i}".encode() * 150, qos=1) for i in range(1, 4)] == [0, 0, 0]
+        assert a.publish("q/a", b"A4" * 150, qos=1) == QUOTA  # 900 + 300 bytes waiting > 1000
+        b = Paho(k.port, "pub-b", version=4)  # 3.1.1: acknowledged, and past the quota dropped
+        assert b.connect()[1] == 0
+        for i in range(1, 5):
+            b.publish("q/b", f"B{i}".encode() * 150, qos=1)  # each of B1-B3 pushes out the oldest
+        b.disconnect()
+        r = k.call(lambda: (k.router.stats.dropped, dict(k.router.quota_refused),
+                            k.router.sessions["away"].queued_bytes, dict(k.router.stats.held_by_origin)))
+        assert r == (3, {"retained": 0, "subscriptions": 0, "sessions": 0, "stored_bytes": 2}, 900, {"pub-b": 900})
+        back = Paho(k.port, "away", version=5, clean=False, session_expiry=3600)
+        flags, rc = back.connect()
+        assert rc == 0 and flags.session_present
+        got = [back.get().payload[:2] for _ in range(3)]
+        assert got == [b"B1", b"B2", b"B3"]
+        assert a.publish("q/a", b"end", qos=1) == 0  # what was waiting went out: room again
+        assert back.get().payload == b"end"
+        assert k.call(lambda: dict(k.router.stats.held_by_origin)) == {}
+        a.disconnect()
+        back.disconnect()
+    finally:
+        k.stop()
+
+
+def test_memory_is_given_back_on_glibc():
+    """The housekeeping trim (kefu.broker.server.trim_memory) works where glibc is the libc."""
+    import platform
+
+    from kefu.broker.server import trim_memory
+
+    assert trim_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

@@ -17,7 +17,8 @@ What is sent (seeded, reproducible):
 
 Invariants checked: the server never exits (``alive()``), a bad input only closes or answers
 its own connection, a bystander keeps getting MQTT round trips and /chat pongs (their latency
-is recorded: p50/p99 during the fuzz), and, for a server in its own process, RSS after the fuzz.
+is recorded: p50/p99 during the fuzz), and, for a server in its own process, RSS before, at its
+peak, right after the fuzz and ``--settle`` seconds later (memory given back).
 
 ``python tests/fuzz/fuzz_edges.py --help`` runs it long against a fresh ``kefu serve`` child
 process; tests/fuzz/test_fuzz_bounded.py runs a few seconds of it against an in-process kefu.
@@ -487,10 +488,11 @@ def run_all(host: str, mqtt_port: int, ws_url: str, http: str, token: str, *, se
 # --------------------------------------------------------------------------- long run: a child kefu
 
 
-def _rss_kib(pid: int) -> int:
+def _rss_kib(pid: int, field: str = "VmRSS:") -> int:
+    """RSS now (or with ``VmHWM:`` its peak) of a process, in KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1])
     return 0
 
@@ -504,6 +506,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rest", type=int, default=5_000, help="REST requests")
     ap.add_argument("--config", type=int, default=20_000, help="config files")
     ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--settle", type=float, default=40.0,
+                    help="seconds to wait after the fuzz before the last RSS reading (kefu gives memory back after "
+                         "a busy interval: kefu.broker.server.TRIM_EVERY)")
     args = ap.parse_args(argv)
     import logging
 
@@ -577,6 +582,9 @@ teams = ["general"]
                       token, seed=args.seed, mqtt=args.mqtt, mqtt_ws=args.mqtt_ws, chat=args.chat, rest=args.rest,
                       config=args.config, tmpdir=tmp, alive=lambda: proc.poll() is None)
         rss1 = _rss_kib(proc.pid) if proc.poll() is None else 0
+        peak = _rss_kib(proc.pid, "VmHWM:") if proc.poll() is None else 0
+        time.sleep(args.settle)
+        rss2 = _rss_kib(proc.pid) if proc.poll() is None else 0
         out = rep.summary()
         if proc.poll() is None:  # what the fuzz left in the broker (bounded by the quotas)
             import requests
@@ -586,7 +594,8 @@ teams = ["general"]
                                    if line.startswith(("kefu_mqtt_sessions ", "kefu_mqtt_subscriptions ",
                                                        "kefu_mqtt_retained_messages ", "kefu_connection_errors_total "))}
         out["server_alive"] = proc.poll() is None
-        out["server_rss_mib"] = {"before": round(rss0 / 1024, 1), "after": round(rss1 / 1024, 1)}
+        out["server_rss_mib"] = {"before": round(rss0 / 1024, 1), "peak": round(peak / 1024, 1),
+                                 "after": round(rss1 / 1024, 1), f"after_{args.settle:g}s": round(rss2 / 1024, 1)}
         out["log_lines"] = sum(1 for _ in open(log.name))
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0 if out["server_alive"] and not rep.crashes else 1
