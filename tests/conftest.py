@@ -89,6 +89,24 @@ def chromium_bin() -> str:
     return path
 
 
+# Debian's chromium headless, offline: no sandbox in the test container, no background traffic.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_bin):
+    """One headless Chromium per test module (Playwright driving Debian's chromium); tests
+    open their own contexts, which share nothing."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_bin, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
 @pytest.fixture
 def free_port() -> int:
     """A TCP port free right now on 127.0.0.1 (prefer binding port 0 directly where possible)."""

@@ -24,8 +24,6 @@ from kefu.bridge.identity import sign_identity
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 T = 10_000  # ms: generous for a loaded 2-core machine; every wait ends as soon as the thing shows
 
 
@@ -78,17 +76,6 @@ def kefu_sql(tmp_path):
     """The whole of kefu (kefu.app.run) with its SQLite transcript store in tmp_path."""
     with LiveKefu(lambda: kefu_app(app_config(tmp_path / "kefu.db"))) as k:
         yield k
-
-
-@pytest.fixture
-def browser(chromium_bin):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_bin, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def sign_in(console, http: str, agent: str = "alice") -> None:

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from test_browser import ARGS, T, LiveKefu, shot  # noqa: F401 - the same harness as test_browser.py
+from test_browser import T, LiveKefu, shot  # noqa: F401 - the same harness as test_browser.py
 
 from bridge_stack import AGENT_TOKENS, kefu_stack
 
@@ -21,17 +21,6 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 def kefu():
     with LiveKefu(kefu_stack) as k:
         yield k
-
-
-@pytest.fixture
-def browser(chromium_bin):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_bin, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def sign_in(console, http: str, agent: str = "alice") -> None:

@@ -45,7 +45,7 @@ from kefu.config import from_dict
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "config"
 sys.path.insert(0, str(ROOT / "tests" / "bridge"))
-from test_browser import ARGS, T, LiveKefu, shot  # noqa: E402 - the browser harness of tests/bridge
+from test_browser import T, LiveKefu, shot  # noqa: E402 - the browser harness of tests/bridge
 
 TOKENS = {"vera": "tok-vera-zh-0123456789"}
 OPERATOR = "tok-operator-zh-0123456789"
@@ -98,17 +98,6 @@ async def demo_kefu(tmp: Path):
 def kefu(tmp_path):
     with LiveKefu(lambda: demo_kefu(tmp_path)) as k:
         yield k
-
-
-@pytest.fixture
-def browser(chromium_bin):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_bin, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def api(base: str, path: str, token: str, **query) -> dict:

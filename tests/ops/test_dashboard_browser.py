@@ -13,8 +13,6 @@ from ops_stack import LiveKefu, config, demo_history
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 T = 15_000  # ms; each wait ends as soon as the page is ready
 CHARTS = ("c-traffic", "c-latency", "c-queue", "c-wait", "c-agents", "c-intents", "c-containment", "c-sla")
 
@@ -35,16 +33,6 @@ def kefu(tmp_path_factory):
     cfg = config(tmp_path_factory.mktemp("dash"))
     with LiveKefu(cfg, prepare=seed) as k:
         yield k
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_bin):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_bin, args=ARGS)
-        yield b
-        b.close()
 
 
 def test_dashboard_draws_every_chart_from_stored_history(kefu, browser):
